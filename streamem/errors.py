@@ -1,0 +1,32 @@
+"""The exception hierarchy: what went wrong decides what the daemon does next.
+
+* :class:`ConfigError` — a bad config file or flag; the process exits with code 2.
+* :class:`DecodeError` — one bad message; it goes to the dead-letter topic, the loop goes on.
+* :class:`TransportError` — the broker or a sink failed; the loop backs off and retries.
+* :class:`CheckpointError` — a checkpoint could not be written or read.
+"""
+
+
+class StreamemError(Exception):
+    """Base class of every error streamem raises on purpose."""
+
+
+class ConfigError(StreamemError, ValueError):
+    """A config key has a bad value; the message names the key and what was expected."""
+
+
+class DecodeError(StreamemError, ValueError):
+    """A message could not be turned into points; ``reason`` is a short stable code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class TransportError(StreamemError):
+    """Kafka (or another source/sink) is unreachable or refused a request."""
+
+
+class CheckpointError(StreamemError):
+    """A checkpoint could not be saved or restored."""
