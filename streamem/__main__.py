@@ -1,0 +1,5 @@
+import sys
+
+from streamem.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per ``streamem`` sub-command; see :mod:`streamem.cli`."""
