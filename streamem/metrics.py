@@ -1,0 +1,497 @@
+"""Every Prometheus metric of the daemon, and the one HTTP server that exposes them.
+
+All metrics live on the :class:`~prometheus_client.CollectorRegistry` handed to :class:`Metrics`,
+so each test (and each daemon) gets its own. Names follow Prometheus conventions: the
+``streamem_`` prefix, base units (``_seconds``), ``_total`` for counters, and only bounded labels
+(``component`` by K, ``reason``/``kind`` by fixed vocabularies, ``topic``/``partition`` by the
+current assignment).
+
+The server answers ``/metrics`` (text or OpenMetrics exposition, by ``Accept``), ``/healthz``
+(200 while the process is alive) and ``/readyz`` (200 once :meth:`Metrics.set_ready` says so,
+503 before and after).
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.utils import floatToGoString
+
+import streamem
+
+if TYPE_CHECKING:
+    from streamem.model import OnlineGMM
+
+__all__ = [
+    "DEAD_LETTER_REASONS",
+    "KAFKA_ERROR_KINDS",
+    "BatchReport",
+    "Metrics",
+    "MetricsServer",
+]
+
+#: Dead-letter reasons: the codec's DecodeError codes, plus the runtime's own. Others → "other".
+DEAD_LETTER_REASONS = (
+    "bad_json",
+    "bad_schema",
+    "empty",
+    "wrong_dimension",
+    "non_finite",
+    "bad_binary",
+    "too_large",
+    "other",
+)
+#: Kafka error kinds (where the error happened). Others → "other".
+KAFKA_ERROR_KINDS = (
+    "connect",
+    "poll",
+    "produce",
+    "delivery",
+    "commit",
+    "rebalance",
+    "checkpoint",
+    "other",
+)
+
+BATCH_DURATION_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+BATCH_SIZE_BUCKETS = (
+    1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """What one processed poll batch did, as the runtime measured it.
+
+    Attributes
+    ----------
+    n_messages : int
+        Messages decoded, fitted and answered (dead letters: :meth:`Metrics.dead_letter`).
+    n_points : int
+        Points fitted.
+    n_anomalies : int
+        Points flagged as anomalies.
+    duration_s : float
+        Seconds from ``poll()`` returning to the offsets being committed.
+    latencies_s : ndarray of shape (n_points,)
+        Per point: event timestamp (or consume time) to output acknowledged, in seconds.
+    log_likelihood : ndarray of shape (n_points,)
+        Each point's log-likelihood under the model.
+    """
+
+    n_messages: int
+    n_points: int
+    n_anomalies: int
+    duration_s: float
+    latencies_s: np.ndarray
+    log_likelihood: np.ndarray
+
+
+class _BulkHistogram:
+    """A histogram collector fed whole arrays at once (a per-point ``observe`` costs µs each)."""
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]) -> None:
+        self._name = name
+        self._doc = documentation
+        self._bounds = np.asarray(buckets, dtype=np.float64)
+        self._counts = np.zeros(len(buckets) + 1, dtype=np.int64)  # last slot: above every bound
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe_many(self, values: np.ndarray) -> None:
+        """Add ``values`` (any shape); NaN is dropped, negatives count as 0."""
+        v = np.asarray(values, dtype=np.float64).ravel()
+        v = np.maximum(v[~np.isnan(v)], 0.0)
+        if v.size == 0:
+            return
+        # ``le`` buckets are inclusive: a value equal to a bound belongs to that bound's bucket.
+        counts = np.bincount(
+            np.searchsorted(self._bounds, v, side="left"), minlength=self._counts.size
+        )
+        with self._lock:
+            self._counts += counts
+            self._sum += float(v.sum())
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        with self._lock:
+            cumulative = np.cumsum(self._counts)
+            total = self._sum
+        buckets = [
+            (floatToGoString(b), int(c)) for b, c in zip(self._bounds, cumulative[:-1], strict=True)
+        ]
+        buckets.append(("+Inf", int(cumulative[-1])))
+        family = HistogramMetricFamily(self._name, self._doc, buckets=buckets, sum_value=total)
+        yield family
+
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        yield HistogramMetricFamily(self._name, self._doc)
+
+
+class Metrics:
+    """The daemon's metrics, registered on ``registry``.
+
+    Parameters
+    ----------
+    registry : CollectorRegistry, optional
+        Where every metric is registered. ``None`` creates a fresh registry that also carries the
+        process, platform and GC collectors (what the daemon wants); tests pass their own.
+    ewma_halflife_points : float
+        Half-life, in points, of ``streamem_log_likelihood_mean{window="ewma"}``.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        ewma_halflife_points: float = 10_000,
+    ) -> None:
+        if not ewma_halflife_points > 0:
+            raise ValueError(f"ewma_halflife_points must be > 0, got {ewma_halflife_points!r}")
+        if registry is None:
+            registry = CollectorRegistry()
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+            GCCollector(registry=registry)
+        self.registry = registry
+        self._halflife = float(ewma_halflife_points)
+        self._ewma: float | None = None
+        self._resets_seen: dict[str, int] = {}
+        self._model_key: tuple[int, int] | None = None
+        self._components: set[str] = set()
+        self._lags: set[tuple[str, str]] = set()
+        self._last_checkpoint: float | None = None
+        self._ready = threading.Event()
+        self._server: MetricsServer | None = None
+        self._lock = threading.Lock()
+        self._register(registry)
+
+    def _register(self, r: CollectorRegistry) -> None:
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter("streamem_" + name, doc, labels, registry=r)
+
+        def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
+            return Gauge("streamem_" + name, doc, labels, registry=r)
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram("streamem_" + name, doc, buckets=buckets, registry=r)
+
+        self._points = counter(
+            "points", "Points fitted (ok) or in a dead-lettered message (invalid).", ("outcome",)
+        )
+        self._messages = counter("messages", "Input messages by outcome.", ("outcome",))
+        self._anomalies = counter("anomalies", "Points flagged as anomalies.")
+        self._dead_letters = counter(
+            "dead_letter_messages", "Messages sent to the dead-letter topic.", ("reason",)
+        )
+        self._batch_duration = histogram(
+            "batch_duration_seconds",
+            "Poll return to offsets committed, per batch.",
+            BATCH_DURATION_BUCKETS,
+        )
+        self._batch_size = histogram(
+            "batch_size_points", "Points per fitted batch.", BATCH_SIZE_BUCKETS
+        )
+        self._latency = _BulkHistogram(
+            "streamem_end_to_end_latency_seconds",
+            "Per point: event (or consume) time to output acknowledged.",
+            LATENCY_BUCKETS,
+        )
+        r.register(self._latency)  # type: ignore[arg-type]
+        self._ll_mean = gauge(
+            "log_likelihood_mean",
+            "Mean log-likelihood per point: of the last batch, or an EWMA over points.",
+            ("window",),
+        )
+        self._threshold = gauge(
+            "anomaly_threshold", "Log-likelihood below which a point is an anomaly (-Inf: warm-up)."
+        )
+        self._learning_rate = gauge("learning_rate", "Step size of the last online-EM update.")
+        self._version = gauge("model_version", "Model parameter version (bumps at each refresh).")
+        self._seen = gauge("model_points_seen", "Points the model has seen in its lifetime.")
+        self._weight = gauge("component_weight", "Mixing weight of each component.", ("component",))
+        self._condition = gauge(
+            "component_condition_number",
+            "Condition number of each component's covariance.",
+            ("component",),
+        )
+        self._resets = counter(
+            "collapse_resets", "Components re-seeded after a collapse.", ("reason",)
+        )
+        self._ckpt_last = gauge(
+            "checkpoint_last_success_timestamp_seconds",
+            "Unix time of the last successful checkpoint (0: none yet).",
+        )
+        self._ckpt_age = gauge(
+            "checkpoint_age_seconds", "Seconds since the last successful checkpoint (NaN: none)."
+        )
+        self._ckpt_age.set_function(self._checkpoint_age)
+        self._ckpt_failures = counter("checkpoint_failures", "Checkpoints that failed.")
+        self._lag = gauge(
+            "consumer_lag_messages",
+            "Messages from the committed offset to the end of each assigned partition.",
+            ("topic", "partition"),
+        )
+        self._kafka_errors = counter(
+            "kafka_errors", "Kafka errors, by where they happened.", ("kind",)
+        )
+        self._reconnects = counter("kafka_reconnects", "Reconnections to the Kafka cluster.")
+        self._kafka_up = gauge("kafka_up", "1 while the Kafka cluster is reachable, else 0.")
+        self._ready_gauge = gauge("ready", "1 while the daemon is ready to process, else 0.")
+        self._build = gauge("build_info", "Build information; always 1.", ("version",))
+        self._build.labels(version=streamem.__version__).set(1)
+        # Every fixed label value exists from the start, so rate() sees the first increment.
+        for outcome in ("ok", "invalid"):
+            self._points.labels(outcome=outcome)
+        for outcome in ("ok", "dead_letter"):
+            self._messages.labels(outcome=outcome)
+        for reason in DEAD_LETTER_REASONS:
+            self._dead_letters.labels(reason=reason)
+        for kind in KAFKA_ERROR_KINDS:
+            self._kafka_errors.labels(kind=kind)
+
+    # -- the batch ---------------------------------------------------------------------------
+
+    def observe_batch(self, report: BatchReport, model: OnlineGMM) -> None:
+        """Record one processed batch and read the model's state after it."""
+        self._points.labels(outcome="ok").inc(report.n_points)
+        self._messages.labels(outcome="ok").inc(report.n_messages)
+        self._anomalies.inc(report.n_anomalies)
+        self._batch_duration.observe(report.duration_s)
+        if report.n_points > 0:
+            self._batch_size.observe(report.n_points)
+        self._latency.observe_many(report.latencies_s)
+        self._update_log_likelihood(report.log_likelihood)
+        self._read_model(model, report.n_points)
+
+    def _update_log_likelihood(self, log_likelihood: np.ndarray) -> None:
+        ll = np.asarray(log_likelihood, dtype=np.float64)
+        ll = ll[np.isfinite(ll)]
+        if ll.size == 0:
+            return
+        mean = float(ll.mean())
+        with self._lock:
+            if self._ewma is None:
+                self._ewma = mean
+            else:
+                alpha = 1.0 - 0.5 ** (ll.size / self._halflife)
+                self._ewma += alpha * (mean - self._ewma)
+            ewma = self._ewma
+        self._ll_mean.labels(window="last_batch").set(mean)
+        self._ll_mean.labels(window="ewma").set(ewma)
+
+    def _read_model(self, model: OnlineGMM, n_points: int) -> None:
+        self._version.set(model.version_)
+        self._seen.set(model.n_seen_)
+        self._threshold.set(float(model.anomaly_threshold_))
+        if model.learning_rate_ is not None:
+            self._learning_rate.set(float(model.learning_rate_))
+        self._count_resets(model, n_points)
+        if model.initialized_:
+            self._set_components(model.weights_, model.condition_numbers_)
+
+    def _count_resets(self, model: OnlineGMM, n_points: int) -> None:
+        """Add the growth of ``model.resets_`` (cumulative) since the last call to the counter.
+
+        A model not seen before (new object, or fewer points seen than last time) that has seen
+        more than this batch was restored from a checkpoint: its counts so far were exported by an
+        earlier process and only become the baseline. A fresh model's counts all happened now.
+        """
+        key = (id(model), int(model.n_seen_))
+        resets = {str(k): int(v) for k, v in dict(model.resets_).items()}
+        with self._lock:
+            new_model = (
+                self._model_key is None
+                or key[0] != self._model_key[0]
+                or key[1] < self._model_key[1]
+            )
+            self._model_key = key
+            if new_model:
+                baseline = resets if key[1] > n_points else {}
+                self._resets_seen = dict(baseline)
+            increments = {}
+            for reason, count in resets.items():
+                increments[reason] = max(count - self._resets_seen.get(reason, 0), 0)
+                self._resets_seen[reason] = count
+        for reason, delta in increments.items():
+            child = self._resets.labels(reason=reason)
+            if delta:
+                child.inc(delta)
+
+    def _set_components(self, weights: np.ndarray, condition_numbers: np.ndarray) -> None:
+        labels = [str(k) for k in range(len(weights))]
+        for label, w, c in zip(labels, weights, condition_numbers, strict=True):
+            self._weight.labels(component=label).set(float(w))
+            self._condition.labels(component=label).set(float(c))
+        with self._lock:
+            stale = self._components - set(labels)
+            self._components = set(labels)
+        for label in stale:
+            self._weight.remove(label)
+            self._condition.remove(label)
+
+    # -- events ------------------------------------------------------------------------------
+
+    def dead_letter(self, reason: str) -> None:
+        """Count one message sent to the dead-letter topic (its points count as one invalid)."""
+        reason = reason if reason in DEAD_LETTER_REASONS else "other"
+        self._dead_letters.labels(reason=reason).inc()
+        self._messages.labels(outcome="dead_letter").inc()
+        self._points.labels(outcome="invalid").inc()
+
+    def kafka_error(self, kind: str) -> None:
+        """Count one Kafka error; ``kind`` outside :data:`KAFKA_ERROR_KINDS` counts as "other"."""
+        kind = kind if kind in KAFKA_ERROR_KINDS else "other"
+        self._kafka_errors.labels(kind=kind).inc()
+
+    def reconnect(self) -> None:
+        """Count one reconnection to the Kafka cluster."""
+        self._reconnects.inc()
+
+    def set_kafka_up(self, up: bool) -> None:
+        """Say whether the Kafka cluster is reachable right now."""
+        self._kafka_up.set(1 if up else 0)
+
+    def checkpoint_saved(self, ok: bool) -> None:
+        """Record a checkpoint attempt: a success restarts the age, a failure is counted."""
+        if not ok:
+            self._ckpt_failures.inc()
+            return
+        now = time.time()
+        with self._lock:
+            self._last_checkpoint = now
+        self._ckpt_last.set(now)
+
+    def _checkpoint_age(self) -> float:
+        last = self._last_checkpoint
+        return math.nan if last is None else max(time.time() - last, 0.0)
+
+    def set_consumer_lag(self, lags: Mapping[tuple[str, int], int]) -> None:
+        """Set the lag of every assigned partition; partitions no longer assigned are dropped."""
+        keys = {(str(topic), str(partition)) for topic, partition in lags}
+        for (topic, partition), lag in lags.items():
+            self._lag.labels(topic=str(topic), partition=str(partition)).set(lag)
+        with self._lock:
+            stale = self._lags - keys
+            self._lags = keys
+        for topic, partition in stale:
+            self._lag.remove(topic, partition)
+
+    def set_ready(self, ready: bool) -> None:
+        """Flip ``/readyz`` (200 or 503) and ``streamem_ready``."""
+        if ready:
+            self._ready.set()
+        else:
+            self._ready.clear()
+        self._ready_gauge.set(1 if ready else 0)
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    # -- serving -----------------------------------------------------------------------------
+
+    def serve(self, host: str = "127.0.0.1", port: int = 9400) -> MetricsServer:
+        """Start the HTTP server on ``host:port`` (0: a free port) in a daemon thread."""
+        if self._server is not None and not self._server.closed:
+            raise RuntimeError(f"metrics already served on {self._server.url}")
+        self._server = MetricsServer(self, host, port)
+        return self._server
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+        metrics = self.server.metrics
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+            self._send(200, encoder(metrics.registry), content_type)
+        elif path == "/healthz":
+            self._send(200, b"ok\n")
+        elif path == "/readyz":
+            if metrics.ready:
+                self._send(200, b"ready\n")
+            else:
+                self._send(503, b"not ready\n")
+        else:
+            self._send(404, b"not found: try /metrics, /healthz or /readyz\n")
+
+    def _send(
+        self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8"
+    ) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes every few seconds are not worth a log line."""
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, metrics: Metrics, host: str, port: int) -> None:
+        self.address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        self.metrics = metrics
+        super().__init__((host, port), _Handler)
+
+
+class MetricsServer:
+    """The running ``/metrics``, ``/healthz``, ``/readyz`` server; stop it with :meth:`close`."""
+
+    def __init__(self, metrics: Metrics, host: str, port: int) -> None:
+        self._httpd = _Server(metrics, host, port)
+        self.host = host
+        self.port: int = self._httpd.server_address[1]
+        self.closed = False
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name="streamem-metrics", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def close(self) -> None:
+        """Stop serving and release the port (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join()
+
+    def __enter__(self) -> MetricsServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
