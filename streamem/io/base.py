@@ -1,0 +1,91 @@
+"""The record type and the two interfaces every transport implements.
+
+A :class:`Source` hands the runtime batches of :class:`Record` and takes back, after the
+batch's outputs are acknowledged, the *next* offset to read per partition. A :class:`Sink`
+buffers sends and reports any failure at :meth:`Sink.flush`, so the loop can refuse to commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from streamem.errors import TransportError
+
+TopicPartition = tuple[str, int]
+Headers = Sequence[tuple[str, bytes]]
+
+
+class CommitFailed(TransportError):
+    """The group rebalanced under us: the commit was refused, the outputs are already out.
+
+    The loop counts it and polls again; the new owner of the partition re-reads from the last
+    committed offset, so the affected records are answered twice (at-least-once).
+    """
+
+
+@dataclass(frozen=True)
+class Record:
+    """One consumed message; ``offset`` is its position within ``(topic, partition)``."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: Headers = field(default_factory=tuple)
+    timestamp_ms: int | None = None
+
+
+@runtime_checkable
+class Source(Protocol):
+    """Where messages come from."""
+
+    def poll(self, timeout_s: float) -> list[Record]:
+        """Up to one batch of records; an empty list when none arrived within ``timeout_s``."""
+        ...
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Record that every message before ``offsets[tp]`` is done (next offsets, not last).
+
+        Raises :class:`CommitFailed` after a rebalance, :class:`TransportError` when unreachable.
+        """
+        ...
+
+    def assignment(self) -> set[TopicPartition]:
+        """The partitions this source currently reads."""
+        ...
+
+    def lags(self) -> dict[TopicPartition, int]:
+        """Messages behind the end of each assigned partition (as far as known)."""
+        ...
+
+    def seek_to_committed(self) -> None:
+        """Rewind every assigned partition to its last committed offset (to retry a batch)."""
+        ...
+
+    @property
+    def exhausted(self) -> bool:
+        """True once the source can never yield another record (end of stdin or of a list)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Where results go."""
+
+    def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = ()) -> None:
+        """Queue one message; failures surface at the next :meth:`flush`."""
+        ...
+
+    def flush(self, timeout_s: float) -> None:
+        """Wait for every send since the last flush.
+
+        Raises :class:`~streamem.errors.TransportError` if any of them failed or timed out.
+        """
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,150 @@
+"""Standard input as a source and standard output as a sink, for pipes and local runs.
+
+Each input line is one message (base64 of the bytes for the binary formats); its offset is its
+line number, counted from 0. Output values go to stdout one per line; anything addressed to
+another topic (dead letters, anomaly copies, model parameters) goes to stderr as one JSON line.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import select
+import sys
+import time
+from collections.abc import Mapping
+from typing import BinaryIO
+
+from streamem.errors import TransportError
+from streamem.io.base import Headers, Record, TopicPartition
+
+
+class StdinSource:
+    """Lines of ``stream`` as records of partition 0 of ``topic``; commits are no-ops.
+
+    Parameters
+    ----------
+    stream : binary file with a file descriptor
+        Usually ``sys.stdin.buffer``; read with ``select`` so :meth:`poll` honours its timeout.
+    binary : bool
+        Lines are base64 text of binary messages (``f32``, ``f64``, ``block`` formats).
+    batch_size : int
+        Most records per :meth:`poll`.
+    """
+
+    def __init__(self, stream: BinaryIO | None = None, *, topic: str = "stdin",
+                 binary: bool = False, batch_size: int = 2000) -> None:
+        self._fd = (stream or sys.stdin.buffer).fileno()
+        self._topic = topic
+        self._binary = binary
+        self._batch_size = batch_size
+        self._buffer = b""
+        self._line_no = 0
+        self._eof = False
+        self._ready: list[Record] = []
+
+    def poll(self, timeout_s: float) -> list[Record]:
+        deadline = time.monotonic() + timeout_s
+        while len(self._ready) < self._batch_size and not self._eof:
+            wait = 0.0 if self._ready else max(0.0, deadline - time.monotonic())
+            readable, _, _ = select.select([self._fd], [], [], wait)
+            if not readable:
+                break
+            self._read_chunk()
+        batch, self._ready = self._ready[: self._batch_size], self._ready[self._batch_size:]
+        return batch
+
+    def _read_chunk(self) -> None:
+        chunk = os.read(self._fd, 1 << 16)
+        if not chunk:
+            self._eof = True
+            lines, self._buffer = [self._buffer], b""
+        else:
+            *lines, self._buffer = (self._buffer + chunk).split(b"\n")
+        for line in lines:
+            line = line.rstrip(b"\r")
+            if line.strip():
+                self._ready.append(Record(self._topic, 0, self._line_no, None, self._value(line),
+                                          timestamp_ms=int(time.time() * 1000)))
+            self._line_no += 1
+
+    def _value(self, line: bytes) -> bytes:
+        if not self._binary:
+            return line
+        try:
+            return base64.b64decode(line, validate=True)
+        except binascii.Error:
+            return line  # the codec rejects it and it goes to the dead letters
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        pass
+
+    def seek_to_committed(self) -> None:
+        pass  # stdout delivery cannot be retried; what was read stays read
+
+    def assignment(self) -> set[TopicPartition]:
+        return {(self._topic, 0)}
+
+    def lags(self) -> dict[TopicPartition, int]:
+        return {(self._topic, 0): len(self._ready)}
+
+    @property
+    def exhausted(self) -> bool:
+        return self._eof and not self._ready
+
+    def close(self) -> None:
+        pass
+
+
+class StdoutSink:
+    """Values for ``output_topic`` to ``out``, one per line; other topics to ``err`` as JSON.
+
+    A stderr line looks like ``{"topic": ..., "reason": ..., "key": ..., "value": ...,
+    "headers": {...}}``; bytes that are not UTF-8 are shown as base64.
+    """
+
+    def __init__(self, output_topic: str, out: BinaryIO | None = None,
+                 err: BinaryIO | None = None) -> None:
+        self._output_topic = output_topic
+        self._out = out or sys.stdout.buffer
+        self._err = err or sys.stderr.buffer
+
+    def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = ()) -> None:
+        try:
+            if topic == self._output_topic:
+                self._out.write(value + b"\n")
+            else:
+                self._err.write(_side_line(topic, key, value, headers))
+        except (BrokenPipeError, ValueError) as exc:
+            raise TransportError(f"cannot write to the output stream: {exc}") from exc
+
+    def flush(self, timeout_s: float) -> None:
+        try:
+            self._out.flush()
+            self._err.flush()
+        except (BrokenPipeError, ValueError) as exc:
+            raise TransportError(f"cannot flush the output stream: {exc}") from exc
+
+    def close(self) -> None:
+        try:
+            self.flush(0.0)
+        except TransportError:
+            pass
+
+
+def _text(b: bytes | None) -> str | None:
+    if b is None:
+        return None
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError:
+        return base64.b64encode(b).decode("ascii")
+
+
+def _side_line(topic: str, key: bytes | None, value: bytes, headers: Headers) -> bytes:
+    head = {k: _text(v) for k, v in headers}
+    line = {"topic": topic, "reason": head.get("streamem.reason"), "key": _text(key),
+            "value": _text(value), "headers": head}
+    return json.dumps(line).encode() + b"\n"
