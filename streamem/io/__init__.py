@@ -6,6 +6,6 @@ model together with the offsets it reflects. Import the concrete modules directl
 :mod:`.kafka` needs kafka-python.
 """
 
-from streamem.io.base import CommitFailed, Record, Sink, Source
+from streamem.io.base import Backoff, CommitFailed, Record, RecordTooLarge, Sink, Source
 
-__all__ = ["CommitFailed", "Record", "Sink", "Source"]
+__all__ = ["Backoff", "CommitFailed", "Record", "RecordTooLarge", "Sink", "Source"]

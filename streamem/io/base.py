@@ -7,11 +7,13 @@ buffers sends and reports any failure at :meth:`Sink.flush`, so the loop can ref
 
 from __future__ import annotations
 
+import random
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from streamem.errors import TransportError
+from streamem.errors import StreamemError, TransportError
 
 TopicPartition = tuple[str, int]
 Headers = Sequence[tuple[str, bytes]]
@@ -23,6 +25,37 @@ class CommitFailed(TransportError):
     The loop counts it and polls again; the new owner of the partition re-reads from the last
     committed offset, so the affected records are answered twice (at-least-once).
     """
+
+
+class RecordTooLarge(StreamemError):
+    """One outgoing message exceeds what the sink may send; its input goes to the dead letters."""
+
+
+class Backoff:
+    """Exponential back-off with jitter: ``initial_s``, doubling up to ``max_s``.
+
+    >>> b = Backoff(0.5, 4.0, jitter=0.0)
+    >>> [b.next_delay() for _ in range(5)]
+    [0.5, 1.0, 2.0, 4.0, 4.0]
+    """
+
+    def __init__(self, initial_s: float, max_s: float, jitter: float = 0.1) -> None:
+        self.initial_s = initial_s
+        self.max_s = max_s
+        self.jitter = jitter
+        self._delay = initial_s
+
+    def next_delay(self) -> float:
+        delay = self._delay
+        self._delay = min(self._delay * 2.0, self.max_s)
+        return delay * (1.0 + self.jitter * random.random())
+
+    def wait(self, stop: threading.Event) -> bool:
+        """Sleep the next delay unless ``stop`` is set first; True when stop was set."""
+        return stop.wait(self.next_delay())
+
+    def reset(self) -> None:
+        self._delay = self.initial_s
 
 
 @dataclass(frozen=True)
