@@ -259,15 +259,18 @@ class OutputConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """``OnlineGMM`` keyword arguments; ``None`` leaves the model's own default."""
+    """``OnlineGMM`` keyword arguments; ``None`` leaves the model's own default.
+
+    The ranges match the model's own checks, so a bad value fails here, naming its key.
+    """
 
     n_components: int = _opt(8, _integer(1))
     covariance_type: str = _opt("full", _choice("full", "diag", "spherical"))
-    reg_covar: float | None = _opt(None, _optional(_number(0.0)))
-    learning_decay: float | None = _opt(None, _optional(_number(0.0, 1.0, lo_open=True)))
+    reg_covar: float | None = _opt(None, _optional(_positive()))
+    learning_decay: float | None = _opt(None, _optional(_number(0.5, 1.0, lo_open=True)))
     learning_offset: float | None = _opt(None, _optional(_number(0.0)))
     halflife: float | None = _opt(None, _optional(_positive()))
-    warmup: int | None = _opt(None, _optional(_integer(0)))
+    warmup: int | None = _opt(None, _optional(_integer(1)))
     init: str = _opt("kmeans++", _choice("kmeans++", "random"))
     assignment: str = _opt("soft", _choice("soft", "hard"))
     anomaly_rate: float | None = _opt(None, _optional(_number(0.0, 1.0, lo_open=True)))
