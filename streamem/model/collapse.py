@@ -1,0 +1,152 @@
+"""Mode collapse and stranded components: detect them, and put the component back to use.
+
+Reasons a component is reset (the keys of ``OnlineGMM.resets_``):
+
+* ``weight`` — its responsibility mass is too small to support a covariance: fewer than d + 1
+  effective points (N_k × the effective sample size of the statistics).
+* ``singular`` — it has shrunk onto a point or a few: in the frame whitened by the pooled
+  covariance its smallest variance is below ``SINGULAR_RATIO`` (a constant feature, singular for
+  every component alike, does not trigger it).
+* ``stranded`` — no inlier has used it recently while recent flagged points gather in a dense
+  group the model does not explain (after drift, or a new cluster): it is moved there.
+
+A ``weight`` or ``singular`` component is re-seeded on such a dense group of flagged points when
+there is one, and otherwise by splitting the heaviest component along its widest axis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from streamem.model.covariance import CovarianceKind, estimate_log_gaussian_prob
+from streamem.model.params import Params
+from streamem.model.statistics import SufficientStatistics
+
+SINGULAR_RATIO = 1e-5
+#: Recent flagged share below which flagged points are treated as scattered anomalies only.
+NOVELTY_SHARE = 0.02
+
+
+def pooled_covariance(params: Params, kind: CovarianceKind) -> np.ndarray:
+    """Covariance (d, d) of the whole mixture: within plus between components."""
+    d = params.means.shape[1]
+    cov = kind.to_full(params.covariances, d)
+    diff = params.means - params.weights @ params.means
+    return np.einsum("k,kij->ij", params.weights, cov) + np.einsum(
+        "k,ki,kj->ij", params.weights, diff, diff
+    )
+
+
+def whitened_min_variance(params: Params, kind: CovarianceKind) -> np.ndarray:
+    """Each component's smallest variance relative to the pooled covariance, (K,)."""
+    d = params.means.shape[1]
+    chol = np.linalg.cholesky(pooled_covariance(params, kind))
+    full = kind.to_full(params.covariances, d)
+    half = np.linalg.solve(chol[None], full)
+    white = np.linalg.solve(chol[None], np.swapaxes(half, -1, -2))
+    return np.linalg.eigvalsh(0.5 * (white + np.swapaxes(white, -1, -2)))[:, 0]
+
+
+def find_collapsed(
+    stats: SufficientStatistics, params: Params, kind: CovarianceKind, n_effective: float
+) -> list[tuple[int, str]]:
+    """Components to reset, with their reason."""
+    d = params.means.shape[1]
+    support = d + 1 if kind.name == "full" else 2
+    starved = stats.nk * n_effective < support
+    singular = whitened_min_variance(params, kind) < SINGULAR_RATIO
+    return [(int(k), "weight") for k in np.flatnonzero(starved)] + [
+        (int(k), "singular") for k in np.flatnonzero(singular & ~starved)
+    ]
+
+
+@dataclass(frozen=True)
+class Group:
+    """A dense group of recent flagged points: where a new component should go.
+
+    mean : (d,); covariance : (d, d); share : estimated share of the stream it receives;
+    members : indices into the flagged buffer.
+    """
+
+    mean: np.ndarray
+    covariance: np.ndarray
+    share: float
+    members: np.ndarray
+
+
+def find_dense_group(
+    points: np.ndarray,
+    arrivals: np.ndarray,
+    n_seen: int,
+    params: Params,
+    kind: CovarianceKind,
+    *,
+    threshold: float,
+    reg_covar: float,
+) -> Group | None:
+    """The densest group of flagged ``points`` (m, d) that a new component would explain.
+
+    A group is the d + 1 (at least 10) nearest flagged neighbours, in the pooled-whitened frame,
+    of the point with the tightest neighbourhood. It is accepted only when a Gaussian fitted to it,
+    weighted by its share of the stream, would lift its points above the anomaly ``threshold`` —
+    scattered outliers never form such a group.
+    """
+    m, d = points.shape
+    size = max(d + 1, 10)
+    if m < size:
+        return None
+    chol = np.linalg.cholesky(pooled_covariance(params, kind))
+    Z = np.linalg.solve(chol, (points - params.center).T).T
+    sq = (Z**2).sum(axis=1)
+    dist = sq[:, None] + sq[None, :] - 2.0 * (Z @ Z.T)
+    nearest = np.argpartition(dist, size - 1, axis=1)[:, :size]
+    radius = np.take_along_axis(dist, nearest, axis=1).max(axis=1)
+    members = nearest[int(radius.argmin())]
+    group = points[members]
+    mean = group.mean(axis=0)
+    sample = np.atleast_2d(np.cov(group, rowvar=False, bias=True))
+    cov = 0.7 * sample + 0.3 * (np.trace(sample) / d) * np.eye(d) + reg_covar * np.eye(d)
+    span = max(n_seen - int(arrivals[members].min()), size)
+    share = min(size / span, 1.0)
+    prec_chol = kind.precision_cholesky(kind.from_full(cov[None]))
+    log_prob = estimate_log_gaussian_prob(
+        kind, group - mean, np.zeros((1, d)), prec_chol
+    )[:, 0] + np.log(share)
+    if float(np.median(log_prob)) < threshold:
+        return None
+    return Group(mean, cov, share, members)
+
+
+def split_heaviest(
+    stats: SufficientStatistics, params: Params, kind: CovarianceKind
+) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, float]:
+    """Split the heaviest component along its widest axis.
+
+    Returns the heavy component's index, the two new means (d,) each, the shared full covariance
+    (d, d) of the halves, and the mass each half receives.
+    """
+    d = params.means.shape[1]
+    j = int(stats.nk.argmax())
+    cov = kind.to_full(params.covariances[j : j + 1], d)[0]
+    eigval, eigvec = np.linalg.eigh(cov)
+    lam, v = float(eigval[-1]), eigvec[:, -1]
+    # The halves of a Gaussian cut through its mean sit ±0.8σ apart with variance 0.36σ².
+    step = 0.8 * np.sqrt(lam) * v
+    half_cov = cov - 0.64 * lam * np.outer(v, v)
+    return j, params.means[j] + step, params.means[j] - step, half_cov, 0.5 * float(stats.nk[j])
+
+
+def place(
+    stats: SufficientStatistics,
+    kind: CovarianceKind,
+    k: int,
+    mean: np.ndarray,
+    covariance: np.ndarray,
+    mass: float,
+) -> None:
+    """Overwrite component ``k``'s statistics with a Gaussian of the given (full) covariance."""
+    stats.nk[k] = mass
+    stats.means[k] = mean
+    stats.scatter[k] = mass * kind.from_full(covariance[None])[0]

@@ -1,0 +1,214 @@
+"""Per-covariance-type maths: one small function per job, chosen through :data:`KINDS`.
+
+Shapes, with K components and d features:
+
+============  ==================  ==================  =============================
+type          covariances         precisions_chol     scatter (Σ r (x-μ)(x-μ)ᵀ)
+============  ==================  ==================  =============================
+full          (K, d, d)           (K, d, d) upper     (K, d, d)
+diag          (K, d)              (K, d)              (K, d)
+spherical     (K,)                (K,)                (K,) (mean over features)
+============  ==================  ==================  =============================
+
+``precisions_chol`` follows scikit-learn: ``precision = P @ P.T`` and
+``(x - μ)ᵀ Σ⁻¹ (x - μ) = |(x - μ) @ P|²``. Every point-wise computation takes points ``Y`` already
+shifted by a reference point ``c`` and means ``M = μ - c`` in the same frame, which keeps the
+second moments free of cancellation when the data sit far from the origin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+def _cholesky_full(cov: np.ndarray) -> np.ndarray:
+    """Precision Cholesky factors (K, d, d) of covariances (K, d, d)."""
+    chol = np.linalg.cholesky(cov)
+    d = cov.shape[-1]
+    inv = np.linalg.solve(chol, np.broadcast_to(np.eye(d), cov.shape))
+    return np.ascontiguousarray(np.swapaxes(inv, -1, -2))
+
+
+def _cholesky_diag(cov: np.ndarray) -> np.ndarray:
+    return 1.0 / np.sqrt(cov)
+
+
+def _log_det_full(prec_chol: np.ndarray) -> np.ndarray:
+    """log det of each precision Cholesky factor, (K,) — i.e. −½ log det Σ_k."""
+    return np.log(np.diagonal(prec_chol, axis1=1, axis2=2)).sum(axis=1)
+
+
+def _log_det_diag(prec_chol: np.ndarray) -> np.ndarray:
+    return np.log(prec_chol).sum(axis=1)
+
+
+def _log_det_spherical(prec_chol: np.ndarray, n_features: int) -> np.ndarray:
+    return n_features * np.log(prec_chol)
+
+
+def _maha_full(Y: np.ndarray, M: np.ndarray, prec_chol: np.ndarray) -> np.ndarray:
+    """Squared Mahalanobis distances (n, K) with one wide GEMM: Y (n, d) @ [P_1 … P_K] (d, K·d)."""
+    K, d, _ = prec_chol.shape
+    wide = np.swapaxes(prec_chol, 0, 1).reshape(d, K * d)
+    Z = (Y @ wide).reshape(len(Y), K, d)
+    Z -= np.einsum("kd,kde->ke", M, prec_chol)[None]
+    return np.einsum("nkd,nkd->nk", Z, Z)
+
+
+def _maha_diag(Y: np.ndarray, M: np.ndarray, prec_chol: np.ndarray) -> np.ndarray:
+    prec = prec_chol**2
+    maha = (Y**2) @ prec.T - 2.0 * (Y @ (M * prec).T) + (M**2 * prec).sum(axis=1)
+    return np.maximum(maha, 0.0)
+
+
+def _maha_spherical(Y: np.ndarray, M: np.ndarray, prec_chol: np.ndarray) -> np.ndarray:
+    prec = prec_chol**2
+    maha = (Y**2).sum(axis=1)[:, None] - 2.0 * (Y @ M.T) + (M**2).sum(axis=1)[None]
+    return np.maximum(maha * prec[None], 0.0)
+
+
+def _moment_full(Y: np.ndarray, R: np.ndarray) -> np.ndarray:
+    """Σ_i R_ik y_i y_iᵀ for every k, (K, d, d), as one wide GEMM: Yᵀ (d, n) @ (R ⊗ Y) (n, K·d)."""
+    n, d = Y.shape
+    K = R.shape[1]
+    weighted = (R[:, :, None] * Y[:, None, :]).reshape(n, K * d)
+    return np.swapaxes((Y.T @ weighted).reshape(d, K, d), 0, 1)
+
+
+def _moment_diag(Y: np.ndarray, R: np.ndarray) -> np.ndarray:
+    return R.T @ (Y**2)
+
+
+def _moment_spherical(Y: np.ndarray, R: np.ndarray) -> np.ndarray:
+    return (R.T @ (Y**2).sum(axis=1)) / Y.shape[1]
+
+
+def _outer_full(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-component outer products a_k b_kᵀ, (K, d, d)."""
+    return a[:, :, None] * b[:, None, :]
+
+
+def _outer_diag(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return a * b
+
+
+def _outer_spherical(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).mean(axis=1)
+
+
+def _add_floor_full(cov: np.ndarray, reg: float) -> np.ndarray:
+    cov = 0.5 * (cov + np.swapaxes(cov, -1, -2))
+    idx = np.arange(cov.shape[-1])
+    cov[:, idx, idx] += reg
+    return cov
+
+
+def _add_floor_diag(cov: np.ndarray, reg: float) -> np.ndarray:
+    return np.maximum(cov, 0.0) + reg
+
+
+def _variances_full(cov: np.ndarray) -> np.ndarray:
+    """Eigenvalues of each covariance, ascending, (K, d)."""
+    return np.linalg.eigvalsh(cov)
+
+
+def _variances_diag(cov: np.ndarray) -> np.ndarray:
+    return np.sort(cov, axis=1)
+
+
+def _variances_spherical(cov: np.ndarray) -> np.ndarray:
+    return cov[:, None]
+
+
+def _to_full_full(cov: np.ndarray, d: int) -> np.ndarray:
+    return cov
+
+
+def _to_full_diag(cov: np.ndarray, d: int) -> np.ndarray:
+    return cov[:, :, None] * np.eye(d)[None]
+
+
+def _to_full_spherical(cov: np.ndarray, d: int) -> np.ndarray:
+    return cov[:, None, None] * np.eye(d)[None]
+
+
+def _from_full_full(cov: np.ndarray) -> np.ndarray:
+    return cov
+
+
+def _from_full_diag(cov: np.ndarray) -> np.ndarray:
+    return np.diagonal(cov, axis1=1, axis2=2).copy()
+
+
+def _from_full_spherical(cov: np.ndarray) -> np.ndarray:
+    return np.diagonal(cov, axis1=1, axis2=2).mean(axis=1)
+
+
+@dataclass(frozen=True)
+class CovarianceKind:
+    """The functions that differ between covariance types.
+
+    Attributes
+    ----------
+    precision_cholesky : covariances -> precision Cholesky factors
+    log_det : (precisions_chol, n_features) -> (K,) log det of the factors (= −½ log det Σ)
+    mahalanobis : (Y (n, d), M (K, d), precisions_chol) -> (n, K) squared distances
+    moment : (Y (n, d), R (n, K)) -> Σ_i R_ik (second moment of y_i) per component
+    outer : (a (K, d), b (K, d)) -> per-component a bᵀ in this type's scatter shape
+    add_floor : (covariances, reg) -> symmetrised covariances + reg·I
+    variances : covariances -> (K, d or 1) eigenvalues, ascending
+    to_full / from_full : convert to and from (K, d, d)
+    n_parameters : (K, d) -> free covariance parameters
+    """
+
+    name: str
+    precision_cholesky: Callable[[np.ndarray], np.ndarray]
+    log_det: Callable[[np.ndarray, int], np.ndarray]
+    mahalanobis: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+    moment: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    outer: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    add_floor: Callable[[np.ndarray, float], np.ndarray]
+    variances: Callable[[np.ndarray], np.ndarray]
+    to_full: Callable[[np.ndarray, int], np.ndarray]
+    from_full: Callable[[np.ndarray], np.ndarray]
+    n_parameters: Callable[[int, int], int]
+
+    def scatter_shape(self, n_components: int, n_features: int) -> tuple[int, ...]:
+        return {
+            "full": (n_components, n_features, n_features),
+            "diag": (n_components, n_features),
+            "spherical": (n_components,),
+        }[self.name]
+
+
+KINDS: dict[str, CovarianceKind] = {
+    "full": CovarianceKind(
+        "full", _cholesky_full, lambda p, d: _log_det_full(p), _maha_full, _moment_full,
+        _outer_full, _add_floor_full, _variances_full, _to_full_full, _from_full_full,
+        lambda k, d: k * d * (d + 1) // 2,
+    ),
+    "diag": CovarianceKind(
+        "diag", _cholesky_diag, lambda p, d: _log_det_diag(p), _maha_diag, _moment_diag,
+        _outer_diag, _add_floor_diag, _variances_diag, _to_full_diag, _from_full_diag,
+        lambda k, d: k * d,
+    ),
+    "spherical": CovarianceKind(
+        "spherical", _cholesky_diag, _log_det_spherical, _maha_spherical, _moment_spherical,
+        _outer_spherical, _add_floor_diag, _variances_spherical, _to_full_spherical,
+        _from_full_spherical, lambda k, d: k,
+    ),
+}
+
+
+def estimate_log_gaussian_prob(
+    kind: CovarianceKind, Y: np.ndarray, M: np.ndarray, prec_chol: np.ndarray
+) -> np.ndarray:
+    """log N(y | m_k, Σ_k) for every point and component, (n, K)."""
+    d = Y.shape[1]
+    maha = kind.mahalanobis(Y, M, prec_chol)
+    return -0.5 * (d * LOG_2PI + maha) + kind.log_det(prec_chol, d)[None, :]

@@ -1,0 +1,465 @@
+"""``OnlineGMM``: a Gaussian mixture fitted to an endless stream by stepwise online EM."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from streamem.model import collapse, persistence
+from streamem.model.anomaly import anomaly_threshold
+from streamem.model.covariance import KINDS
+from streamem.model.params import (
+    Params,
+    e_step,
+    estimate_weighted_log_prob,
+    hard_responsibilities,
+    params_from_statistics,
+)
+from streamem.model.schedule import batch_weights, floor_for_halflife, step_sizes
+from streamem.model.seeding import fit_batch
+from streamem.model.statistics import SufficientStatistics, batch_statistics
+from streamem.model.validation import check_hyperparameters, check_points
+
+#: Points between two collapse checks (and anomaly-threshold refreshes).
+CHECK_EVERY = 256
+#: Half-life, in points, of the recent-usage and flagged-share averages.
+RECENT_HALFLIFE = 1000.0
+HISTORY_LENGTH = 100
+#: Seeding restarts of the warm-up fit; the best on the buffer is kept.
+WARMUP_RESTARTS = 5
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What ``partial_fit`` answers for each point of a batch (n points, K components).
+
+    labels (n,) int; probabilities (n,) responsibility of the chosen component;
+    responsibilities (n, K); log_likelihood (n,) log p(x); anomaly (n,) bool;
+    warmup (n,) bool — answered by the provisional warm-up model; model_version — the
+    parameters' version that answered.
+    """
+
+    labels: np.ndarray
+    probabilities: np.ndarray
+    responsibilities: np.ndarray
+    log_likelihood: np.ndarray
+    anomaly: np.ndarray
+    warmup: np.ndarray
+    model_version: int
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class OnlineGMM:
+    """Gaussian mixture fitted one pass over a stream by stepwise online EM.
+
+    Parameters
+    ----------
+    n_components : K.
+    covariance_type : ``"full"``, ``"diag"`` or ``"spherical"``.
+    reg_covar : added to every covariance's diagonal (the covariance floor).
+    learning_decay, learning_offset : κ and τ0 of the step size γ_t = (t + τ0)^−κ per point.
+    halflife : points; the step never falls below the size at which old statistics halve every
+        ``halflife`` points, so the model keeps up with drift.
+    warmup : points buffered to initialise (k-means++ and batch EM); default max(1000, 10·K·d).
+    init : ``"kmeans++"`` or ``"random"`` seeding of the warm-up fit.
+    assignment : ``"soft"`` (EM) or ``"hard"`` (classification EM, the k-means limit).
+    anomaly_rate : share of the model's own inliers flagged as anomalies.
+    update_on_anomaly : whether flagged points update the statistics (default: they do not).
+    random_state : seed of the seeding; ``None`` draws one (kept in checkpoints).
+
+    Warm-up: until ``warmup`` points have arrived, points are answered by a provisional model
+    fitted to the warm-up buffer (refitted each time the buffer doubles, and including the points
+    it answers); they are marked ``warmup`` and never flagged. The full buffer then initialises
+    the mixture and later points are answered prequentially.
+
+    Examples
+    --------
+    >>> from streamem.synthetic import Mixture
+    >>> X, _ = Mixture.random(3, 2, random_state=0).sample(3000, random_state=1)
+    >>> gmm = OnlineGMM(3, warmup=500, random_state=0)
+    >>> res = gmm.partial_fit(X)
+    >>> res.responsibilities.shape, gmm.n_seen_, gmm.weights_.round(1).sum()
+    ((3000, 3), 3000, 1.0)
+    """
+
+    def __init__(
+        self,
+        n_components: int = 8,
+        covariance_type: str = "full",
+        reg_covar: float = 1e-6,
+        learning_decay: float = 1.0,
+        learning_offset: float = 10.0,
+        halflife: float | None = 10_000.0,
+        warmup: int | None = None,
+        init: str = "kmeans++",
+        assignment: str = "soft",
+        anomaly_rate: float = 1e-3,
+        update_on_anomaly: bool = False,
+        random_state: int | None = None,
+    ) -> None:
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.reg_covar = reg_covar
+        self.learning_decay = learning_decay
+        self.learning_offset = learning_offset
+        self.halflife = halflife
+        self.warmup = warmup
+        self.init = init
+        self.assignment = assignment
+        self.anomaly_rate = anomaly_rate
+        self.update_on_anomaly = update_on_anomaly
+        self.random_state = random_state
+        check_hyperparameters(self.get_params())
+        self._kind = KINDS[covariance_type]
+        seed = np.random.SeedSequence().entropy if random_state is None else random_state
+        self._state: dict[str, Any] = {"seed": int(seed)}
+        self.n_features_in_: int | None = None
+        self.n_seen_ = 0
+        self.version_ = 0
+        self.resets_: dict[str, int] = {"weight": 0, "singular": 0, "stranded": 0}
+        self.collapse_history_: list[tuple[int, int, str]] = []
+        self.anomaly_threshold_ = -np.inf
+        self.learning_rate_ = 0.0
+        self.stats_: SufficientStatistics | None = None
+        self._params: Params | None = None
+        self._buffer: list[np.ndarray] = []
+        self._provisional_size = 0
+        self._n_steps = 0
+        self._sum_sq_weights = 0.0
+        self._since_check = 0
+        self._usage = np.zeros(n_components)
+        self._flag_share = 0.0
+        self._flagged = np.empty((0, 0))
+        self._flagged_at = np.empty(0, dtype=np.int64)
+        self._conditioning: tuple[int, np.ndarray] | None = None
+
+    # ------------------------------------------------------------------ scikit-learn surface
+    def get_params(self) -> dict[str, Any]:
+        names = (
+            "n_components covariance_type reg_covar learning_decay learning_offset halflife "
+            "warmup init assignment anomaly_rate update_on_anomaly random_state"
+        ).split()
+        return {name: getattr(self, name) for name in names}
+
+    @classmethod
+    def from_params(
+        cls,
+        weights: np.ndarray,
+        means: np.ndarray,
+        covariances: np.ndarray,
+        covariance_type: str = "full",
+        **kwargs: Any,
+    ) -> OnlineGMM:
+        """A ready model with the given parameters, as if it had seen ``warmup`` points."""
+        weights = np.asarray(weights, dtype=np.float64)
+        means = np.atleast_2d(np.asarray(means, dtype=np.float64))
+        model = cls(len(weights), covariance_type, **kwargs)
+        covs = np.asarray(covariances, dtype=np.float64)
+        nk = weights / weights.sum()
+        shape = (-1,) + (1,) * (covs.ndim - 1)
+        stats = SufficientStatistics(nk, means.copy(), nk.reshape(shape) * covs)
+        model.n_features_in_ = means.shape[1]
+        model._start(stats, model.warmup_)
+        return model
+
+    @property
+    def initialized_(self) -> bool:
+        return self.stats_ is not None
+
+    @property
+    def warmup_(self) -> int:
+        """The resolved warm-up length, in points."""
+        if self.warmup is not None:
+            return int(self.warmup)
+        d = self.n_features_in_ or 1
+        return max(1000, 10 * self.n_components * d)
+
+    @property
+    def weights_(self) -> np.ndarray:
+        return self._fitted().weights
+
+    @property
+    def means_(self) -> np.ndarray:
+        return self._fitted().means
+
+    @property
+    def covariances_(self) -> np.ndarray:
+        return self._fitted().covariances
+
+    @property
+    def precisions_cholesky_(self) -> np.ndarray:
+        return self._fitted().precisions_chol
+
+    @property
+    def condition_numbers_(self) -> np.ndarray:
+        """Each component's covariance condition number, (K,) (cached per version)."""
+        if self._conditioning is None or self._conditioning[0] != self.version_:
+            var = self._kind.variances(self.covariances_)
+            self._conditioning = (self.version_, var[:, -1] / var[:, 0])
+        return self._conditioning[1]
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        return e_step(self._kind, self._fitted(), self._check(X))[0]
+
+    def predict(self, X: Any) -> np.ndarray:
+        return self.predict_proba(X).argmax(axis=1)
+
+    def score_samples(self, X: Any) -> np.ndarray:
+        return e_step(self._kind, self._fitted(), self._check(X))[1]
+
+    def score(self, X: Any) -> float:
+        return float(self.score_samples(X).mean())
+
+    def sample(self, n_samples: int = 1, random_state: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Draw points from the mixture; returns X (n, d) and their components (n,)."""
+        params = self._fitted()
+        rng = np.random.default_rng(random_state)
+        d = params.means.shape[1]
+        labels = rng.choice(self.n_components, size=n_samples, p=params.weights)
+        chol = np.linalg.cholesky(self._kind.to_full(params.covariances, d))
+        z = rng.standard_normal((n_samples, d))
+        return params.means[labels] + np.einsum("nij,nj->ni", chol[labels], z), labels
+
+    # ------------------------------------------------------------------ learning
+    def partial_fit(self, X: Any, learning_rate: float | None = None) -> BatchResult:
+        """Answer a batch (n, d) with the current parameters, then learn from it.
+
+        ``learning_rate`` overrides the schedule with one step for the whole batch; ``1.0``
+        replaces the statistics with the batch's own (one exact batch M-step).
+        """
+        X = self._check(X)
+        if learning_rate is not None and not 0.0 < learning_rate <= 1.0:
+            raise ValueError(f"learning_rate must be in (0, 1], got {learning_rate!r}")
+        if len(X) == 0:
+            empty = np.zeros(0, dtype=bool)
+            return _result(np.zeros((0, self.n_components)), np.zeros(0), empty, empty,
+                           self.version_)
+        parts = []
+        if not self.initialized_:
+            head, X = X[: self.warmup_ - self._buffered()], X[self.warmup_ - self._buffered() :]
+            if len(head):
+                parts.append(self._warm_up(head))
+        if len(X) or not parts:
+            parts.append(self._online_step(X, learning_rate))
+        return _concatenate(parts)
+
+    def _warm_up(self, X: np.ndarray) -> BatchResult:
+        self._buffer.append(X)
+        buffered = np.concatenate(self._buffer)
+        hard = self.assignment == "hard"
+        if len(buffered) >= self.warmup_:
+            rng = np.random.default_rng([self._state["seed"], 0])
+            stats = fit_batch(buffered, self.n_components, self._kind, reg_covar=self.reg_covar,
+                              init=self.init, hard=hard, rng=rng, n_init=WARMUP_RESTARTS)
+            self._buffer = []
+            self._start(stats, len(buffered))
+        elif self._params is None or len(buffered) >= 2 * self._provisional_size:
+            rng = np.random.default_rng([self._state["seed"], 1, len(buffered)])
+            stats = fit_batch(buffered, self.n_components, self._kind, reg_covar=self.reg_covar,
+                              init=self.init, hard=hard, rng=rng, max_iter=5)
+            self._params = params_from_statistics(stats, self._kind, self.reg_covar)
+            self._provisional_size = len(buffered)
+        self.n_seen_ += len(X)
+        resp, log_lik = e_step(self._kind, self._params, X)
+        ones = np.ones(len(X), dtype=bool)
+        return _result(resp, log_lik, ~ones, ones, self.version_)
+
+    def _start(self, stats: SufficientStatistics, n_points: int) -> None:
+        self.stats_ = stats
+        self._n_steps = n_points
+        self._sum_sq_weights = 1.0 / max(n_points, 1)
+        self._usage = stats.nk.copy()
+        self._refresh(threshold=True)
+
+    def _online_step(self, X: np.ndarray, learning_rate: float | None) -> BatchResult:
+        assert self.stats_ is not None and self._params is not None
+        version = self.version_
+        resp, log_lik = e_step(self._kind, self._params, X)
+        anomaly = log_lik < self.anomaly_threshold_
+        learn = np.ones(len(X), dtype=bool) if self.update_on_anomaly else ~anomaly
+        self._update(X[learn], resp[learn], learning_rate)
+        self._track_recent(X, resp, anomaly)
+        self.n_seen_ += len(X)
+        self._since_check += len(X)
+        checked = self._since_check >= CHECK_EVERY
+        if checked:
+            self._since_check = 0
+            self._reset_components()
+        if len(X):
+            self._refresh(threshold=checked)
+        return _result(resp, log_lik, anomaly, np.zeros(len(X), dtype=bool), version)
+
+    def _update(self, X: np.ndarray, resp: np.ndarray, learning_rate: float | None) -> None:
+        """Blend the batch's statistics in with per-point step weights."""
+        assert self.stats_ is not None and self._params is not None
+        m = len(X)
+        if m == 0:
+            return
+        if learning_rate is None:
+            gamma = step_sizes(self._n_steps, m, learning_decay=self.learning_decay,
+                               learning_offset=self.learning_offset,
+                               floor=floor_for_halflife(self.halflife))
+            decay, w = batch_weights(gamma)
+            self.learning_rate_ = float(gamma[-1])
+        else:
+            decay, w = 1.0 - learning_rate, np.full(m, learning_rate / m)
+            self.learning_rate_ = float(learning_rate)
+        if self.assignment == "hard":
+            resp = hard_responsibilities(resp)
+        center = self._params.center
+        batch = batch_statistics(self._kind, X - center, resp * w[:, None], center)
+        self.stats_.blend(batch, decay, self._kind)
+        self.stats_.normalise()
+        self._n_steps += m
+        self._sum_sq_weights = decay**2 * self._sum_sq_weights + float(w @ w)
+
+    def _track_recent(self, X: np.ndarray, resp: np.ndarray, anomaly: np.ndarray) -> None:
+        """Recent inlier usage per component, recent flagged share, and the flagged buffer."""
+        n = len(X)
+        if n == 0:
+            return
+        keep = float(np.exp(-np.log(2.0) * n / RECENT_HALFLIFE))
+        inlier_use = resp[~anomaly].sum(axis=0) / n
+        self._usage = keep * self._usage + (1.0 - keep) * inlier_use
+        self._flag_share = keep * self._flag_share + (1.0 - keep) * float(anomaly.mean())
+        if anomaly.any():
+            capacity = max(256, 4 * self.n_components * (X.shape[1] + 1))
+            arrivals = self.n_seen_ + np.flatnonzero(anomaly)
+            flagged = X[anomaly] if self._flagged.size else X[anomaly].copy()
+            if self._flagged.size:
+                flagged = np.concatenate([self._flagged, flagged])
+                arrivals = np.concatenate([self._flagged_at, arrivals])
+            self._flagged, self._flagged_at = flagged[-capacity:], arrivals[-capacity:]
+
+    def _reset_components(self) -> None:
+        """Detect collapsed or stranded components and put them back to use."""
+        assert self.stats_ is not None and self._params is not None
+        stats, kind = self.stats_, self._kind
+        n_eff = 1.0 / max(self._sum_sq_weights, 1e-300)
+        for k, reason in collapse.find_collapsed(stats, self._params, kind, n_eff):
+            group = self._novel_group()
+            if group is not None:
+                collapse.place(stats, kind, k, group.mean, group.covariance, group.share)
+                self._forget_flagged(group.members)
+            else:
+                j, mean_a, mean_b, cov, mass = collapse.split_heaviest(stats, self._params, kind)
+                if j == k:
+                    continue
+                collapse.place(stats, kind, j, mean_a, cov, mass)
+                collapse.place(stats, kind, k, mean_b, cov, mass)
+            self._record_reset(k, reason, stats)
+        while self._flag_share > max(collapse.NOVELTY_SHARE, 20 * self.anomaly_rate):
+            group = self._novel_group()
+            k = int(self._usage.argmin())
+            if group is None or self._usage[k] >= group.share:
+                break
+            collapse.place(stats, kind, k, group.mean, group.covariance, group.share)
+            self._forget_flagged(group.members)
+            self._record_reset(k, "stranded", stats)
+
+    def _novel_group(self) -> collapse.Group | None:
+        if len(self._flagged) == 0 or not np.isfinite(self.anomaly_threshold_):
+            return None
+        return collapse.find_dense_group(
+            self._flagged, self._flagged_at, self.n_seen_, self._params, self._kind,
+            threshold=self.anomaly_threshold_, reg_covar=self.reg_covar,
+        )
+
+    def _forget_flagged(self, members: np.ndarray) -> None:
+        keep = np.ones(len(self._flagged), dtype=bool)
+        keep[members] = False
+        self._flagged, self._flagged_at = self._flagged[keep], self._flagged_at[keep]
+
+    def _record_reset(self, k: int, reason: str, stats: SufficientStatistics) -> None:
+        stats.normalise()
+        self._usage[k] = stats.nk[k]
+        self._params = params_from_statistics(stats, self._kind, self.reg_covar)
+        self.resets_[reason] += 1
+        self.collapse_history_ = (self.collapse_history_ + [(self.n_seen_, k, reason)])[
+            -HISTORY_LENGTH:
+        ]
+
+    def _refresh(self, threshold: bool) -> None:
+        """The M-step: parameters from the statistics; optionally the anomaly threshold too."""
+        assert self.stats_ is not None
+        self._params = params_from_statistics(self.stats_, self._kind, self.reg_covar)
+        self.version_ += 1
+        if threshold or not np.isfinite(self.anomaly_threshold_):
+            d = self._params.means.shape[1]
+            log_det = self._kind.log_det(self._params.precisions_chol, d)
+            self.anomaly_threshold_ = anomaly_threshold(
+                self._params.weights, log_det, d, self.anomaly_rate
+            )
+
+    # ------------------------------------------------------------------ helpers
+    def _buffered(self) -> int:
+        return sum(len(b) for b in self._buffer)
+
+    def _check(self, X: Any) -> np.ndarray:
+        X = check_points(X, self.n_features_in_)
+        if self.n_features_in_ is None:
+            self.n_features_in_ = X.shape[1]
+        return X
+
+    def _fitted(self) -> Params:
+        if self._params is None:
+            raise RuntimeError("this OnlineGMM has seen no points yet; call partial_fit first")
+        return self._params
+
+    def log_prob_components(self, X: Any) -> np.ndarray:
+        """log π_k + log N(x | k), (n, K)."""
+        return estimate_weighted_log_prob(self._kind, self._fitted(), self._check(X))
+
+    # ------------------------------------------------------------------ persistence
+    def params_dict(self) -> dict[str, Any]:
+        """JSON-able parameters for other services (the model topic)."""
+        return {
+            "version": self.version_,
+            "n_seen": self.n_seen_,
+            "covariance_type": self.covariance_type,
+            "weights": self.weights_.tolist(),
+            "means": self.means_.tolist(),
+            "covariances": self.covariances_.tolist(),
+            "anomaly_threshold": self.anomaly_threshold_,
+        }
+
+    def to_bytes(self) -> bytes:
+        return persistence.dumps(self)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> OnlineGMM:
+        return persistence.loads(cls, data)
+
+    def save(self, path: str) -> None:
+        """Write the model atomically (a temporary file, then a rename)."""
+        persistence.atomic_write(path, self.to_bytes())
+
+    @classmethod
+    def load(cls, path: str) -> OnlineGMM:
+        with open(path, "rb") as fh:
+            return cls.from_bytes(fh.read())
+
+    def __repr__(self) -> str:
+        return f"OnlineGMM(n_components={self.n_components}, covariance_type={self.covariance_type!r})"
+
+
+def _result(
+    resp: np.ndarray, log_lik: np.ndarray, anomaly: np.ndarray, warmup: np.ndarray, version: int
+) -> BatchResult:
+    labels = resp.argmax(axis=1)
+    probs = resp[np.arange(len(resp)), labels]
+    return BatchResult(labels, probs, resp, log_lik, anomaly, warmup, version)
+
+
+def _concatenate(parts: list[BatchResult]) -> BatchResult:
+    if len(parts) == 1:
+        return parts[0]
+    return BatchResult(
+        *(np.concatenate([getattr(p, f) for p in parts]) for f in
+          ("labels", "probabilities", "responsibilities", "log_likelihood", "anomaly", "warmup")),
+        model_version=parts[0].model_version,
+    )

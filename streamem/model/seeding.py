@@ -1,0 +1,142 @@
+"""Initialisation: k-means++ seeding and a few batch EM iterations on a buffer of points."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from streamem.model.covariance import CovarianceKind
+from streamem.model.params import e_step, hard_responsibilities, params_from_statistics
+from streamem.model.statistics import SufficientStatistics, batch_statistics
+
+
+def kmeans_plusplus(X: np.ndarray, n_clusters: int, rng: np.random.Generator) -> np.ndarray:
+    """Greedy k-means++ centres (n_clusters, d) drawn from the rows of X (n, d).
+
+    Each step draws 2 + log K candidates by D² sampling and keeps the one that lowers the
+    potential most, as scikit-learn does. With fewer distinct points than clusters, centres repeat.
+    """
+    n = len(X)
+    trials = 2 + int(np.log(n_clusters))
+    centres = np.empty((n_clusters, X.shape[1]))
+    centres[0] = X[rng.integers(n)]
+    closest = ((X - centres[0]) ** 2).sum(axis=1)
+    for k in range(1, n_clusters):
+        total = closest.sum()
+        if total <= 0:
+            centres[k] = X[rng.integers(n)]
+            continue
+        candidates = rng.choice(n, size=trials, p=closest / total)
+        dist = ((X[None, :, :] - X[candidates][:, None, :]) ** 2).sum(axis=2)
+        pots = np.minimum(closest[None], dist)
+        best = int(pots.sum(axis=1).argmin())
+        centres[k] = X[candidates[best]]
+        closest = pots[best]
+    return centres
+
+
+def lloyd(X: np.ndarray, centres: np.ndarray, max_iter: int = 20) -> np.ndarray:
+    """Refine centres (K, d) by Lloyd's k-means iterations; empty clusters keep their centre."""
+    centres = centres.copy()
+    sq = (X**2).sum(axis=1)
+    for _ in range(max_iter):
+        dist = sq[:, None] - 2.0 * X @ centres.T + (centres**2).sum(axis=1)[None]
+        labels = dist.argmin(axis=1)
+        counts = np.bincount(labels, minlength=len(centres))
+        sums = np.zeros_like(centres)
+        np.add.at(sums, labels, X)
+        moved = counts > 0
+        new = centres.copy()
+        new[moved] = sums[moved] / counts[moved, None]
+        if np.allclose(new, centres):
+            break
+        centres = new
+    return centres
+
+
+def pooled_covariance(X: np.ndarray) -> np.ndarray:
+    """Covariance (d, d) of all points; the identity when there are too few to estimate one."""
+    d = X.shape[1]
+    if len(X) < 2:
+        return np.eye(d)
+    cov = np.atleast_2d(np.cov(X, rowvar=False, bias=True))
+    if not np.any(np.diag(cov) > 0):
+        return np.eye(d)
+    return cov
+
+
+def _hard_statistics(
+    kind: CovarianceKind, X: np.ndarray, centres: np.ndarray, reg_covar: float
+) -> SufficientStatistics:
+    """Statistics of the nearest-centre partition; thin clusters borrow the pooled covariance."""
+    n, d = X.shape
+    K = len(centres)
+    dist = ((X[:, None, :] - centres[None]) ** 2).sum(axis=2)
+    R = np.zeros((n, K))
+    R[np.arange(n), dist.argmin(axis=1)] = 1.0 / n
+    center = X.mean(axis=0)
+    stats = batch_statistics(kind, X - center, R, center)
+    pooled = kind.from_full(pooled_covariance(X)[None])[0]
+    thin = stats.nk * n < d + 1
+    stats.nk[thin] = np.maximum(stats.nk[thin], 1.0 / n)
+    stats.means[thin] = centres[thin]
+    stats.scatter[thin] = stats.nk[thin].reshape((-1,) + (1,) * (stats.scatter.ndim - 1)) * pooled
+    stats.normalise()
+    return stats
+
+
+def fit_batch(
+    X: np.ndarray,
+    n_components: int,
+    kind: CovarianceKind,
+    *,
+    reg_covar: float,
+    init: str,
+    hard: bool,
+    rng: np.random.Generator,
+    max_iter: int = 30,
+    n_init: int = 1,
+    tol: float = 1e-4,
+) -> SufficientStatistics:
+    """Statistics of a mixture fitted to X (n, d) by seeding and batch EM (weights 1/n).
+
+    With ``n_init`` > 1, the fit with the best mean log-likelihood on X is kept.
+    """
+    best, best_score = None, -np.inf
+    for _ in range(n_init):
+        if init == "kmeans++":
+            centres = lloyd(X, kmeans_plusplus(X, n_components, rng))
+        else:
+            centres = X[rng.choice(len(X), size=n_components, replace=len(X) < n_components)]
+        stats, score = _batch_em(X, _hard_statistics(kind, X, centres, reg_covar), kind,
+                                 reg_covar=reg_covar, hard=hard, max_iter=max_iter, tol=tol)
+        if best is None or score > best_score:
+            best, best_score = stats, score
+    assert best is not None
+    return best
+
+
+def _batch_em(
+    X: np.ndarray,
+    stats: SufficientStatistics,
+    kind: CovarianceKind,
+    *,
+    reg_covar: float,
+    hard: bool,
+    max_iter: int,
+    tol: float,
+) -> tuple[SufficientStatistics, float]:
+    """Batch EM from ``stats``; returns the statistics and the final mean log-likelihood."""
+    previous = -np.inf
+    for _ in range(max_iter):
+        params = params_from_statistics(stats, kind, reg_covar)
+        resp, log_lik = e_step(kind, params, X)
+        if hard:
+            resp = hard_responsibilities(resp)
+        stats = batch_statistics(kind, X - params.center, resp / len(X), params.center)
+        stats.nk = np.maximum(stats.nk, 1e-12)
+        stats.normalise()
+        current = float(log_lik.mean())
+        if abs(current - previous) < tol:
+            break
+        previous = current
+    return stats, previous

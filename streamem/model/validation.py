@@ -1,0 +1,64 @@
+"""Checks at the model's edge: hyperparameters once, each batch of points once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+_CHOICES = {
+    "covariance_type": ("full", "diag", "spherical"),
+    "init": ("kmeans++", "random"),
+    "assignment": ("soft", "hard"),
+}
+
+
+def check_hyperparameters(params: dict[str, Any]) -> None:
+    """Raise ``ValueError`` naming the first bad hyperparameter and what was expected."""
+    for name, choices in _CHOICES.items():
+        if params[name] not in choices:
+            raise ValueError(f"{name} must be one of {choices}, got {params[name]!r}")
+    k = params["n_components"]
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"n_components must be an integer >= 1, got {k!r}")
+    positive = {"reg_covar": 0.0, "learning_decay": 0.0}
+    for name, low in positive.items():
+        if not params[name] > low:
+            raise ValueError(f"{name} must be > {low}, got {params[name]!r}")
+    if not 0.5 < params["learning_decay"] <= 1.0:
+        raise ValueError(
+            f"learning_decay must be in (0.5, 1] for stepwise EM to converge, "
+            f"got {params['learning_decay']!r}"
+        )
+    if not params["learning_offset"] >= 0:
+        raise ValueError(f"learning_offset must be >= 0, got {params['learning_offset']!r}")
+    if params["halflife"] is not None and not params["halflife"] > 0:
+        raise ValueError(f"halflife must be > 0 points or None, got {params['halflife']!r}")
+    warmup = params["warmup"]
+    if warmup is not None and (not isinstance(warmup, (int, np.integer)) or warmup < 1):
+        raise ValueError(f"warmup must be an integer >= 1 or None, got {warmup!r}")
+    if not 0.0 < params["anomaly_rate"] < 1.0:
+        raise ValueError(f"anomaly_rate must be in (0, 1), got {params['anomaly_rate']!r}")
+
+
+def check_points(X: Any, n_features: int | None) -> np.ndarray:
+    """X as a float64 (n, d) array; ``ValueError`` for a wrong shape or non-finite rows."""
+    try:
+        X = np.asarray(X, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"points must be numeric: {exc}") from exc
+    if X.ndim != 2:
+        raise ValueError(
+            f"expected a 2-D array (n_points, n_features), got shape {X.shape}; "
+            "use X.reshape(1, -1) for a single point"
+        )
+    if n_features is not None and X.shape[1] != n_features:
+        raise ValueError(f"expected {n_features} features per point, got {X.shape[1]}")
+    if X.shape[1] == 0:
+        raise ValueError("points must have at least one feature")
+    bad = ~np.isfinite(X).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        shown = ", ".join(map(str, rows[:10])) + (" …" if len(rows) > 10 else "")
+        raise ValueError(f"NaN or Inf in {len(rows)} row(s): {shown}; nothing was learned")
+    return X
