@@ -48,17 +48,18 @@ class _Invalid(Exception):
 # --- value checks: each returns the (normalised) value or raises _Invalid --------------------
 
 
-def _bounds_text(lo: float | None, hi: float | None, lo_open: bool) -> str:
+def _bounds_text(lo: float | None, hi: float | None, lo_open: bool = False,
+                 hi_open: bool = False) -> str:
     parts = []
     if lo is not None:
         parts.append(f"{'>' if lo_open else '>='} {lo:g}")
     if hi is not None:
-        parts.append(f"<= {hi:g}")
+        parts.append(f"{'<' if hi_open else '<='} {hi:g}")
     return " and ".join(parts)
 
 
 def _integer(lo: int | None = None, hi: int | None = None) -> Check:
-    expected = f"an integer {_bounds_text(lo, hi, False)}".strip()
+    expected = f"an integer {_bounds_text(lo, hi)}".strip()
 
     def check(v: Any) -> int:
         if type(v) is not int or (lo is not None and v < lo) or (hi is not None and v > hi):
@@ -68,9 +69,10 @@ def _integer(lo: int | None = None, hi: int | None = None) -> Check:
     return check
 
 
-def _number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> Check:
+def _number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+            hi_open: bool = False) -> Check:
     """A finite float; numeric strings pass too, as PyYAML reads ``1e-6`` as a string."""
-    expected = f"a number {_bounds_text(lo, hi, lo_open)}".strip()
+    expected = f"a number {_bounds_text(lo, hi, lo_open, hi_open)}".strip()
 
     def check(v: Any) -> float:
         if isinstance(v, str):
@@ -81,7 +83,8 @@ def _number(lo: float | None = None, hi: float | None = None, *, lo_open: bool =
         if type(v) not in (int, float) or not math.isfinite(v):
             raise _Invalid(expected)
         too_low = lo is not None and (v <= lo if lo_open else v < lo)
-        if too_low or (hi is not None and v > hi):
+        too_high = hi is not None and (v >= hi if hi_open else v > hi)
+        if too_low or too_high:
             raise _Invalid(expected)
         return float(v)
 
@@ -273,7 +276,8 @@ class ModelConfig:
     warmup: int | None = _opt(None, _optional(_integer(1)))
     init: str = _opt("kmeans++", _choice("kmeans++", "random"))
     assignment: str = _opt("soft", _choice("soft", "hard"))
-    anomaly_rate: float | None = _opt(None, _optional(_number(0.0, 1.0, lo_open=True)))
+    anomaly_rate: float | None = _opt(None, _optional(
+        _number(0.0, 1.0, lo_open=True, hi_open=True)))
     update_on_anomaly: bool | None = _opt(None, _optional(_boolean))
     random_state: int | None = _opt(None, _optional(_integer(0)))
 
