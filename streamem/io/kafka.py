@@ -109,7 +109,7 @@ class KafkaSource:
             polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
         except KafkaError as exc:
             raise TransportError(f"poll failed: {exc}") from exc
-        records = []
+        records: list[Record] = []
         for tp, batch in polled.items():
             records.extend(Record(r.topic, r.partition, r.offset, r.key, r.value,
                                   tuple(r.headers or ()), r.timestamp) for r in batch)

@@ -1,0 +1,390 @@
+"""The daemon's loop: poll → decode → ``partial_fit`` → publish → flush → commit → checkpoint.
+
+Delivery guarantee: **at least once**. Every consumed message gets exactly one answer — an
+output record, or a dead letter carrying the reason — and a message's offset is committed only
+after its answer has been acknowledged by the sink. What breaks "exactly once":
+
+* a failed flush (broker down longer than ``kafka.delivery_timeout_s``): nothing is committed,
+  the source is rewound to the committed offsets and the batch is processed again, so some
+  outputs may appear twice and the model has seen those points twice;
+* a crash or ``kill -9`` between flush and commit, or a rebalance that refuses the commit: the
+  next owner re-reads from the last committed offset and answers those messages again;
+* model state: a checkpoint holds the model and the offsets it reflects, written every
+  ``checkpoint.interval_s``. After a crash the consumer group's committed offsets decide what is
+  read next; the restored model lacks the points between its checkpoint and the crash (it
+  does not refit them), which an online model absorbs like any other gap in its stream.
+
+A clean stop (SIGTERM, SIGINT) finishes the batch in hand, flushes, commits, writes a final
+checkpoint whose offsets equal the committed ones, and closes everything.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from streamem import codec
+from streamem.errors import CheckpointError, ConfigError, DecodeError, TransportError
+from streamem.io.base import Backoff, CommitFailed, Record, RecordTooLarge, Sink, Source
+from streamem.io.checkpoint import Checkpoint, CheckpointStore, load_latest
+from streamem.metrics import BatchReport, Metrics
+
+if TYPE_CHECKING:
+    from streamem.config import Config
+    from streamem.model import OnlineGMM
+
+TP = tuple[str, int]
+
+
+@dataclass
+class _Batch:
+    """One poll batch after decoding: the answerable messages and their points stacked."""
+
+    records: list[Record]
+    messages: list[tuple[Record, codec.Points]] = field(default_factory=list)
+    dead: list[tuple[Record, str, str]] = field(default_factory=list)  # record, reason, detail
+
+    def points(self) -> np.ndarray:
+        """All points of all messages, (n_points, n_features), in message order."""
+        return np.concatenate([p.X for _, p in self.messages])
+
+    def next_offsets(self, assigned: set[TP]) -> dict[TP, int]:
+        """Per assigned partition, the offset after the last record of this batch."""
+        out: dict[TP, int] = {}
+        for r in self.records:
+            tp = (r.topic, r.partition)
+            if tp in assigned:
+                out[tp] = max(out.get(tp, 0), r.offset + 1)
+        return out
+
+
+class Runtime:
+    """Runs the loop until :meth:`request_stop` (or the source ends), then shuts down cleanly.
+
+    Parameters
+    ----------
+    cfg : Config
+    source, sink : Source, Sink
+        Already connected.
+    model : OnlineGMM
+        Fresh, or restored from ``resume`` by :func:`restore_model`.
+    metrics : Metrics
+    checkpoint_stores : sequence of CheckpointStore
+        Each checkpoint goes to every store.
+    logger : logging.Logger, optional
+    resume : Checkpoint, optional
+        The checkpoint the model came from: its offsets and ``n_features`` carry over.
+    stop : threading.Event, optional
+        Shared with signal handlers; set it (or call :meth:`request_stop`) to stop.
+    """
+
+    def __init__(self, cfg: Config, source: Source, sink: Sink, model: OnlineGMM,
+                 metrics: Metrics, checkpoint_stores: Sequence[CheckpointStore] = (),
+                 logger: logging.Logger | None = None, *, resume: Checkpoint | None = None,
+                 stop: threading.Event | None = None) -> None:
+        self.cfg = cfg
+        self.source = source
+        self.sink = sink
+        self.model = model
+        self.metrics = metrics
+        self.stores = list(checkpoint_stores)
+        self.log = logger or logging.getLogger(__name__)
+        self._stop = stop or threading.Event()
+        self._backoff = Backoff(cfg.runtime.retry_initial_s, cfg.runtime.retry_max_s)
+        self.offsets: dict[TP, int] = dict(resume.offsets) if resume else {}
+        self.n_features = cfg.input.n_features or (resume.n_features if resume else None)
+        self._dirty = False  # offsets committed since the last checkpoint
+        self._last_checkpoint = self._last_publish = time.monotonic()
+
+    def request_stop(self) -> None:
+        """Ask the loop to stop after the batch in hand (safe from signal handlers)."""
+        self._stop.set()
+
+    def run(self) -> int:
+        """Process batches until stopped; returns the exit code (0)."""
+        self.log.info("runtime_started", extra={"n_features": self.n_features,
+                                                "resumed_offsets": len(self.offsets)})
+        clean = False
+        try:
+            while not self._stop.is_set() and not self.source.exhausted:
+                self.step()
+            clean = True
+        finally:
+            self._shutdown(checkpoint=clean)
+        return 0
+
+    # -- one batch ---------------------------------------------------------------------------
+
+    def step(self) -> None:
+        """Poll once and carry the batch through to its commit."""
+        try:
+            records = self.source.poll(self.cfg.kafka.poll_timeout_ms / 1000)
+        except TransportError as exc:
+            self._transport_failed("poll", exc)
+            return
+        assigned = self.source.assignment()
+        self.metrics.set_ready(bool(assigned))
+        self.metrics.set_consumer_lag(self.source.lags())
+        records = [r for r in records if (r.topic, r.partition) in assigned]
+        if not records:
+            self._maybe_checkpoint()
+            return
+        polled_at, started = time.time(), time.perf_counter()
+        batch = self._decode(records)
+        result = self._fit(batch)
+        self._publish(batch, result)
+        self._maybe_publish_model()
+        try:
+            self.sink.flush(self.cfg.kafka.delivery_timeout_s)
+        except TransportError as exc:
+            self._retry_batch(exc)
+            return
+        acked_at = time.time()
+        self.metrics.set_kafka_up(True)
+        for _, reason, _ in batch.dead:
+            self.metrics.dead_letter(reason)
+        self._commit(batch.next_offsets(self.source.assignment()))
+        self._report(batch, result, polled_at, acked_at, time.perf_counter() - started)
+        self._maybe_checkpoint()
+
+    def _decode(self, records: list[Record]) -> _Batch:
+        batch = _Batch(records)
+        fmt = self.cfg.input.format
+        for rec in records:
+            try:
+                points = codec.decode(rec.value, fmt, self.n_features)
+            except DecodeError as exc:
+                batch.dead.append((rec, exc.reason, exc.detail))
+                continue
+            if self.n_features is None:
+                self.n_features = int(points.X.shape[1])
+                self.log.info("n_features_fixed", extra={"n_features": self.n_features})
+            batch.messages.append((rec, points))
+        return batch
+
+    def _fit(self, batch: _Batch) -> Any:
+        """One ``partial_fit`` over the whole batch; if the model refuses it, dead-letter all."""
+        if not batch.messages:
+            return None
+        try:
+            return self.model.partial_fit(batch.points())
+        except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
+            self.log.error("batch_rejected_by_model", extra={"error": str(exc)})
+            batch.dead.extend((rec, "other", f"model rejected the batch: {exc}")
+                              for rec, _ in batch.messages)
+            batch.messages.clear()
+            return None
+
+    def _publish(self, batch: _Batch, result: Any) -> None:
+        k = self.cfg.kafka
+        version = int(self.model.version_)
+        headers = codec.result_headers(version)
+        start = 0
+        for rec, points in batch.messages:
+            rows = slice(start, start + len(points.X))
+            start = rows.stop
+            value = codec.encode_result(points, result, rows, top_k=self.cfg.output.top_k,
+                                        model_version=version, topic=rec.topic,
+                                        partition=rec.partition, offset=rec.offset)
+            try:
+                self.sink.send(k.output_topic, rec.key, value, headers)
+                if k.anomaly_topic and result.anomaly[rows].any():
+                    self.sink.send(k.anomaly_topic, rec.key, _anomalous_only(value, points.multi),
+                                   headers)
+            except RecordTooLarge as exc:
+                batch.dead.append((rec, "too_large", str(exc)))
+        for rec, reason, detail in batch.dead:
+            self._send_dead_letter(rec, reason, detail)
+
+    def _send_dead_letter(self, rec: Record, reason: str, detail: str) -> None:
+        headers = codec.dead_letter_headers(reason, detail, rec.topic, rec.partition, rec.offset)
+        try:
+            self.sink.send(self.cfg.kafka.dead_letter_topic, rec.key, rec.value, headers)
+        except RecordTooLarge:
+            self.sink.send(self.cfg.kafka.dead_letter_topic, rec.key, b"", headers)
+
+    def _report(self, batch: _Batch, result: Any, polled_at: float, acked_at: float,
+                duration_s: float) -> None:
+        if result is None:
+            n, ll, n_anomalies = 0, np.empty(0), 0
+            latencies = np.empty(0)
+        else:
+            ll = np.asarray(result.log_likelihood)
+            n, n_anomalies = len(ll), int(np.count_nonzero(result.anomaly))
+            latencies = np.concatenate([_latencies(p, polled_at, acked_at)
+                                        for _, p in batch.messages])
+        self.metrics.observe_batch(BatchReport(len(batch.messages), n, n_anomalies, duration_s,
+                                               latencies, ll), self.model)
+
+    # -- acknowledgements and failures ------------------------------------------------------
+
+    def _commit(self, offsets: dict[TP, int]) -> None:
+        """Commit, retrying while the source is unreachable; a rebalance is counted and dropped."""
+        while offsets:
+            try:
+                self.source.commit(offsets)
+            except CommitFailed as exc:
+                self.metrics.kafka_error("rebalance")
+                self.log.warning("commit_refused", extra={"error": str(exc)})
+                return
+            except TransportError as exc:
+                self._transport_failed("commit", exc)
+                if self._stop.is_set():
+                    return
+                continue
+            self.offsets.update(offsets)
+            self._dirty = True
+            self._backoff.reset()
+            return
+
+    def _retry_batch(self, exc: TransportError) -> None:
+        """Outputs were not all acknowledged: commit nothing, rewind, process the batch again.
+
+        The model has already seen the batch; it will see it a second time.
+        """
+        self._transport_failed("delivery", exc)
+        while not self._stop.is_set():
+            try:
+                self.source.seek_to_committed()
+                return
+            except TransportError as seek_exc:
+                self._transport_failed("poll", seek_exc)
+
+    def _transport_failed(self, kind: str, exc: Exception) -> None:
+        self.metrics.kafka_error(kind)
+        self.metrics.set_kafka_up(False)
+        delay = self._backoff.next_delay()
+        self.log.warning("transport_error", extra={"kind": kind, "error": str(exc),
+                                                   "retry_in_s": round(delay, 2)})
+        self._stop.wait(delay)
+
+    # -- periodic work ----------------------------------------------------------------------
+
+    def _maybe_publish_model(self) -> None:
+        topic = self.cfg.kafka.model_topic
+        now = time.monotonic()
+        if not topic or now - self._last_publish < self.cfg.runtime.model_publish_interval_s:
+            return
+        if not self.model.initialized_:
+            return
+        self._last_publish = now
+        value = json.dumps(self.model.params_dict()).encode()
+        try:
+            self.sink.send(topic, self.cfg.kafka.group_id.encode(), value, ())
+        except RecordTooLarge as exc:
+            self.log.warning("model_not_published", extra={"error": str(exc)})
+
+    def _maybe_checkpoint(self, force: bool = False) -> None:
+        due = time.monotonic() - self._last_checkpoint >= self.cfg.checkpoint.interval_s
+        if not self.stores or not self._dirty or not (due or force):
+            return
+        self._last_checkpoint = time.monotonic()
+        ckpt = Checkpoint(self.model.to_bytes(), dict(self.offsets), self.n_features, time.time())
+        ok = True
+        for store in self.stores:
+            try:
+                store.save(ckpt)
+                self.metrics.checkpoint_saved(True)
+            except CheckpointError as exc:
+                ok = False
+                self.metrics.checkpoint_saved(False)
+                self.log.error("checkpoint_failed", extra={"store": store.name, "error": str(exc)})
+        if ok:
+            self._dirty = False
+            self.log.info("checkpoint_saved", extra={"n_seen": int(self.model.n_seen_),
+                                                     "offsets": _offsets_text(self.offsets)})
+
+    def _shutdown(self, checkpoint: bool) -> None:
+        """Close everything; after a clean stop, first write the final checkpoint.
+
+        After a crash the model may hold a batch whose offsets were not committed, so no
+        checkpoint is written then: the last periodic one stays the state to resume from.
+        """
+        self.metrics.set_ready(False)
+        try:
+            if checkpoint:
+                self._maybe_checkpoint(force=True)
+        finally:
+            closeables: list[Source | Sink | CheckpointStore] = [self.source, self.sink]
+            closeables += self.stores
+            for closeable in closeables:
+                try:
+                    closeable.close()
+                except Exception as exc:  # closing is best effort; the state is already saved
+                    self.log.warning("close_failed", extra={"what": type(closeable).__name__,
+                                                            "error": str(exc)})
+            self.log.info("runtime_stopped", extra={"offsets": _offsets_text(self.offsets)})
+
+
+def _latencies(points: codec.Points, polled_at: float, acked_at: float) -> np.ndarray:
+    """Seconds from each point's event time (or the poll, without one) to its acknowledgement."""
+    if points.ts_ms is None:
+        return np.full(len(points.X), acked_at - polled_at)
+    return acked_at - np.asarray(points.ts_ms, dtype=np.float64) / 1000.0
+
+
+def _anomalous_only(value: bytes, multi: bool) -> bytes:
+    """The output of a multi-point message cut down to its anomalous records."""
+    if not multi:
+        return value
+    return json.dumps([r for r in json.loads(value) if r["anomaly"]]).encode()
+
+
+def _offsets_text(offsets: dict[TP, int]) -> str:
+    return ",".join(f"{t}:{p}={o}" for (t, p), o in sorted(offsets.items()))
+
+
+def restore_model(cfg: Config, stores: Sequence[CheckpointStore], *, ignore: bool = False,
+                  logger: logging.Logger | None = None) -> tuple[OnlineGMM, Checkpoint | None]:
+    """The model to start with: from the newest checkpoint in ``stores``, else a fresh one.
+
+    ``ignore`` starts from a fresh model whatever the stores hold (later checkpoints overwrite
+    them). Raises :class:`CheckpointError` for a corrupt checkpoint and :class:`ConfigError`
+    when ``input.n_features`` contradicts the checkpoint.
+    """
+    from streamem.model import OnlineGMM
+
+    log = logger or logging.getLogger(__name__)
+    ckpt = None if ignore else load_latest(stores)
+    if ckpt is None:
+        log.info("model_fresh", extra={"ignored_checkpoint": ignore})
+        return OnlineGMM(**cfg.model_kwargs()), None
+    want = cfg.input.n_features
+    if want is not None and ckpt.n_features is not None and want != ckpt.n_features:
+        raise ConfigError(f"input.n_features is {want} but the checkpoint's model has "
+                          f"{ckpt.n_features} features; fix the config or --ignore-checkpoint")
+    try:
+        model = OnlineGMM.from_bytes(ckpt.model)
+    except (ValueError, KeyError, OSError) as exc:
+        raise CheckpointError(f"the checkpoint's model cannot be loaded: {exc}") from exc
+    log.info("model_restored", extra={"n_seen": int(model.n_seen_),
+                                      "offsets": _offsets_text(dict(ckpt.offsets)),
+                                      "written_at": ckpt.written_at})
+    return model, ckpt
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """While inside, SIGTERM/SIGINT set ``stop``; a second signal exits at once with code 130."""
+
+    def handle(signum: int, frame: object) -> None:
+        if stop.is_set():
+            os._exit(130)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
