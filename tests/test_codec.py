@@ -1,0 +1,436 @@
+"""The codec: every input format, every DecodeError reason, output records and headers."""
+
+from __future__ import annotations
+
+import json
+import struct
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from streamem.codec import (
+    REASONS,
+    Points,
+    dead_letter_headers,
+    decode,
+    encode_block,
+    encode_result,
+    result_headers,
+)
+from streamem.errors import DecodeError
+
+RECORD_KEYS = {"id", "cluster", "probability", "log_likelihood", "anomaly", "warmup",
+               "model_version", "topic", "partition", "offset", "index"}
+
+
+def reason_of(value: bytes | None, fmt: str = "json", n_features: int | None = 2) -> str:
+    with pytest.raises(DecodeError) as err:
+        decode(value, fmt, n_features)
+    assert err.value.reason in REASONS
+    return err.value.reason
+
+
+# --- formats that decode ---------------------------------------------------------------------
+
+
+def test_single_object_with_id_and_ts():
+    p = decode(b'{"id": "sensor-1", "x": [1, 2.5, -3e2], "ts": 1700000000123}', "json", 3)
+    np.testing.assert_array_equal(p.X, [[1.0, 2.5, -300.0]])
+    assert p.X.dtype == np.float64 and p.X.shape == (1, 3)
+    assert p.ids == ["sensor-1"] and not p.multi
+    np.testing.assert_array_equal(p.ts_ms, [1700000000123.0])
+
+
+def test_single_object_without_id_or_ts():
+    p = decode(b'{"x": [0.5]}', "json", None)
+    assert p.ids == [None] and p.ts_ms is None and len(p) == 1
+
+
+def test_integer_ids_stay_integers():
+    p = decode(b'{"id": 12345678901234, "x": [1, 2]}', "json", 2)
+    assert p.ids == [12345678901234] and isinstance(p.ids[0], int)
+
+
+def test_bare_array_is_one_point():
+    p = decode(b"[1, 2, 3]", "json", 3)
+    np.testing.assert_array_equal(p.X, [[1, 2, 3]])
+    assert p.ids == [None] and p.ts_ms is None and not p.multi
+
+
+def test_array_of_arrays_is_a_batch():
+    p = decode(b"[[1, 2], [3, 4], [5, 6]]", "json", 2)
+    np.testing.assert_array_equal(p.X, [[1, 2], [3, 4], [5, 6]])
+    assert p.ids == [None, None, None] and p.ts_ms is None and p.multi
+
+
+def test_one_element_batch_is_still_multi():
+    assert decode(b"[[1, 2]]", "json", 2).multi
+    assert decode(b'{"points": [{"x": [1, 2]}]}', "json", 2).multi
+
+
+def test_array_of_objects_is_a_batch_with_ids_and_missing_ts_as_nan():
+    p = decode(b'[{"id": "a", "x": [1, 2], "ts": 10}, {"x": [3, 4]}, {"id": 7, "x": [5, 6],'
+               b' "ts": 12.5}]', "json", 2)
+    np.testing.assert_array_equal(p.X, [[1, 2], [3, 4], [5, 6]])
+    assert p.ids == ["a", None, 7] and p.multi
+    np.testing.assert_array_equal(p.ts_ms, [10.0, np.nan, 12.5])
+
+
+def test_points_wrapper():
+    p = decode(b'{"points": [[1, 2], [3, 4]]}', "json", 2)
+    np.testing.assert_array_equal(p.X, [[1, 2], [3, 4]])
+    q = decode(b'{"points": [{"x": [1, 2], "id": "q"}]}', "json", 2)
+    assert q.ids == ["q"] and q.multi
+
+
+def test_extra_keys_are_ignored():
+    p = decode(b'{"x": [1, 2], "label": "cat", "meta": {"a": [true]}}', "json", 2)
+    np.testing.assert_array_equal(p.X, [[1, 2]])
+
+
+def test_big_integers_become_floats():
+    p = decode(b'{"x": [1, 100000000000000000000000000000]}', "json", 2)
+    np.testing.assert_array_equal(p.X, [[1.0, 1e29]])
+
+
+def test_strings_that_say_true_outside_x_do_not_break_decoding():
+    p = decode(b'[{"id": "true", "x": [1, 2]}, {"id": "false", "x": [3, 4]}]', "json", 2)
+    np.testing.assert_array_equal(p.X, [[1, 2], [3, 4]])
+    assert p.ids == ["true", "false"]
+
+
+@pytest.mark.parametrize(("fmt", "dtype"), [("f32", "<f4"), ("f64", "<f8")])
+def test_raw_vectors(fmt, dtype):
+    x = np.array([1.5, -2.25, 3e5], dtype=dtype)
+    p = decode(x.tobytes(), fmt, 3)
+    np.testing.assert_array_equal(p.X, x.astype(np.float64)[None, :])
+    assert p.X.dtype == np.float64 and p.ids == [None] and p.ts_ms is None and not p.multi
+
+
+def test_raw_vector_bytes_are_little_endian():
+    assert decode(struct.pack("<2d", 1.0, 2.0), "f64", 2).X.tolist() == [[1.0, 2.0]]
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+def test_block_with_ids(dtype):
+    X = np.arange(12, dtype=np.float64).reshape(4, 3) / 4
+    p = decode(encode_block(X, ids=[10, 11, 2**64 - 1, 0], dtype=dtype), "block", 3)
+    np.testing.assert_array_equal(p.X, X)
+    assert p.ids == [10, 11, 2**64 - 1, 0] and p.multi and p.ts_ms is None
+
+
+def test_block_layout_is_the_documented_one():
+    value = encode_block(np.array([[1.0, 2.0]]), ids=[5], dtype="f64")
+    assert value[:4] == b"SEM1" and value[4:5] == b"d" and value[5:8] == b"\0\0\0"
+    assert struct.unpack_from("<IIQ2d", value, 8) == (1, 2, 5, 1.0, 2.0)
+    assert len(value) == 16 + 8 + 16
+
+
+def test_block_ids_default_to_row_numbers():
+    assert decode(encode_block(np.zeros((3, 1))), "block", 1).ids == [0, 1, 2]
+
+
+def test_decoded_arrays_are_writable_copies():
+    value = np.array([1.0, 2.0]).tobytes()
+    p = decode(value, "f64", 2)
+    p.X[0, 0] = 9.0
+    assert decode(value, "f64", 2).X[0, 0] == 1.0
+
+
+def test_n_features_none_accepts_any_width():
+    assert decode(b"[1, 2, 3, 4]", "json", None).X.shape == (1, 4)
+
+
+def test_unknown_format_is_a_programming_error():
+    with pytest.raises(ValueError, match="unknown input format"):
+        decode(b"[1]", "csv", None)
+
+
+# --- every reason ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [b"{", b"[1, 2", b"nope", b"\xff\xfe\x00", b"{'x': [1]}",
+                                   b"[" * 100_000])
+def test_bad_json(value):
+    assert reason_of(value) == "bad_json"
+
+
+@pytest.mark.parametrize("value", [
+    b'"text"', b"3", b"null", b"true",
+    b'{"y": [1, 2]}', b'{"x": 5}', b'{"x": "1,2"}', b'{"x": {"a": 1}}',
+    b'{"x": [1, true]}', b'{"x": [true, false]}', b'[1, false]',
+    b'{"x": ["1", "2"]}', b'{"x": [1, null]}', b'{"x": [[1, 2]]}', b"[[[1, 2]]]",
+    b"[1, [2]]", b'{"x": [1, {"v": 2}]}',
+    b'{"x": [1, 2], "id": 1.5}', b'{"x": [1, 2], "id": true}', b'{"x": [1, 2], "id": [1]}',
+    b'{"x": [1, 2], "ts": "now"}', b'{"x": [1, 2], "ts": true}', b'{"x": [1, 2], "ts": NaN}',
+    b'{"x": [1, 2], "ts": Infinity}',
+    b'{"points": 3}', b'{"points": {"x": [1, 2]}}', b'[{"x": [1, 2]}, [3, 4]]',
+    b'[[1, 2], {"x": [3, 4]}]', b'[{"x": [1, 2]}, {"id": 1}]', b'[[1, 2], [3, "4"]]',
+    b'[[1, 2], [3, true]]', b'[{"x": [1, 2]}, 5]',
+])
+def test_bad_schema(value):
+    assert reason_of(value) == "bad_schema"
+
+
+@pytest.mark.parametrize(("value", "fmt"), [
+    (b"", "json"), (None, "json"), (b"[]", "json"), (b'{"x": []}', "json"),
+    (b'{"points": []}', "json"), (b"[[]]", "json"), (b"[[], []]", "json"),
+    (b"", "f32"), (b"", "f64"), (b"", "block"),
+])
+def test_empty(value, fmt):
+    assert reason_of(value, fmt) == "empty"
+
+
+def test_empty_block():
+    assert reason_of(encode_block(np.zeros((0, 2))), "block") == "empty"
+    assert reason_of(encode_block(np.zeros((3, 0))), "block") == "empty"
+
+
+@pytest.mark.parametrize(("value", "fmt"), [
+    (b"[1, 2, 3]", "json"), (b'{"x": [1]}', "json"), (b"[[1, 2, 3], [4, 5, 6]]", "json"),
+    (np.zeros(3, "<f4").tobytes(), "f32"), (np.zeros(1, "<f8").tobytes(), "f64"),
+    (encode_block(np.zeros((2, 3))), "block"),
+])
+def test_wrong_dimension(value, fmt):
+    assert reason_of(value, fmt, n_features=2) == "wrong_dimension"
+
+
+@pytest.mark.parametrize("value", [b"[[1, 2], [3]]", b'[{"x": [1, 2]}, {"x": [3, 4, 5]}]',
+                                   b'{"points": [[1], [2, 3]]}'])
+def test_ragged_rows_are_wrong_dimension_even_without_n_features(value):
+    assert reason_of(value, n_features=None) == "wrong_dimension"
+
+
+def test_non_finite_names_the_rows():
+    with pytest.raises(DecodeError) as err:
+        decode(b"[[1, 2], [NaN, 1], [3, 4], [1e999, 0], [-Infinity, 5]]", "json", 2)
+    assert err.value.reason == "non_finite"
+    assert "rows 1, 3, 4" in err.value.detail
+
+
+def test_non_finite_lists_at_most_ten_rows():
+    X = np.full((25, 2), np.nan)
+    with pytest.raises(DecodeError) as err:
+        decode(encode_block(X, dtype="f64"), "block", 2)
+    assert err.value.reason == "non_finite"
+    assert "rows 0, 1, 2, 3, 4, 5, 6, 7, 8, 9 and 15 more" in err.value.detail
+
+
+@pytest.mark.parametrize(("value", "fmt"), [
+    (b'{"x": [1, NaN]}', "json"), (b"[Infinity, 1]", "json"),
+    (b'{"x": [1, 1' + b"0" * 400 + b"]}", "json"),
+    (np.array([1, np.inf], "<f4").tobytes(), "f32"),
+    (np.array([np.nan, 1]).tobytes(), "f64"),
+])
+def test_non_finite(value, fmt):
+    assert reason_of(value, fmt) == "non_finite"
+
+
+def _block(magic=b"SEM1", code=b"f", reserved=b"\0\0\0", n=2, d=2, tail_delta=0):
+    body = bytes(8 * n + (4 if code == b"f" else 8) * n * d + tail_delta)
+    return struct.pack("<4sc3sII", magic, code, reserved, n, d) + body
+
+
+@pytest.mark.parametrize(("value", "fmt"), [
+    (b"\0\0\0", "f32"), (bytes(7), "f32"), (bytes(12), "f64"),
+    (b"SEM", "block"), (bytes(15), "block"),
+    (_block(magic=b"SEM2"), "block"), (_block(magic=b'{"x"'), "block"),
+    (_block(code=b"h"), "block"), (_block(reserved=b"\0\1\0"), "block"),
+    (_block(tail_delta=-1), "block"), (_block(tail_delta=4), "block"),
+    (struct.pack("<4sc3sII", b"SEM1", b"d", bytes(3), 2**32 - 1, 2**32 - 1) + bytes(64), "block"),
+    (_block(code=b"d")[:-8], "block"),
+])
+def test_bad_binary(value, fmt):
+    assert reason_of(value, fmt) == "bad_binary"
+
+
+def test_block_whose_n_times_d_does_not_match_the_length():
+    good = encode_block(np.zeros((2, 2)))
+    lying = good[:8] + struct.pack("<II", 4, 1) + good[16:]  # 4×1 floats need 48 bytes, not 64
+    assert reason_of(lying, "block", None) == "bad_binary"
+
+
+def test_errors_carry_a_readable_detail():
+    with pytest.raises(DecodeError) as err:
+        decode(b'{"x": [1, true]}', "json", 2)
+    assert err.value.detail == '"x", feature 1: expected a number, got a boolean'
+    assert str(err.value) == f"bad_schema: {err.value.detail}"
+
+
+# --- round-trips -----------------------------------------------------------------------------
+
+finite = st.floats(allow_nan=False, allow_infinity=False, width=32)
+
+
+@settings(max_examples=100, deadline=None)
+@given(X=hnp.arrays(np.float64, hnp.array_shapes(min_dims=2, max_dims=2, max_side=20),
+                    elements=finite),
+       dtype=st.sampled_from(["f32", "f64"]), data=st.data())
+def test_block_round_trip(X, dtype, data):
+    ids = data.draw(st.lists(st.integers(0, 2**64 - 1), min_size=len(X), max_size=len(X)))
+    p = decode(encode_block(X, ids=ids, dtype=dtype), "block", X.shape[1])
+    np.testing.assert_array_equal(p.X, X)  # float32-representable elements survive either dtype
+    assert p.ids == ids and p.multi
+
+
+@settings(max_examples=100, deadline=None)
+@given(X=hnp.arrays(np.float64, hnp.array_shapes(min_dims=2, max_dims=2, max_side=20),
+                    elements=st.floats(allow_nan=False, allow_infinity=False)),
+       ids=st.lists(st.none() | st.integers(-(2**63), 2**63) | st.text(max_size=5),
+                    min_size=20, max_size=20))
+def test_json_objects_round_trip(X, ids):
+    doc = [{"x": row, "id": ident} for row, ident in zip(X.tolist(), ids, strict=False)]
+    p = decode(json.dumps(doc).encode(), "json", X.shape[1])
+    np.testing.assert_array_equal(p.X, X)
+    assert p.ids == ids[:len(X)]
+
+
+@settings(max_examples=50, deadline=None)
+@given(x=st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=1, max_size=30))
+def test_bare_json_array_round_trip(x):
+    np.testing.assert_array_equal(decode(json.dumps(x).encode(), "json", len(x)).X, [x])
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+def stand_in_result(n: int, k: int = 4, seed: int = 0) -> SimpleNamespace:
+    """A batch result with the model's attribute arrays, random but consistent."""
+    rng = np.random.default_rng(seed)
+    resp = rng.dirichlet(np.ones(k), size=n)
+    labels = resp.argmax(axis=1)
+    return SimpleNamespace(
+        labels=labels, probabilities=resp[np.arange(n), labels], responsibilities=resp,
+        log_likelihood=rng.normal(-5, 2, size=n), anomaly=rng.random(n) < 0.3,
+        warmup=rng.random(n) < 0.5)
+
+
+def test_single_message_gives_one_record_object():
+    points = decode(b'{"id": "p", "x": [1, 2]}', "json", 2)
+    res = stand_in_result(5)
+    out = encode_result(points, res, slice(3, 4), top_k=0, model_version=7, topic="in",
+                        partition=2, offset=41)
+    record = json.loads(out)
+    assert set(record) == RECORD_KEYS
+    assert record == {
+        "id": "p", "cluster": int(res.labels[3]),
+        "probability": pytest.approx(res.probabilities[3], abs=1e-6),
+        "log_likelihood": pytest.approx(res.log_likelihood[3], abs=1e-6),
+        "anomaly": bool(res.anomaly[3]), "warmup": bool(res.warmup[3]), "model_version": 7,
+        "topic": "in", "partition": 2, "offset": 41, "index": 0}
+    assert type(record["cluster"]) is int and type(record["anomaly"]) is bool
+
+
+def test_multi_message_gives_one_array_in_row_order():
+    points = decode(b'[{"id": "a", "x": [1, 2]}, {"x": [3, 4]}, {"id": 9, "x": [5, 6]}]',
+                    "json", 2)
+    res = stand_in_result(10)
+    records = json.loads(encode_result(points, res, slice(4, 7), top_k=0, model_version=1,
+                                       topic="t", partition=0, offset=5))
+    assert isinstance(records, list) and len(records) == 3
+    assert [r["id"] for r in records] == ["a", None, 9]
+    assert [r["index"] for r in records] == [0, 1, 2]
+    assert [r["cluster"] for r in records] == res.labels[4:7].tolist()
+    assert all(r["offset"] == 5 and set(r) == RECORD_KEYS for r in records)
+
+
+def test_output_is_compact_json():
+    points = decode(b"[1, 2]", "json", 2)
+    out = encode_result(points, stand_in_result(1), slice(0, 1), top_k=2, model_version=0,
+                        topic="t", partition=0, offset=0)
+    assert b" " not in out and out.startswith(b'{"id":null,"cluster":')
+
+
+def test_floats_are_rounded():
+    res = stand_in_result(1)
+    res.probabilities = np.array([0.123456789])
+    res.log_likelihood = np.array([-12.3456789123])
+    record = json.loads(encode_result(decode(b"[1]", "json", 1), res, slice(0, 1), top_k=0,
+                                      model_version=0, topic="t", partition=0, offset=0))
+    assert record["probability"] == 0.123457 and record["log_likelihood"] == -12.345679
+
+
+def test_non_finite_log_likelihood_becomes_null():
+    res = stand_in_result(2)
+    res.log_likelihood = np.array([-np.inf, -3.0])
+    records = json.loads(encode_result(decode(b"[[1], [2]]", "json", 1), res, slice(0, 2),
+                                       top_k=0, model_version=0, topic="t", partition=0,
+                                       offset=0))
+    assert [r["log_likelihood"] for r in records] == [None, -3.0]
+
+
+@pytest.mark.parametrize("top_k", [1, 2, 3, 4, 6])
+def test_top_k_pairs_are_the_largest_sorted_descending(top_k):
+    n, k = 30, 4
+    res = stand_in_result(n, k, seed=top_k)
+    points = decode(encode_block(np.zeros((n, 1))), "block", 1)
+    records = json.loads(encode_result(points, res, slice(0, n), top_k=top_k, model_version=0,
+                                       topic="t", partition=0, offset=0))
+    for record, resp in zip(records, res.responsibilities, strict=True):
+        pairs = record["top_k"]
+        expected = np.argsort(-resp, kind="stable")[:min(top_k, k)]
+        assert [c for c, _ in pairs] == expected.tolist()
+        assert [r for _, r in pairs] == pytest.approx(resp[expected], abs=1e-6)
+        assert pairs[0][0] == record["cluster"]
+        assert all(isinstance(c, int) for c, _ in pairs)
+
+
+def test_top_k_ties_order_by_component():
+    res = stand_in_result(1, 3)
+    res.responsibilities = np.array([[0.25, 0.5, 0.25]])
+    record = json.loads(encode_result(decode(b"[1]", "json", 1), res, slice(0, 1), top_k=3,
+                                      model_version=0, topic="t", partition=0, offset=0))
+    assert record["top_k"] == [[1, 0.5], [0, 0.25], [2, 0.25]]
+
+
+def test_top_k_zero_adds_no_key():
+    record = json.loads(encode_result(decode(b"[1]", "json", 1), stand_in_result(1), slice(0, 1),
+                                      top_k=0, model_version=0, topic="t", partition=0, offset=0))
+    assert "top_k" not in record
+
+
+def test_numpy_scalars_in_metadata_are_accepted():
+    record = json.loads(encode_result(decode(b"[1]", "json", 1), stand_in_result(1), slice(0, 1),
+                                      top_k=0, model_version=np.int64(3), topic="t",
+                                      partition=np.int32(1), offset=np.int64(2)))
+    assert (record["model_version"], record["partition"], record["offset"]) == (3, 1, 2)
+
+
+def test_rows_must_match_the_number_of_points():
+    with pytest.raises(ValueError, match="rows select 2 results for 1 points"):
+        encode_result(decode(b"[1]", "json", 1), stand_in_result(3), slice(0, 2), top_k=0,
+                      model_version=0, topic="t", partition=0, offset=0)
+
+
+def test_points_is_frozen():
+    p = Points(np.zeros((1, 1)), [None], None, multi=False)
+    with pytest.raises(AttributeError):
+        p.multi = True  # type: ignore[misc]
+
+
+# --- headers ---------------------------------------------------------------------------------
+
+
+def test_result_headers():
+    assert result_headers(12) == [("streamem.model_version", b"12")]
+
+
+def test_dead_letter_headers():
+    headers = dead_letter_headers("bad_json", "Expecting value", "points", 3, 1234)
+    assert headers == [
+        ("streamem.reason", b"bad_json"),
+        ("streamem.detail", b"Expecting value"),
+        ("streamem.source.topic", b"points"),
+        ("streamem.source.partition", b"3"),
+        ("streamem.source.offset", b"1234"),
+    ]
+
+
+def test_dead_letter_detail_is_cut_on_a_character_boundary():
+    detail = dict(dead_letter_headers("bad_schema", "é" * 1000, "t", 0, 0))["streamem.detail"]
+    assert len(detail) <= 1024
+    assert detail.decode("utf-8") == "é" * 512
