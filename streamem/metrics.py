@@ -472,7 +472,10 @@ class MetricsServer:
         self.port: int = self._httpd.server_address[1]
         self.closed = False
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="streamem-metrics", daemon=True
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.1},  # how long close() may wait
+            name="streamem-metrics",
+            daemon=True,
         )
         self._thread.start()
 
