@@ -27,6 +27,8 @@ CHECK_EVERY = 256
 #: Half-life, in points, of the recent-usage and flagged-share averages.
 RECENT_HALFLIFE = 1000.0
 HISTORY_LENGTH = 100
+#: Recent flagged share above which the stream is taken to have changed (see ``drifting_``).
+DRIFT_SHARE = 0.25
 #: Seeding restarts of the warm-up fit; the best on the buffer is kept.
 WARMUP_RESTARTS = 5
 
@@ -120,13 +122,14 @@ class OnlineGMM:
         self.n_features_in_: int | None = None
         self.n_seen_ = 0
         self.version_ = 0
-        self.resets_: dict[str, int] = {"weight": 0, "singular": 0, "stranded": 0}
+        self.resets_: dict[str, int] = {"weight": 0, "singular": 0, "stranded": 0, "drift": 0}
         self.collapse_history_: list[tuple[int, int, str]] = []
         self.anomaly_threshold_ = -np.inf
         self.learning_rate_ = 0.0
         self.stats_: SufficientStatistics | None = None
         self._params: Params | None = None
         self._buffer: list[np.ndarray] = []
+        self._rewarm: list[np.ndarray] = []
         self._provisional_size = 0
         self._n_steps = 0
         self._sum_sq_weights = 0.0
@@ -177,6 +180,16 @@ class OnlineGMM:
             return int(self.warmup)
         d = self.n_features_in_ or 1
         return max(1000, 10 * self.n_components * d)
+
+    @property
+    def drifting_(self) -> bool:
+        """Whether so many recent points are flagged that the stream itself has changed.
+
+        Then flagged points update the model, and the next ``warmup`` points refit it from
+        scratch (counted as a ``drift`` reset). Smaller changes — one cluster moving, a new one
+        appearing — are met by moving stranded components instead.
+        """
+        return self._flag_share > DRIFT_SHARE
 
     @property
     def weights_(self) -> np.ndarray:
@@ -280,8 +293,11 @@ class OnlineGMM:
         version = self.version_
         resp, log_lik = e_step(self._kind, self._params, X)
         anomaly = log_lik < self.anomaly_threshold_
-        learn = np.ones(len(X), dtype=bool) if self.update_on_anomaly else ~anomaly
+        drifting = self.drifting_
+        learn = np.ones(len(X), dtype=bool) if self.update_on_anomaly or drifting else ~anomaly
         self._update(X[learn], resp[learn], learning_rate)
+        if drifting or self._rewarm:
+            self._collect_rewarm(X)
         self._track_recent(X, resp, anomaly)
         self.n_seen_ += len(X)
         self._since_check += len(X)
@@ -292,6 +308,26 @@ class OnlineGMM:
         if len(X):
             self._refresh(threshold=checked)
         return _result(resp, log_lik, anomaly, np.zeros(len(X), dtype=bool), version)
+
+    def _collect_rewarm(self, X: np.ndarray) -> None:
+        """After a large change, refit from a fresh warm-up buffer of the new regime."""
+        self._rewarm.append(X)
+        buffered = np.concatenate(self._rewarm)
+        if len(buffered) < self.warmup_:
+            return
+        rng = np.random.default_rng([self._state["seed"], 2, self.n_seen_])
+        stats = fit_batch(buffered, self.n_components, self._kind, reg_covar=self.reg_covar,
+                          init=self.init, hard=self.assignment == "hard", rng=rng,
+                          n_init=WARMUP_RESTARTS)
+        self._rewarm = []
+        self._flag_share = 0.0
+        self._flagged = self._flagged[:0]
+        self._flagged_at = self._flagged_at[:0]
+        self._start(stats, len(buffered))
+        self.resets_["drift"] += 1
+        self.collapse_history_ = (self.collapse_history_ + [(self.n_seen_, -1, "drift")])[
+            -HISTORY_LENGTH:
+        ]
 
     def _update(self, X: np.ndarray, resp: np.ndarray, learning_rate: float | None) -> None:
         """Blend the batch's statistics in with per-point step weights."""

@@ -42,6 +42,8 @@ def dumps(model: OnlineGMM) -> bytes:
     }
     if model._buffer:
         arrays["buffer"] = np.concatenate(model._buffer)
+    if model._rewarm:
+        arrays["rewarm"] = np.concatenate(model._rewarm)
     if model.stats_ is not None:
         arrays.update(nk=model.stats_.nk, stat_means=model.stats_.means,
                       scatter=model.stats_.scatter)
@@ -76,6 +78,7 @@ def loads(cls: type[OnlineGMM], data: bytes) -> OnlineGMM:
     model._usage, model._flagged = arrays["usage"], arrays["flagged"]
     model._flagged_at = arrays["flagged_at"]
     model._buffer = [arrays["buffer"]] if "buffer" in arrays else []
+    model._rewarm = [arrays["rewarm"]] if "rewarm" in arrays else []
     if "nk" in arrays:
         model.stats_ = SufficientStatistics(arrays["nk"], arrays["stat_means"], arrays["scatter"])
     if "weights" in arrays:
