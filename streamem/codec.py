@@ -40,10 +40,11 @@ FORMATS = ("json", "f32", "f64", "block")
 REASONS = ("bad_json", "bad_schema", "empty", "wrong_dimension", "non_finite", "bad_binary")
 BLOCK_MAGIC = b"SEM1"
 _BLOCK_HEADER = struct.Struct("<4sc3sII")  # magic, dtype code, reserved, n, d
-_BLOCK_DTYPES = {b"f": np.dtype("<f4"), b"d": np.dtype("<f8")}
+_BLOCK_DTYPES: dict[bytes, np.dtype[Any]] = {b"f": np.dtype("<f4"), b"d": np.dtype("<f8")}
 _DTYPE_CODES = {"f32": b"f", "f64": b"d"}
 _MAX_DETAIL_BYTES = 1024
 _MAX_ROWS_NAMED = 10
+_FEW_ROWS = 16  # up to this many rows, output values are rounded in Python
 
 
 @dataclass(frozen=True)
@@ -284,11 +285,11 @@ def encode_result(points: Points, result: Any, rows: slice, *, top_k: int, model
     rows : this message's n rows within the batch.
     top_k : add the ``top_k`` largest responsibilities as ``[[component, r], ...]``, descending.
     """
-    labels = np.asarray(result.labels[rows], dtype=np.int64).tolist()
-    probs = np.round(np.asarray(result.probabilities[rows], dtype=np.float64), 6).tolist()
-    loglik = _finite_or_none(np.asarray(result.log_likelihood[rows], dtype=np.float64))
-    anomaly = np.asarray(result.anomaly[rows], dtype=bool).tolist()
-    warmup = np.asarray(result.warmup[rows], dtype=bool).tolist()
+    labels = [int(c) for c in result.labels[rows].tolist()]
+    probs = _rounded(result.probabilities[rows])
+    loglik = _rounded(result.log_likelihood[rows])
+    anomaly = [bool(a) for a in result.anomaly[rows].tolist()]
+    warmup = [bool(w) for w in result.warmup[rows].tolist()]
     if len(labels) != len(points):
         raise ValueError(f"rows select {len(labels)} results for {len(points)} points")
     version, partition, offset = int(model_version), int(partition), int(offset)
@@ -307,28 +308,41 @@ def encode_result(points: Points, result: Any, rows: slice, *, top_k: int, model
     return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
 
 
-def _finite_or_none(values: FloatArray) -> list[float | None]:
-    """Rounded values, with None (JSON null) where a value is not finite."""
-    out: list[float | None] = np.round(values, 6).tolist()
+def _rounded(values: npt.NDArray[Any]) -> list[float | None]:
+    """Values (m,) rounded to 6 decimals, None (JSON null) where not finite.
+
+    A few values are rounded in Python: numpy's per-call overhead dominates at that size.
+    """
+    if values.shape[0] <= _FEW_ROWS:
+        return [round(v, 6) if math.isfinite(v) else None for v in values.tolist()]
+    out: list[float | None] = np.round(values.astype(np.float64), 6).tolist()
     if not np.isfinite(values).all():
-        out = [v if np.isfinite(v) else None for v in out]  # type: ignore[arg-type]
+        out = [v if math.isfinite(v) else None for v in out]  # type: ignore[arg-type]
     return out
 
 
-def _top_k(resp: npt.ArrayLike, k: int) -> list[list[list[Any]]]:
-    """Per row of resp (m, K), the k largest ``[component, r]`` pairs, largest first."""
-    resp = np.asarray(resp, dtype=np.float64)
-    k = min(k, resp.shape[1])
-    if k < resp.shape[1]:
+def _top_k(resp: npt.NDArray[Any], k: int) -> list[list[list[Any]]]:
+    """Per row of resp (m, K), the k largest ``[component, r]`` pairs, largest first.
+
+    Ties go to the lower component (except, for many rows, a tie across the k-th place).
+    """
+    m, n_components = resp.shape
+    k = min(k, n_components)
+    if m <= _FEW_ROWS:
+        out = []
+        for row in resp.tolist():
+            best = sorted(range(n_components), key=row.__getitem__, reverse=True)[:k]
+            out.append([[c, round(row[c], 6)] for c in best])
+        return out
+    if k < n_components:
         idx = np.argpartition(-resp, k - 1, axis=1)[:, :k]
     else:
         idx = np.broadcast_to(np.arange(k), resp.shape)
-    vals = np.take_along_axis(resp, idx, axis=1)
+    at = np.arange(m)[:, None]
+    vals = resp[at, idx]
     order = np.lexsort((idx, -vals), axis=1)
-    idx = np.take_along_axis(idx, order, axis=1).tolist()
-    vals = np.round(np.take_along_axis(vals, order, axis=1), 6).tolist()
-    return [[[c, r] for c, r in zip(ci, ri, strict=True)]
-            for ci, ri in zip(idx, vals, strict=True)]
+    ci, ri = idx[at, order].tolist(), np.round(vals[at, order], 6).tolist()
+    return [[[c, r] for c, r in zip(cs, rs, strict=True)] for cs, rs in zip(ci, ri, strict=True)]
 
 
 def result_headers(model_version: int) -> Headers:
