@@ -354,18 +354,23 @@ def test_floats_are_rounded():
     assert record["probability"] == 0.123457 and record["log_likelihood"] == -12.345679
 
 
-def test_non_finite_log_likelihood_becomes_null():
-    res = stand_in_result(2)
-    res.log_likelihood = np.array([-np.inf, -3.0])
-    records = json.loads(encode_result(decode(b"[[1], [2]]", "json", 1), res, slice(0, 2),
-                                       top_k=0, model_version=0, topic="t", partition=0,
-                                       offset=0))
-    assert [r["log_likelihood"] for r in records] == [None, -3.0]
+@pytest.mark.parametrize("n", [2, 40])  # both the few-rows and the vectorised path
+def test_rounding_and_non_finite_log_likelihood_as_null(n):
+    res = stand_in_result(n)
+    res.log_likelihood = np.full(n, -12.3456789123)
+    res.log_likelihood[0] = -np.inf
+    res.probabilities = np.full(n, 0.123456789)
+    points = decode(encode_block(np.zeros((n, 1))), "block", 1)
+    records = json.loads(encode_result(points, res, slice(0, n), top_k=0, model_version=0,
+                                       topic="t", partition=0, offset=0))
+    assert [r["log_likelihood"] for r in records] == [None] + [-12.345679] * (n - 1)
+    assert {r["probability"] for r in records} == {0.123457}
 
 
+@pytest.mark.parametrize("n", [1, 5, 30])
 @pytest.mark.parametrize("top_k", [1, 2, 3, 4, 6])
-def test_top_k_pairs_are_the_largest_sorted_descending(top_k):
-    n, k = 30, 4
+def test_top_k_pairs_are_the_largest_sorted_descending(top_k, n):
+    k = 4
     res = stand_in_result(n, k, seed=top_k)
     points = decode(encode_block(np.zeros((n, 1))), "block", 1)
     records = json.loads(encode_result(points, res, slice(0, n), top_k=top_k, model_version=0,
@@ -379,12 +384,14 @@ def test_top_k_pairs_are_the_largest_sorted_descending(top_k):
         assert all(isinstance(c, int) for c, _ in pairs)
 
 
-def test_top_k_ties_order_by_component():
-    res = stand_in_result(1, 3)
-    res.responsibilities = np.array([[0.25, 0.5, 0.25]])
-    record = json.loads(encode_result(decode(b"[1]", "json", 1), res, slice(0, 1), top_k=3,
-                                      model_version=0, topic="t", partition=0, offset=0))
-    assert record["top_k"] == [[1, 0.5], [0, 0.25], [2, 0.25]]
+@pytest.mark.parametrize("n", [1, 20])
+def test_top_k_ties_order_by_component(n):
+    res = stand_in_result(n, 3)
+    res.responsibilities = np.tile([0.25, 0.5, 0.25], (n, 1))
+    points = decode(encode_block(np.zeros((n, 1))), "block", 1)
+    records = json.loads(encode_result(points, res, slice(0, n), top_k=3, model_version=0,
+                                       topic="t", partition=0, offset=0))
+    assert all(r["top_k"] == [[1, 0.5], [0, 0.25], [2, 0.25]] for r in records)
 
 
 def test_top_k_zero_adds_no_key():
