@@ -393,6 +393,8 @@ def _read_file(path: str) -> _Layer:
         raise ConfigError(f"config file not found: {path}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 (byte {exc.start})") from None
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()

@@ -321,6 +321,18 @@ def test_directory_instead_of_file(tmp_path):
         load(path=tmp_path)
 
 
+def test_non_utf8_file(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("kafka:\n  client_id: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="is not UTF-8"):
+        load(path=path)
+
+
+def test_unsafe_yaml_tags_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load(path=write(tmp_path, "kafka:\n  client_id: !!python/object:os.system x\n"))
+
+
 def test_duplicate_keys_are_rejected(tmp_path):
     path = write(tmp_path, "model:\n  n_components: 2\n  n_components: 3\n")
     with pytest.raises(ConfigError, match=r"duplicate key 'model\.n_components' .*line 3"):
