@@ -70,7 +70,8 @@ class OnlineGMM:
     init : ``"kmeans++"`` or ``"random"`` seeding of the warm-up fit.
     assignment : ``"soft"`` (EM) or ``"hard"`` (classification EM, the k-means limit).
     anomaly_rate : share of the model's own inliers flagged as anomalies.
-    update_on_anomaly : whether flagged points update the statistics (default: they do not).
+    update_on_anomaly : whether flagged points always update the statistics; by default they do
+        not while flags are as rare as anomalies should be (see ``protecting_``).
     random_state : seed of the seeding; ``None`` draws one (kept in checkpoints).
 
     Warm-up: until ``warmup`` points have arrived, points are answered by a provisional model
@@ -180,6 +181,19 @@ class OnlineGMM:
             return int(self.warmup)
         d = self.n_features_in_ or 1
         return max(1000, 10 * self.n_components * d)
+
+    @property
+    def protecting_(self) -> bool:
+        """Whether flagged points are kept out of the statistics right now.
+
+        Only while flags stay as rare as scattered anomalies should make them (the recent flagged
+        share at most max(2 %, 20 × ``anomaly_rate``)): when far more points are flagged, the model
+        no longer fits the stream, and excluding them would narrow it further and flag still more.
+        """
+        return not self.update_on_anomaly and not self._flags_excessive()
+
+    def _flags_excessive(self) -> bool:
+        return self._flag_share > max(collapse.NOVELTY_SHARE, 20 * self.anomaly_rate)
 
     @property
     def drifting_(self) -> bool:
@@ -293,10 +307,9 @@ class OnlineGMM:
         version = self.version_
         resp, log_lik = e_step(self._kind, self._params, X)
         anomaly = log_lik < self.anomaly_threshold_
-        drifting = self.drifting_
-        learn = np.ones(len(X), dtype=bool) if self.update_on_anomaly or drifting else ~anomaly
+        learn = ~anomaly if self.protecting_ else np.ones(len(X), dtype=bool)
         self._update(X[learn], resp[learn], learning_rate)
-        if drifting or self._rewarm:
+        if self.drifting_ or self._rewarm:
             self._collect_rewarm(X)
         self._track_recent(X, resp, anomaly)
         self.n_seen_ += len(X)
@@ -388,7 +401,7 @@ class OnlineGMM:
                 collapse.place(stats, kind, j, mean_a, cov, mass)
                 collapse.place(stats, kind, k, mean_b, cov, mass)
             self._record_reset(k, reason, stats)
-        while self._flag_share > max(collapse.NOVELTY_SHARE, 20 * self.anomaly_rate):
+        while self._flags_excessive():
             group = self._novel_group()
             k = int(self._usage.argmin())
             if group is None or self._usage[k] >= group.share:
