@@ -191,16 +191,34 @@ class PrometheusServer:
             raise PrometheusError(f"{url}: {body}")
         return body["data"]
 
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        """Instant vector query: ``[{"metric": {labels}, "value": [ts, "str"]}, ...]``."""
-        data = self.api("query", query=promql)
+    def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
+        """Instant vector query (at unix time ``at``, default now).
+
+        Returns ``[{"metric": {labels}, "value": [ts, "str"]}, ...]``.
+        """
+        data = self._instant(promql, at)
         if data["resultType"] != "vector":
             raise PrometheusError(f"{promql!r} gave a {data['resultType']}, not a vector")
         return list(data["result"])
 
-    def query_value(self, promql: str) -> float:
+    def query_samples(
+        self, selector: str, window: str, at: float | None = None
+    ) -> list[tuple[float, float]]:
+        """The raw scraped ``(timestamp, value)`` samples of ONE series over ``window``."""
+        data = self._instant(f"{selector}[{window}]", at)
+        if len(data["result"]) != 1:
+            raise PrometheusError(f"{selector!r} matched {len(data['result'])} series")
+        return [(float(t), float(v)) for t, v in data["result"][0]["values"]]
+
+    def _instant(self, promql: str, at: float | None) -> Any:
+        params = {"query": promql}
+        if at is not None:
+            params["time"] = repr(at)
+        return self.api("query", **params)
+
+    def query_value(self, promql: str, at: float | None = None) -> float:
         """The single value of a query that must return exactly one series."""
-        result = self.query(promql)
+        result = self.query(promql, at)
         if len(result) != 1:
             raise PrometheusError(f"{promql!r} returned {len(result)} series: {result}")
         return float(result[0]["value"][1])
