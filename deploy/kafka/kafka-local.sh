@@ -60,7 +60,8 @@ fetch() {
     rm -rf "$tmp"
     mvn -q -B -Dstyle.color=never -f "$HERE/pom.xml" \
         -Dkafka.version="$KAFKA_VERSION" -Dlog4j.version="$LOG4J_VERSION" \
-        -DoutputDirectory="$tmp" dependency:copy-dependencies >&2 \
+        -DoutputDirectory="$tmp" dependency:copy-dependencies 2>&1 \
+        | sed 's/\x1b\[[0-9;]*m//g' >&2 \
         || { rm -rf "$tmp"; die "mvn could not fetch kafka_2.13:$KAFKA_VERSION (see the error above)"; }
     compgen -G "$tmp/kafka_2.13-$KAFKA_VERSION.jar" >/dev/null \
         || { rm -rf "$tmp"; die "mvn ran but $tmp has no kafka_2.13-$KAFKA_VERSION.jar"; }

@@ -1,0 +1,86 @@
+"""Session fixtures for the real Kafka broker.
+
+``kafka_broker`` is the broker handle (see ``kafka_helpers.KafkaBroker``): an external broker when
+``STREAMEM_KAFKA_BOOTSTRAP`` is set, else a private one that ``deploy/kafka/kafka-local.sh`` starts
+on free ports with a fresh data dir and stops at the end of the session. Tests using these fixtures
+are marked ``kafka`` automatically (``-m "not kafka"`` deselects them).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from kafka import KafkaAdminClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from kafka_helpers import BrokerError, KafkaBroker  # noqa: E402
+
+KAFKA_FIXTURES = {"kafka_broker", "kafka_bootstrap", "topic_factory"}
+_start_failures: list[str] = []
+"""Why the private broker did not start: pytest retries a failed session fixture for every test,
+and each retry could wait minutes for a broker that will not come up."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if KAFKA_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.kafka)
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[KafkaBroker]:
+    """The session's broker; a broker that cannot start fails every test that needs it."""
+    external = os.environ.get("STREAMEM_KAFKA_BOOTSTRAP")
+    if external:
+        yield KafkaBroker(external, external=True)
+        return
+    if _start_failures:
+        pytest.fail(_start_failures[0], pytrace=False)
+    data_dir = Path(tempfile.mkdtemp(prefix="streamem-kafka-"))
+    broker = KafkaBroker.private(data_dir)
+    try:
+        try:
+            broker.start()
+        except BrokerError as exc:
+            _start_failures.append(f"the test Kafka broker did not start: {exc}")
+        if _start_failures:
+            pytest.fail(_start_failures[0], pytrace=False)
+        yield broker
+    finally:
+        broker.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_broker: KafkaBroker) -> str:
+    """``host:port`` of the session's broker."""
+    return kafka_broker.bootstrap
+
+
+@pytest.fixture
+def topic_factory(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
+    """``create(prefix, partitions=1, compacted=False) -> name``: a new, uniquely named topic.
+
+    Returns once every partition has a leader in the broker's metadata.
+    """
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+
+    def create(prefix: str, partitions: int = 1, compacted: bool = False) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        configs = {"cleanup.policy": "compact"} if compacted else {}
+        spec = {"num_partitions": partitions, "replication_factor": 1, "configs": configs}
+        admin.create_topics({name: spec}, wait_for_metadata=True)
+        return name
+
+    try:
+        yield create
+    finally:
+        admin.close()
