@@ -227,7 +227,10 @@ status() {
 }
 
 case "${1:-}" in
-    fetch) fetch ;;
+    fetch)
+        fetch
+        log "kafka_2.13 $KAFKA_VERSION is in $LIBS"
+        ;;
     start) start ;;
     stop) stop ;;
     status) status ;;
