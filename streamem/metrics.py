@@ -397,8 +397,8 @@ class Metrics:
         with self._lock:
             stale = self._lags - keys
             self._lags = keys
-        for topic, partition in stale:
-            self._lag.remove(topic, partition)
+        for stale_topic, stale_partition in stale:
+            self._lag.remove(stale_topic, stale_partition)
 
     def set_ready(self, ready: bool) -> None:
         """Flip ``/readyz`` (200 or 503) and ``streamem_ready``."""

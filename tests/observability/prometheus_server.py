@@ -80,9 +80,10 @@ class PrometheusServer:
     ) -> None:
         self.target = target
         self.rule_files = [str(Path(f).resolve()) for f in rule_files]
-        self.binary = binary or find_binary("prometheus")
-        if self.binary is None:
+        found = binary or find_binary("prometheus")
+        if found is None:
             raise PrometheusError(f"prometheus binary not found: {INSTALL_HINT}")
+        self.binary: str = found
         self.startup_timeout_s = startup_timeout_s
         self.port = 0
         self._dir: tempfile.TemporaryDirectory[str] | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -20,8 +21,8 @@ class StandInModel:
     anomaly_threshold_: float = -7.5
     learning_rate_: float | None = 0.05
     resets_: dict[str, int] = field(default_factory=dict)
-    weights_: np.ndarray = field(default=None)  # type: ignore[assignment]
-    condition_numbers_: np.ndarray = field(default=None)  # type: ignore[assignment]
+    weights_: Any = None  # (K,), default uniform
+    condition_numbers_: Any = None  # (K,), default 10, 20, ...
 
     def __post_init__(self) -> None:
         k = self.n_components
@@ -60,7 +61,7 @@ def fit(metrics: Metrics, model: StandInModel, batch: BatchReport) -> None:
 
 def populate(metrics: Metrics) -> None:
     """Touch every metric and label the daemon can produce (for lint and name checks)."""
-    model = StandInModel(resets_={"collapse": 1})
+    model = StandInModel(resets_={"singular": 1, "weight": 0})
     fit(metrics, model, report(500, n_anomalies=5, log_likelihood=-4.0, latency_s=0.3))
     metrics.dead_letter("bad_json")
     metrics.kafka_error("poll")

@@ -26,6 +26,12 @@ def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None
     return registry.get_sample_value(name, labels)
 
 
+def present(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    v = registry.get_sample_value(name, labels)
+    assert v is not None, (name, labels)
+    return v
+
+
 def label_values(registry: CollectorRegistry, name: str, label: str) -> set[str]:
     text = generate_latest(registry).decode()
     return {
@@ -212,49 +218,49 @@ class TestCollapseResets:
     name = "streamem_collapse_resets_total"
 
     def test_fresh_model_counts_every_reset(self, metrics: Metrics, registry: CollectorRegistry):
-        model = StandInModel(resets_={"collapse": 2})  # during its first batch
+        model = StandInModel(resets_={"singular": 2})  # during its first batch
         fit(metrics, model, report(100))
-        assert value(registry, self.name, reason="collapse") == 2
+        assert value(registry, self.name, reason="singular") == 2
 
     def test_counts_deltas_once(self, metrics: Metrics, registry: CollectorRegistry) -> None:
         model = StandInModel()
         fit(metrics, model, report(100))
-        assert value(registry, self.name, reason="collapse") is None
-        model.resets_ = {"collapse": 1}
+        assert value(registry, self.name, reason="singular") is None
+        model.resets_ = {"singular": 1}
         fit(metrics, model, report(100))
         fit(metrics, model, report(100))  # no new reset: no double count
-        assert value(registry, self.name, reason="collapse") == 1
-        model.resets_ = {"collapse": 4, "low_weight": 2}
+        assert value(registry, self.name, reason="singular") == 1
+        model.resets_ = {"singular": 4, "weight": 2}
         fit(metrics, model, report(100))
-        assert value(registry, self.name, reason="collapse") == 4
-        assert value(registry, self.name, reason="low_weight") == 2
+        assert value(registry, self.name, reason="singular") == 4
+        assert value(registry, self.name, reason="weight") == 2
 
     def test_restored_model_counts_start_as_baseline(
         self, metrics: Metrics, registry: CollectorRegistry
     ) -> None:
         """Resets before a checkpoint were exported by the process that made them."""
-        restored = StandInModel(n_seen_=50_000, resets_={"collapse": 9})
+        restored = StandInModel(n_seen_=50_000, resets_={"singular": 9})
         fit(metrics, restored, report(100))
-        assert value(registry, self.name, reason="collapse") == 0
-        restored.resets_ = {"collapse": 11}
+        assert value(registry, self.name, reason="singular") == 0
+        restored.resets_ = {"singular": 11}
         fit(metrics, restored, report(100))
-        assert value(registry, self.name, reason="collapse") == 2
+        assert value(registry, self.name, reason="singular") == 2
 
     def test_replaced_model_never_decrements_nor_double_counts(
         self, metrics: Metrics, registry: CollectorRegistry
     ) -> None:
-        current = StandInModel(resets_={"collapse": 3})
+        current = StandInModel(resets_={"singular": 3})
         fit(metrics, current, report(100))
-        assert value(registry, self.name, reason="collapse") == 3
-        older = StandInModel(n_seen_=20_000, resets_={"collapse": 1})  # an older checkpoint
+        assert value(registry, self.name, reason="singular") == 3
+        older = StandInModel(n_seen_=20_000, resets_={"singular": 1})  # an older checkpoint
         fit(metrics, older, report(100))
-        assert value(registry, self.name, reason="collapse") == 3
-        older.resets_ = {"collapse": 2}
+        assert value(registry, self.name, reason="singular") == 3
+        older.resets_ = {"singular": 2}
         fit(metrics, older, report(100))
-        assert value(registry, self.name, reason="collapse") == 4
-        newer = StandInModel(n_seen_=90_000, resets_={"collapse": 30})
+        assert value(registry, self.name, reason="singular") == 4
+        newer = StandInModel(n_seen_=90_000, resets_={"singular": 30})
         fit(metrics, newer, report(100))
-        assert value(registry, self.name, reason="collapse") == 4
+        assert value(registry, self.name, reason="singular") == 4
 
 
 def test_dead_letter(metrics: Metrics, registry: CollectorRegistry) -> None:
@@ -298,14 +304,14 @@ def test_kafka_errors_reconnects_and_up(metrics: Metrics, registry: CollectorReg
 
 
 def test_checkpoints(metrics: Metrics, registry: CollectorRegistry) -> None:
-    assert math.isnan(value(registry, "streamem_checkpoint_age_seconds"))
+    assert math.isnan(present(registry, "streamem_checkpoint_age_seconds"))
     assert value(registry, "streamem_checkpoint_last_success_timestamp_seconds") == 0
     before = time.time()
     metrics.checkpoint_saved(True)
     after = time.time()
-    last = value(registry, "streamem_checkpoint_last_success_timestamp_seconds")
+    last = present(registry, "streamem_checkpoint_last_success_timestamp_seconds")
     assert before <= last <= after
-    age = value(registry, "streamem_checkpoint_age_seconds")
+    age = present(registry, "streamem_checkpoint_age_seconds")
     assert 0 <= age <= time.time() - before
     metrics.checkpoint_saved(False)
     assert value(registry, "streamem_checkpoint_failures_total") == 1
@@ -368,3 +374,30 @@ def test_batch_report_is_frozen() -> None:
     with pytest.raises(AttributeError):
         r.n_points = 2  # type: ignore[misc]
     assert isinstance(r, BatchReport)
+
+
+def test_reads_a_real_online_gmm(metrics: Metrics, registry: CollectorRegistry) -> None:
+    """The attributes read here are the ones the lead's OnlineGMM really has."""
+    from streamem import OnlineGMM
+
+    rng = np.random.default_rng(0)
+    gmm = OnlineGMM(n_components=3, random_state=0)
+    for _ in range(8):
+        X = rng.normal(size=(250, 2)) + 6.0 * rng.integers(0, 3, size=(250, 1))
+        res = gmm.partial_fit(X)
+        batch = BatchReport(
+            250, 250, int(res.anomaly.sum()), 0.01, np.zeros(250), res.log_likelihood
+        )
+        metrics.observe_batch(batch, gmm)
+    assert gmm.initialized_
+    assert present(registry, "streamem_model_points_seen") == gmm.n_seen_ == 2000
+    assert present(registry, "streamem_model_version") == gmm.version_
+    assert present(registry, "streamem_anomaly_threshold") == gmm.anomaly_threshold_
+    weights = [present(registry, "streamem_component_weight", component=str(k)) for k in range(3)]
+    assert weights == pytest.approx(list(gmm.weights_))
+    assert set(label_values(registry, "streamem_collapse_resets_total", "reason")) == set(
+        gmm.resets_
+    )
+    assert present(registry, "streamem_log_likelihood_mean", window="last_batch") == pytest.approx(
+        float(np.mean(res.log_likelihood))
+    )
