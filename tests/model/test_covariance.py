@@ -1,0 +1,144 @@
+"""The per-covariance-type maths in ``streamem.model.covariance`` against scipy and plain numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import multivariate_normal
+
+from streamem.model.covariance import KINDS, estimate_log_gaussian_prob
+
+TYPES = ("full", "diag", "spherical")
+
+
+def random_covariances(kind: str, K: int, d: int, rng: np.random.Generator) -> np.ndarray:
+    """Random positive-definite covariances in the kind's shape, with varied scales."""
+    if kind == "full":
+        A = rng.normal(size=(K, d, d))
+        return A @ np.swapaxes(A, 1, 2) + 0.1 * np.eye(d)
+    if kind == "diag":
+        return rng.uniform(0.05, 5.0, size=(K, d))
+    return rng.uniform(0.05, 5.0, size=K)
+
+
+def as_full(kind: str, cov: np.ndarray, d: int) -> np.ndarray:
+    """(K, d, d) covariances built independently of the module's ``to_full``."""
+    if kind == "full":
+        return cov
+    if kind == "diag":
+        return np.stack([np.diag(c) for c in cov])
+    return np.stack([c * np.eye(d) for c in cov])
+
+
+@pytest.mark.parametrize("kind", TYPES)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_log_gaussian_prob_matches_scipy(kind: str, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    K, d, n = 4, 3, 50
+    means = rng.normal(0.0, 3.0, size=(K, d))
+    cov = random_covariances(kind, K, d, rng)
+    X = rng.normal(0.0, 3.0, size=(n, d))
+    c = rng.normal(0.0, 10.0, size=d)
+    prec_chol = KINDS[kind].precision_cholesky(cov)
+    got = estimate_log_gaussian_prob(KINDS[kind], X - c, means - c, prec_chol)
+    full = as_full(kind, cov, d)
+    expected = np.stack(
+        [multivariate_normal(means[k], full[k]).logpdf(X) for k in range(K)], axis=1
+    )
+    assert got.shape == (n, K)
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", TYPES)
+def test_reference_shift_does_not_change_log_prob(kind: str) -> None:
+    """The log-density is the same whatever reference point the frame is shifted by."""
+    rng = np.random.default_rng(3)
+    K, d = 3, 4
+    means = rng.normal(size=(K, d))
+    X = rng.normal(size=(20, d))
+    prec_chol = KINDS[kind].precision_cholesky(random_covariances(kind, K, d, rng))
+    at_origin = estimate_log_gaussian_prob(KINDS[kind], X, means, prec_chol)
+    shifted = estimate_log_gaussian_prob(KINDS[kind], X - 7.5, means - 7.5, prec_chol)
+    np.testing.assert_allclose(shifted, at_origin, rtol=1e-10)
+
+
+@pytest.mark.parametrize("kind", TYPES)
+def test_precision_cholesky_inverts_the_covariance(kind: str) -> None:
+    """P Pᵀ = Σ⁻¹ and log_det(P) = −½ log det Σ."""
+    rng = np.random.default_rng(4)
+    K, d = 3, 4
+    cov = random_covariances(kind, K, d, rng)
+    P = KINDS[kind].precision_cholesky(cov)
+    full = as_full(kind, cov, d)
+    P_full = P if kind == "full" else as_full(kind, P, d)
+    precision = P_full @ np.swapaxes(P_full, 1, 2)
+    np.testing.assert_allclose(precision @ full, np.broadcast_to(np.eye(d), (K, d, d)),
+                               atol=1e-10)
+    if kind == "full":
+        assert np.allclose(np.tril(P, -1), 0.0), "factors must be upper triangular"
+    np.testing.assert_allclose(KINDS[kind].log_det(P, d), -0.5 * np.linalg.slogdet(full)[1],
+                               rtol=1e-10)
+
+
+@pytest.mark.parametrize("kind", TYPES)
+def test_moment_and_outer_shapes_and_values(kind: str) -> None:
+    rng = np.random.default_rng(5)
+    n, K, d = 30, 4, 3
+    Y = rng.normal(size=(n, d))
+    R = rng.dirichlet(np.ones(K), size=n)
+    spec = KINDS[kind]
+    shape = spec.scatter_shape(K, d)
+    full_moment = np.einsum("nk,ni,nj->kij", R, Y, Y)
+    a, b = rng.normal(size=(K, d)), rng.normal(size=(K, d))
+    full_outer = a[:, :, None] * b[:, None, :]
+    moment, outer = spec.moment(Y, R), spec.outer(a, b)
+    assert moment.shape == shape and outer.shape == shape
+    if kind == "full":
+        np.testing.assert_allclose(moment, full_moment, rtol=1e-12)
+        np.testing.assert_allclose(outer, full_outer, rtol=1e-12)
+    elif kind == "diag":
+        np.testing.assert_allclose(moment, np.diagonal(full_moment, axis1=1, axis2=2))
+        np.testing.assert_allclose(outer, a * b)
+    else:
+        np.testing.assert_allclose(moment, np.trace(full_moment, axis1=1, axis2=2) / d)
+        np.testing.assert_allclose(outer, (a * b).mean(axis=1))
+
+
+def test_add_floor_full_symmetrises_and_adds_reg() -> None:
+    rng = np.random.default_rng(6)
+    cov = rng.normal(size=(3, 4, 4))
+    original = cov.copy()
+    floored = KINDS["full"].add_floor(cov.copy(), 0.25)
+    expected = 0.5 * (original + np.swapaxes(original, 1, 2)) + 0.25 * np.eye(4)
+    np.testing.assert_allclose(floored, expected, rtol=1e-14)
+    np.testing.assert_array_equal(floored, np.swapaxes(floored, 1, 2))
+
+
+@pytest.mark.parametrize("kind", ["diag", "spherical"])
+def test_add_floor_diagonal_clips_negative_and_adds_reg(kind: str) -> None:
+    cov = np.array([[0.5, -1e-9, 2.0]]) if kind == "diag" else np.array([0.5, -1e-9, 2.0])
+    floored = KINDS[kind].add_floor(cov, 0.1)
+    np.testing.assert_allclose(floored, np.maximum(cov, 0.0) + 0.1)
+    assert floored.min() >= 0.1
+
+
+@pytest.mark.parametrize("kind", TYPES)
+def test_full_conversion_round_trip_and_variances(kind: str) -> None:
+    rng = np.random.default_rng(7)
+    K, d = 3, 4
+    cov = random_covariances(kind, K, d, rng)
+    spec = KINDS[kind]
+    full = spec.to_full(cov, d)
+    np.testing.assert_allclose(full, as_full(kind, cov, d))
+    np.testing.assert_allclose(spec.from_full(full), cov)
+    var = spec.variances(cov)
+    eig = np.linalg.eigvalsh(full)
+    np.testing.assert_allclose(var[:, 0], eig[:, 0], rtol=1e-10)
+    np.testing.assert_allclose(var[:, -1], eig[:, -1], rtol=1e-10)
+    assert np.all(np.diff(var, axis=1) >= 0)
+
+
+def test_n_parameters_per_type() -> None:
+    assert KINDS["full"].n_parameters(3, 4) == 3 * 10
+    assert KINDS["diag"].n_parameters(3, 4) == 12
+    assert KINDS["spherical"].n_parameters(3, 4) == 3
