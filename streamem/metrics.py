@@ -161,6 +161,18 @@ class Metrics:
         process, platform and GC collectors (what the daemon wants); tests pass their own.
     ewma_halflife_points : float
         Half-life, in points, of ``streamem_log_likelihood_mean{window="ewma"}``.
+
+    Examples
+    --------
+    >>> from prometheus_client import CollectorRegistry
+    >>> metrics = Metrics(CollectorRegistry())
+    >>> metrics.dead_letter("wrong_dimension")
+    >>> metrics.registry.get_sample_value(
+    ...     "streamem_dead_letter_messages_total", {"reason": "wrong_dimension"})
+    1.0
+    >>> with metrics.serve("127.0.0.1", 0) as server:  # GET /metrics, /healthz, /readyz
+    ...     server.port > 0
+    True
     """
 
     def __init__(
