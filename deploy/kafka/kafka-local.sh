@@ -135,11 +135,21 @@ format_storage() {
         || die "StorageTool format failed; see $OUT_LOG"
 }
 
-# True once a metadata request succeeds: kafka-python if importable, else the startup log line.
+# True once server.log, past LOG_OFFSET (its size before this start), says the server started.
+started_logged() {
+    local size
+    size="$(stat -c %s "$KAFKA_DATA_DIR/server.log" 2>/dev/null)" || return 1
+    ((size >= LOG_OFFSET)) || LOG_OFFSET=0
+    tail -c +$((LOG_OFFSET + 1)) "$KAFKA_DATA_DIR/server.log" | grep 'Kafka Server started' >/dev/null
+}
+
+# True once the broker logged its start and, when kafka-python is importable, answers a metadata
+# request.
 accepts_clients() {
     port_open "$KAFKA_PORT" || return 1
-    if "$PYTHON" -c 'import kafka' 2>/dev/null; then
-        "$PYTHON" - "$ADDRESS" <<'EOF' 2>/dev/null
+    started_logged || return 1
+    "$HAVE_KAFKA_PYTHON" || return 0
+    "$PYTHON" - "$ADDRESS" <<'EOF' 2>/dev/null
 import sys
 from kafka import KafkaAdminClient
 admin = KafkaAdminClient(bootstrap_servers=sys.argv[1], request_timeout_ms=5000)
@@ -148,9 +158,6 @@ try:
 finally:
     admin.close()
 EOF
-    else
-        grep -q 'Kafka Server started' "$KAFKA_DATA_DIR/server.log" 2>/dev/null
-    fi
 }
 
 log_tail() {
@@ -175,6 +182,7 @@ start() {
     write_properties
     format_storage
     log "starting Kafka $KAFKA_VERSION on $ADDRESS (data: $KAFKA_DATA_DIR)"
+    LOG_OFFSET="$(stat -c %s "$KAFKA_DATA_DIR/server.log" 2>/dev/null || echo 0)"
     setsid java -Xms256m -Xmx768m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
         -Djava.awt.headless=true \
         -Dkafka.logs.dir="$KAFKA_DATA_DIR" \
@@ -183,6 +191,8 @@ start() {
         </dev/null >>"$OUT_LOG" 2>&1 &
     local pid=$!
     echo "$pid" >"$PID_FILE"
+    HAVE_KAFKA_PYTHON=false
+    "$PYTHON" -c 'import kafka' 2>/dev/null && HAVE_KAFKA_PYTHON=true
     local deadline=$((SECONDS + KAFKA_START_TIMEOUT_S))
     until accepts_clients; do
         if ! alive "$pid"; then
@@ -195,7 +205,7 @@ start() {
             stop
             die "the broker did not accept clients within ${KAFKA_START_TIMEOUT_S}s"
         fi
-        sleep 0.5
+        sleep 0.2
     done
     echo "$ADDRESS"
 }
