@@ -1,0 +1,362 @@
+"""``streamem run`` as a subprocess against the real broker: the delivery guarantee end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+from kafka_helpers import committed_offsets, free_port, produce
+from sklearn.metrics import adjusted_rand_score
+
+from streamem import codec
+from streamem.io.checkpoint import FileCheckpointStore
+from streamem.model import OnlineGMM
+from streamem.synthetic import Mixture
+
+MIX = Mixture.random(8, 8, random_state=7)
+WAIT_S = 120.0  # longest wait for outputs; a deadline against hanging, not a speed assertion
+
+
+@dataclass
+class Daemon:
+    """A running ``python -m streamem run``; its JSON log lines go to ``log_path``."""
+
+    proc: subprocess.Popen
+    log_path: Path
+
+    def events(self, name: str | None = None) -> list[dict]:
+        lines = self.log_path.read_text().splitlines()
+        events = [json.loads(line) for line in lines if line.startswith("{")]
+        return [e for e in events if name is None or e.get("event") == name]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> int:
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout_s)
+
+    def log_tail(self) -> str:
+        return "\n".join(self.log_path.read_text().splitlines()[-30:])
+
+
+def start_daemon(tmp_path: Path, name: str, settings: dict[str, object],
+                 *flags: str) -> Daemon:
+    args = [a for k, v in settings.items() for a in ("--set", f"{k}={v}")]
+    log_path = tmp_path / f"{name}.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMEM_")}
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "streamem", "run", *args, *flags],
+                                stdout=subprocess.DEVNULL, stderr=log, env=env)
+    return Daemon(proc, log_path)
+
+
+def daemon_settings(bootstrap: str, tmp_path: Path, topics: dict[str, str],
+                    **extra: object) -> dict[str, object]:
+    return {
+        "kafka.bootstrap_servers": bootstrap,
+        "kafka.group_id": f"group-{topics['input']}",
+        "kafka.input_topic": topics["input"],
+        "kafka.output_topic": topics["output"],
+        "kafka.dead_letter_topic": topics["dead"],
+        "kafka.model_topic": "null",
+        "kafka.session_timeout_ms": 6000,
+        "kafka.heartbeat_interval_ms": 1000,
+        "kafka.delivery_timeout_s": 30,
+        "runtime.retry_initial_s": 0.2,
+        "runtime.retry_max_s": 2,
+        "model.n_components": 8,
+        "model.random_state": 0,
+        "checkpoint.path": tmp_path / "checkpoint.npz",
+        "checkpoint.interval_s": 1,
+        "metrics.enabled": "false",
+        "logging.format": "json",
+        **{k.replace("__", "."): v for k, v in extra.items()},
+    }
+
+
+def make_topics(topic_factory, partitions: int = 3) -> dict[str, str]:
+    return {"input": topic_factory("points", partitions), "output": topic_factory("answers"),
+            "dead": topic_factory("dead")}
+
+
+def block_messages(X: np.ndarray, size: int) -> list[bytes]:
+    """Block messages of ``size`` points whose ids are their row numbers in ``X``."""
+    return [codec.encode_block(X[s:s + size], ids=list(range(s, min(s + size, len(X)))))
+            for s in range(0, len(X), size)]
+
+
+class Reader:
+    """Reads a topic from the beginning, across calls, with a private consumer."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        tps = [TopicPartition(topic, p) for p in sorted(self.consumer.partitions_for_topic(topic))]
+        self.consumer.assign(tps)
+        self.consumer.seek_to_beginning(*tps)
+        self.records: list = []
+
+    def read_until(self, done, timeout_s: float = WAIT_S) -> list:
+        deadline = time.monotonic() + timeout_s
+        while not done(self.records) and time.monotonic() < deadline:
+            for batch in self.consumer.poll(timeout_ms=200).values():
+                self.records.extend(batch)
+        return self.records
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def points_of(records: list) -> list[dict]:
+    out = []
+    for r in records:
+        doc = json.loads(r.value)
+        out.extend(doc if isinstance(doc, list) else [doc])
+    return out
+
+
+def answered_inputs(records: list) -> Counter:
+    """How many output messages answer each input ``(partition, offset)``."""
+    return Counter((p["partition"], p["offset"]) for p in points_of(records) if p["index"] == 0)
+
+
+def input_coordinates(bootstrap: str, topic: str) -> set[tuple[int, int]]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+    end = consumer.end_offsets(tps)
+    consumer.close()
+    return {(tp.partition, o) for tp in tps for o in range(end[tp])}
+
+
+@pytest.mark.kafka
+def test_clean_run_answers_every_block_once_and_stops_on_sigterm(
+        kafka_bootstrap, topic_factory, tmp_path) -> None:
+    X, y = MIX.sample(100_000, random_state=1)
+    topics = make_topics(topic_factory)
+    values = block_messages(X, 250)
+    produce(kafka_bootstrap, topics["input"], values, keys=[b"k%d" % i for i in range(len(values))])
+    settings = daemon_settings(kafka_bootstrap, tmp_path, topics, input__format="block",
+                               metrics__enabled="true", metrics__port=0)
+    daemon = start_daemon(tmp_path, "clean", settings)
+    reader = Reader(kafka_bootstrap, topics["output"])
+    try:
+        records = reader.read_until(lambda rs: len(rs) >= len(values))
+        assert len(records) == len(values), daemon.log_tail()
+        [serving] = daemon.events("metrics_serving")
+        scrape = urllib.request.urlopen(serving["url"] + "/metrics").read().decode()
+        ready = urllib.request.urlopen(serving["url"] + "/readyz").status
+        assert daemon.stop() == 0, daemon.log_tail()
+    finally:
+        daemon.proc.kill()
+        reader.close()
+
+    assert set(answered_inputs(records).values()) == {1}
+    assert set(answered_inputs(records)) == input_coordinates(kafka_bootstrap, topics["input"])
+    assert {r.key for r in records} == {b"k%d" % i for i in range(len(values))}
+    points = points_of(records)
+    ids = np.array([p["id"] for p in points])
+    assert np.array_equal(np.sort(ids), np.arange(len(X)))
+    assert adjusted_rand_score(y[ids], [p["cluster"] for p in points]) >= 0.95
+    assert 'streamem_points_total{outcome="ok"} 100000.0' in scrape
+    assert ready == 200
+
+    checkpoint = FileCheckpointStore(tmp_path / "checkpoint.npz").load()
+    committed = committed_offsets(kafka_bootstrap, settings["kafka.group_id"], topics["input"])
+    assert checkpoint is not None
+    assert {p: o for (_, p), o in checkpoint.offsets.items()} == committed
+    assert sum(committed.values()) == len(values)
+    assert OnlineGMM.from_bytes(checkpoint.model).n_seen_ == len(X)
+
+
+@pytest.mark.kafka
+def test_single_point_messages_with_bad_ones_mixed_in(
+        kafka_bootstrap, topic_factory, tmp_path) -> None:
+    X, _ = MIX.sample(4_000, random_state=2)
+    topics = make_topics(topic_factory)
+    bad = [b"{oops", b"[1, 2, 3]", b'{"x": "nope"}', b"", b'{"x": [1e999, 0, 0, 0, 0, 0, 0, 0]}']
+    reasons = {b"{oops": "bad_json", b"[1, 2, 3]": "wrong_dimension",
+               b'{"x": "nope"}': "bad_schema", b"": "empty",
+               b'{"x": [1e999, 0, 0, 0, 0, 0, 0, 0]}': "non_finite"}
+    values = [json.dumps({"id": i, "x": X[i].tolist()}).encode() for i in range(len(X))]
+    for i, value in enumerate(bad * 4):
+        values.insert(500 + 173 * i, value)
+    produce(kafka_bootstrap, topics["input"], values)
+    daemon = start_daemon(tmp_path, "mixed", daemon_settings(kafka_bootstrap, tmp_path, topics))
+    outputs = Reader(kafka_bootstrap, topics["output"])
+    dead = Reader(kafka_bootstrap, topics["dead"])
+    try:
+        answered = outputs.read_until(lambda rs: len(rs) >= len(X))
+        dead_letters = dead.read_until(lambda rs: len(rs) >= len(bad) * 4)
+        assert daemon.stop() == 0, daemon.log_tail()
+    finally:
+        daemon.proc.kill()
+        outputs.close()
+        dead.close()
+
+    assert sorted(p["id"] for p in points_of(answered)) == list(range(len(X)))
+    assert len(dead_letters) == len(bad) * 4
+    for record in dead_letters:
+        headers = dict(record.headers)
+        assert headers["streamem.reason"].decode() == reasons[record.value]
+        assert headers["streamem.source.topic"].decode() == topics["input"]
+    coords = {(p["partition"], p["offset"]) for p in points_of(answered)}
+    coords |= {(int(dict(r.headers)["streamem.source.partition"]),
+                int(dict(r.headers)["streamem.source.offset"])) for r in dead_letters}
+    assert coords == input_coordinates(kafka_bootstrap, topics["input"])
+
+
+@pytest.mark.kafka
+def test_kill_9_mid_stream_then_restart_answers_everything_and_resumes_the_model(
+        kafka_bootstrap, topic_factory, tmp_path) -> None:
+    X, _ = MIX.sample(48_000, random_state=3)
+    topics = make_topics(topic_factory)
+    values = block_messages(X, 200)
+    settings = daemon_settings(kafka_bootstrap, tmp_path, topics, input__format="block",
+                               checkpoint__interval_s=0.3, kafka__max_poll_records=10)
+
+    def trickle() -> None:
+        for s in range(0, len(values), 8):
+            produce(kafka_bootstrap, topics["input"], values[s:s + 8])
+            time.sleep(0.1)
+
+    producer = threading.Thread(target=trickle)
+    producer.start()
+    first = start_daemon(tmp_path, "first", settings)
+    store = FileCheckpointStore(tmp_path / "checkpoint.npz")
+    reader = Reader(kafka_bootstrap, topics["output"])
+    try:
+        reader.read_until(lambda rs: len(rs) >= 40 and store.path.exists())
+        first.proc.kill()
+        first.proc.wait(30)
+        answered_before_kill = len(answered_inputs(reader.records))
+        producer.join()
+        assert answered_before_kill < len(values), "the kill came after the stream ended"
+
+        checkpoint = store.load()
+        assert checkpoint is not None
+        n_checkpointed = OnlineGMM.from_bytes(checkpoint.model).n_seen_
+        assert n_checkpointed > 0
+        committed = committed_offsets(kafka_bootstrap, settings["kafka.group_id"],
+                                      topics["input"])
+        second = start_daemon(tmp_path, "second", settings)
+        everything = input_coordinates(kafka_bootstrap, topics["input"])
+        reader.read_until(lambda rs: set(answered_inputs(rs)) >= everything)
+        assert second.stop() == 0, second.log_tail()
+    finally:
+        first.proc.kill()
+        reader.close()
+        producer.join()
+
+    assert set(answered_inputs(reader.records)) == everything
+    [restored] = second.events("model_restored")
+    assert restored["n_seen"] == n_checkpointed
+    # The restarted daemon read from the committed offsets and fitted exactly what followed them.
+    n_after = sum(len(points_of_message(v)) for v in values_from(kafka_bootstrap, topics["input"],
+                                                                 committed))
+    final = OnlineGMM.from_bytes(store.load().model)
+    assert final.n_seen_ == n_checkpointed + n_after
+
+
+def points_of_message(value: bytes) -> np.ndarray:
+    return codec.decode(value, "block", None).X
+
+
+def values_from(bootstrap: str, topic: str, start: dict[int, int]) -> list[bytes]:
+    """Values of ``topic`` from offset ``start[partition]`` (0 when absent) to its end."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+    consumer.assign(tps)
+    end = consumer.end_offsets(tps)
+    for tp in tps:
+        consumer.seek(tp, start.get(tp.partition, 0))
+    values: list[bytes] = []
+    while any(consumer.position(tp) < end[tp] for tp in tps):
+        for batch in consumer.poll(timeout_ms=200).values():
+            values.extend(r.value for r in batch)
+    consumer.close()
+    return values
+
+
+@pytest.mark.kafka
+def test_daemon_survives_a_broker_restart_and_catches_up(
+        kafka_broker, kafka_bootstrap, topic_factory, tmp_path) -> None:
+    if kafka_broker.external:
+        pytest.skip("an external broker (STREAMEM_KAFKA_BOOTSTRAP) cannot be restarted")
+    X, _ = MIX.sample(20_000, random_state=4)
+    topics = make_topics(topic_factory)
+    values = block_messages(X, 200)
+    produce(kafka_bootstrap, topics["input"], values[:50])
+    settings = daemon_settings(kafka_bootstrap, tmp_path, topics, input__format="block")
+    daemon = start_daemon(tmp_path, "restart", settings)
+    reader = Reader(kafka_bootstrap, topics["output"])
+    try:
+        reader.read_until(lambda rs: len(answered_inputs(rs)) >= 50)
+        reader.close()
+        kafka_broker.stop()
+        time.sleep(3)
+        kafka_broker.start()
+        assert daemon.proc.poll() is None, daemon.log_tail()
+        produce(kafka_bootstrap, topics["input"], values[50:])
+        reader = Reader(kafka_bootstrap, topics["output"])
+        everything = input_coordinates(kafka_bootstrap, topics["input"])
+        reader.read_until(lambda rs: set(answered_inputs(rs)) >= everything)
+        assert daemon.stop() == 0, daemon.log_tail()
+    finally:
+        daemon.proc.kill()
+        reader.close()
+    assert set(answered_inputs(reader.records)) == everything
+
+
+def test_stdin_to_stdout_pipe(tmp_path) -> None:
+    X, _ = MIX.sample(1_000, random_state=5)
+    lines = [json.dumps({"id": i, "x": X[i].tolist()}) for i in range(len(X))]
+    lines[10:10] = ["not json", "[1, 2]"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMEM_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamem", "run", "--source", "stdin",
+         "--set", "checkpoint.path=null", "--set", "metrics.enabled=false",
+         "--set", "kafka.model_topic=null", "--set", "kafka.sasl_plain_password=hunter2"],
+        input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    answers = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [a["id"] for a in answers] == list(range(len(X)))
+    assert [a["offset"] for a in answers[9:11]] == [9, 12]  # offsets are line numbers
+    side = [doc for doc in map(json.loads, proc.stderr.splitlines()) if "event" not in doc]
+    assert [(s["topic"], s["reason"], s["value"]) for s in side] == [
+        ("streamem.dead-letter", "bad_json", "not json"),
+        ("streamem.dead-letter", "wrong_dimension", "[1, 2]")]
+    assert "hunter2" not in proc.stderr
+
+
+def test_bad_config_exits_2_with_the_key_named() -> None:
+    proc = subprocess.run([sys.executable, "-m", "streamem", "run", "--set", "kafka.nope=1"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "kafka.nope" in proc.stderr
+
+
+def test_unreachable_broker_is_retried_until_sigterm(tmp_path) -> None:
+    topics = {"input": "in", "output": "out", "dead": "dead"}
+    settings = daemon_settings(f"127.0.0.1:{free_port()}", tmp_path, topics,
+                               runtime__retry_initial_s=0.1, runtime__retry_max_s=0.4,
+                               kafka__request_timeout_ms=1000)
+    daemon = start_daemon(tmp_path, "unreachable", settings)
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while len(daemon.events("kafka_unavailable")) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert daemon.stop() == 0, daemon.log_tail()
+    finally:
+        daemon.proc.kill()
+    retries = [e["retry_in_s"] for e in daemon.events("kafka_unavailable")]
+    assert len(retries) >= 3 and retries[1] > retries[0]
+    assert daemon.events("stopped_before_connecting")
