@@ -8,12 +8,19 @@ Exit codes: 0 success, 1 runtime failure, 2 bad usage or config, 130 interrupted
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import sys
-from collections.abc import Sequence
+import os
 
-from streamem import __version__
+# One BLAS thread unless the user says otherwise: the Kafka client's I/O thread needs the other
+# core, and multi-threaded BLAS on small shapes stalls on 2-core machines. Set before numpy loads.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import importlib  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+
+from streamem import __version__  # noqa: E402
 
 COMMANDS: dict[str, str] = {
     "run": "Run the daemon: consume points, cluster them, publish assignments.",

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 LOG_2PI = float(np.log(2.0 * np.pi))
+#: Up to this many features the second moments use one dense wide GEMM (loop overhead wins).
+DENSE_MOMENT_FEATURES = 16
 
 
 def _cholesky_full(cov: np.ndarray) -> np.ndarray:
@@ -52,12 +54,22 @@ def _log_det_spherical(prec_chol: np.ndarray, n_features: int) -> np.ndarray:
 
 
 def _maha_full(Y: np.ndarray, M: np.ndarray, prec_chol: np.ndarray) -> np.ndarray:
-    """Squared Mahalanobis distances (n, K) with one wide GEMM: Y (n, d) @ [P_1 … P_K] (d, K·d)."""
+    """Squared Mahalanobis distances (n, K) from one wide GEMM.
+
+    [Y 1] (n, d+1) @ [[P_1 … P_K], [−m_1 P_1 … −m_K P_K]] (d+1, K·d) gives every (y − m_k) P_k
+    at once; the squares are summed by a GEMV.
+    """
     K, d, _ = prec_chol.shape
-    wide = np.swapaxes(prec_chol, 0, 1).reshape(d, K * d)
-    Z = (Y @ wide).reshape(len(Y), K, d)
-    Z -= np.einsum("kd,kde->ke", M, prec_chol)[None]
-    return np.einsum("nkd,nkd->nk", Z, Z)
+    n = len(Y)
+    wide = np.empty((d + 1, K * d))
+    wide[:d] = np.swapaxes(prec_chol, 0, 1).reshape(d, K * d)
+    wide[d] = -np.einsum("kd,kde->ke", M, prec_chol).reshape(K * d)
+    Y1 = np.empty((n, d + 1))
+    Y1[:, :d] = Y
+    Y1[:, d] = 1.0
+    Z = Y1 @ wide
+    Z *= Z
+    return (Z.reshape(n * K, d) @ np.ones(d)).reshape(n, K)
 
 
 def _maha_diag(Y: np.ndarray, M: np.ndarray, prec_chol: np.ndarray) -> np.ndarray:
@@ -72,19 +84,33 @@ def _maha_spherical(Y: np.ndarray, M: np.ndarray, prec_chol: np.ndarray) -> np.n
     return np.maximum(maha * prec[None], 0.0)
 
 
-def _moment_full(Y: np.ndarray, R: np.ndarray) -> np.ndarray:
-    """Σ_i R_ik y_i y_iᵀ for every k, (K, d, d), as one wide GEMM: Yᵀ (d, n) @ (R ⊗ Y) (n, K·d)."""
+def _moment_full(Y: np.ndarray, R: np.ndarray, active: np.ndarray) -> np.ndarray:
+    """Σ_i R_ik y_i y_iᵀ for every k, (K, d, d), over the points ``active`` (n, K) for k.
+
+    A point far from a component has a responsibility that underflows its contribution, so each
+    component's GEMM runs over its active points only: about K/2 times less work than the dense
+    product on a well-separated mixture. Few features or mostly active pairs take one wide
+    GEMM, Yᵀ (d, n) @ (R ⊗ Y) (n, K·d), instead.
+    """
     n, d = Y.shape
     K = R.shape[1]
-    weighted = (R[:, :, None] * Y[:, None, :]).reshape(n, K * d)
-    return np.swapaxes((Y.T @ weighted).reshape(d, K, d), 0, 1)
+    if d <= DENSE_MOMENT_FEATURES or active.mean() > 0.5:
+        weighted = (R[:, :, None] * Y[:, None, :]).reshape(n, K * d)
+        return np.swapaxes((Y.T @ weighted).reshape(d, K, d), 0, 1)
+    out = np.zeros((K, d, d))
+    for k in range(K):
+        rows = np.flatnonzero(active[:, k])
+        if len(rows):
+            Yk = Y[rows]
+            out[k] = (Yk * R[rows, k, None]).T @ Yk
+    return out
 
 
-def _moment_diag(Y: np.ndarray, R: np.ndarray) -> np.ndarray:
+def _moment_diag(Y: np.ndarray, R: np.ndarray, active: np.ndarray) -> np.ndarray:
     return R.T @ (Y**2)
 
 
-def _moment_spherical(Y: np.ndarray, R: np.ndarray) -> np.ndarray:
+def _moment_spherical(Y: np.ndarray, R: np.ndarray, active: np.ndarray) -> np.ndarray:
     return (R.T @ (Y**2).sum(axis=1)) / Y.shape[1]
 
 
@@ -158,7 +184,8 @@ class CovarianceKind:
     precision_cholesky : covariances -> precision Cholesky factors
     log_det : (precisions_chol, n_features) -> (K,) log det of the factors (= −½ log det Σ)
     mahalanobis : (Y (n, d), M (K, d), precisions_chol) -> (n, K) squared distances
-    moment : (Y (n, d), R (n, K)) -> Σ_i R_ik (second moment of y_i) per component
+    moment : (Y (n, d), R (n, K), active (n, K) bool) -> Σ_i R_ik (second moment of y_i) per
+        component; pairs outside ``active`` may be skipped
     outer : (a (K, d), b (K, d)) -> per-component a bᵀ in this type's scatter shape
     add_floor : (covariances, reg) -> symmetrised covariances + reg·I
     variances : covariances -> (K, d or 1) eigenvalues, ascending
@@ -170,7 +197,7 @@ class CovarianceKind:
     precision_cholesky: Callable[[np.ndarray], np.ndarray]
     log_det: Callable[[np.ndarray, int], np.ndarray]
     mahalanobis: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
-    moment: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    moment: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
     outer: Callable[[np.ndarray, np.ndarray], np.ndarray]
     add_floor: Callable[[np.ndarray, float], np.ndarray]
     variances: Callable[[np.ndarray], np.ndarray]

@@ -16,6 +16,7 @@ from streamem.model.params import (
     estimate_weighted_log_prob,
     hard_responsibilities,
     params_from_statistics,
+    row_argmax,
 )
 from streamem.model.schedule import batch_weights, floor_for_halflife, step_sizes
 from streamem.model.seeding import fit_batch
@@ -23,7 +24,7 @@ from streamem.model.statistics import SufficientStatistics, batch_statistics
 from streamem.model.validation import check_hyperparameters, check_points
 
 #: Points between two collapse checks (and anomaly-threshold refreshes).
-CHECK_EVERY = 256
+CHECK_EVERY = 2048
 #: Half-life, in points, of the recent-usage and flagged-share averages.
 RECENT_HALFLIFE = 1000.0
 HISTORY_LENGTH = 100
@@ -372,7 +373,7 @@ class OnlineGMM:
         if n == 0:
             return
         keep = float(np.exp(-np.log(2.0) * n / RECENT_HALFLIFE))
-        inlier_use = resp[~anomaly].sum(axis=0) / n
+        inlier_use = (~anomaly).astype(np.float64) @ resp / n
         self._usage = keep * self._usage + (1.0 - keep) * inlier_use
         self._flag_share = keep * self._flag_share + (1.0 - keep) * float(anomaly.mean())
         if anomaly.any():
@@ -499,7 +500,7 @@ class OnlineGMM:
 def _result(
     resp: np.ndarray, log_lik: np.ndarray, anomaly: np.ndarray, warmup: np.ndarray, version: int
 ) -> BatchResult:
-    labels = resp.argmax(axis=1)
+    labels = row_argmax(resp)
     probs = resp[np.arange(len(resp)), labels]
     return BatchResult(labels, probs, resp, log_lik, anomaly, warmup, version)
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import logsumexp
-
 from streamem.model.covariance import CovarianceKind, estimate_log_gaussian_prob
 from streamem.model.statistics import SufficientStatistics
 
@@ -60,12 +58,35 @@ def estimate_weighted_log_prob(kind: CovarianceKind, params: Params, X: np.ndarr
     return estimate_log_gaussian_prob(kind, Y, M, params.precisions_chol) + params.log_weights
 
 
+def row_max(a: np.ndarray) -> np.ndarray:
+    """Max of each row of a (n, K); numpy reduces a short last axis slowly, a transposed copy fast."""
+    return np.ascontiguousarray(a.T).max(axis=0)
+
+
+def row_argmax(a: np.ndarray) -> np.ndarray:
+    """Argmax of each row of a (n, K) (first one on ties)."""
+    return np.ascontiguousarray(a.T).argmax(axis=0)
+
+
+def row_sum(a: np.ndarray) -> np.ndarray:
+    """Sum of each row of a (n, K), as a GEMV."""
+    return a @ np.ones(a.shape[1])
+
+
+def log_sum_exp(a: np.ndarray) -> np.ndarray:
+    """log Σ_k exp(a_nk) per row of a (n, K), stable for rows of −inf or huge values."""
+    top = row_max(a)
+    top = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore"):
+        return top + np.log(row_sum(np.exp(a - top[:, None])))
+
+
 def e_step(
     kind: CovarianceKind, params: Params, X: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Responsibilities (n, K) and log p(x) (n,), in log space throughout."""
     weighted = estimate_weighted_log_prob(kind, params, X)
-    log_lik = logsumexp(weighted, axis=1)
+    log_lik = log_sum_exp(weighted)
     resp = np.exp(weighted - log_lik[:, None])
     return resp, log_lik
 
@@ -73,5 +94,5 @@ def e_step(
 def hard_responsibilities(resp: np.ndarray) -> np.ndarray:
     """One-hot of the most responsible component: the classification-EM (k-means) limit."""
     hard = np.zeros_like(resp)
-    hard[np.arange(len(resp)), resp.argmax(axis=1)] = 1.0
+    hard[np.arange(len(resp)), row_argmax(resp)] = 1.0
     return hard

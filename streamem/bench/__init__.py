@@ -1,0 +1,1 @@
+"""Benchmarks behind ``streamem bench``: each measures streamem and its baseline in one run."""

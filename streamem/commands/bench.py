@@ -1,0 +1,54 @@
+"""Benchmarks, each measured side by side with its baseline in one run.
+
+  streamem bench engine   partial_fit points/s vs one scikit-learn EM iteration, and the
+                          fraction of the machine's float64 matmul peak
+  streamem bench kafka    the daemon vs a pass-through consumer->producer on the local broker
+
+scikit-learn is needed for `engine` (pip install 'streamem[dev]').
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bench", metavar="WHAT", required=True)
+    engine = sub.add_parser("engine", help="model throughput vs scikit-learn EM",
+                            description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    engine.add_argument("--points", type=int, default=100_000, help="points per pass")
+    engine.add_argument("--repeats", type=int, default=3, help="runs per measurement (best kept)")
+    engine.add_argument("--sizes", default="8x8,16x32",
+                        help="comma-separated KxD sizes (default: 8x8,16x32)")
+    kafka = sub.add_parser("kafka", help="daemon throughput vs pass-through on the local broker",
+                           description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    kafka.add_argument("--bootstrap-servers", default="127.0.0.1:9092")
+    kafka.add_argument("--points", type=int, default=200_000, help="points per run")
+    kafka.add_argument("--points-per-message", type=int, nargs="+", default=[1, 1000],
+                       help="message sizes to measure (default: 1 1000)")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.bench == "engine":
+        return _engine(args)
+    from streamem.bench import kafka as kafka_bench
+
+    return kafka_bench.main(args)
+
+
+def _engine(args: argparse.Namespace) -> int:
+    import os
+
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        print("streamem bench engine needs scikit-learn: pip install 'streamem[dev]'")
+        return 2
+    from streamem.bench import engine
+
+    sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",")]
+    results = engine.run(sizes, n_points=args.points, repeats=args.repeats)  # type: ignore[arg-type]
+    print(engine.report(results, os.environ.get("OPENBLAS_NUM_THREADS", "default")))
+    return 0
