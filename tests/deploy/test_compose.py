@@ -217,6 +217,10 @@ def test_grafana_mounts_the_repo_provisioning_where_it_points() -> None:
     env = environment(service("grafana"))
     assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
     assert env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    home = PurePosixPath(env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"])
+    mount = mount_covering("grafana", str(home))
+    assert (mount.host_path() / home.relative_to(mount.target)).is_file(), (
+        f"the home dashboard {home} is not a mounted file")
 
 
 def test_grafana_datasource_is_the_repo_one_pointed_at_compose_prometheus() -> None:
