@@ -58,6 +58,7 @@ class KafkaBroker:
             "KAFKA_CONTROLLER_PORT": str(controller_port),
             "KAFKA_DATA_DIR": str(data_dir),
             "PYTHON": sys.executable,
+            "KAFKA_OWNER_PID": str(os.getpid()),
         }
         return cls(f"127.0.0.1:{port}", external=False, data_dir=data_dir, _env=env)
 

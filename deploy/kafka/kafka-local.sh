@@ -15,6 +15,7 @@
 #   KAFKA_START_TIMEOUT_S  longest wait for the broker to accept clients (default 90)
 #   STREAMEM_CACHE         cache root (default ~/.cache/streamem)
 #   PYTHON                 interpreter used for the readiness check (default python3)
+#   KAFKA_OWNER_PID        if set, the broker is stopped when this process dies (test sessions)
 # A restart with the same KAFKA_DATA_DIR keeps topics and committed offsets.
 set -euo pipefail
 
@@ -191,6 +192,11 @@ start() {
         </dev/null >>"$OUT_LOG" 2>&1 &
     local pid=$!
     echo "$pid" >"$PID_FILE"
+    if [[ -n "${KAFKA_OWNER_PID:-}" ]]; then
+        setsid bash -c 'while kill -0 "$1" && kill -0 "$2"; do sleep 2; done 2>/dev/null
+                        kill -TERM "$2" 2>/dev/null' _ "$KAFKA_OWNER_PID" "$pid" \
+            </dev/null >/dev/null 2>&1 &
+    fi
     HAVE_KAFKA_PYTHON=false
     "$PYTHON" -c 'import kafka' 2>/dev/null && HAVE_KAFKA_PYTHON=true
     local deadline=$((SECONDS + KAFKA_START_TIMEOUT_S))
