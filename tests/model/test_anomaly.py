@@ -44,7 +44,7 @@ def test_flags_own_samples_at_the_anomaly_rate(separated: Mixture, rate: float) 
 
 
 def test_overlapping_components_flag_at_most_the_rate() -> None:
-    """Where components overlap, the threshold is a bound: inliers are flagged at most at the rate."""
+    """Where components overlap, the threshold is a bound: inliers flagged at most at the rate."""
     rate = 0.01
     covs = np.stack([np.eye(2), np.diag([4.0, 0.5])])
     gmm = OnlineGMM.from_params([0.5, 0.5], [[0.0, 0.0], [0.5, 0.0]], covs, anomaly_rate=rate)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
-from streamem.model.covariance import KINDS, estimate_log_gaussian_prob
+from streamem.model.covariance import DENSE_MOMENT_FEATURES, KINDS, estimate_log_gaussian_prob
 
 TYPES = ("full", "diag", "spherical")
 
@@ -91,7 +91,7 @@ def test_moment_and_outer_shapes_and_values(kind: str) -> None:
     full_moment = np.einsum("nk,ni,nj->kij", R, Y, Y)
     a, b = rng.normal(size=(K, d)), rng.normal(size=(K, d))
     full_outer = a[:, :, None] * b[:, None, :]
-    moment, outer = spec.moment(Y, R), spec.outer(a, b)
+    moment, outer = spec.moment(Y, R, np.ones((n, K), dtype=bool)), spec.outer(a, b)
     assert moment.shape == shape and outer.shape == shape
     if kind == "full":
         np.testing.assert_allclose(moment, full_moment, rtol=1e-12)
@@ -102,6 +102,23 @@ def test_moment_and_outer_shapes_and_values(kind: str) -> None:
     else:
         np.testing.assert_allclose(moment, np.trace(full_moment, axis1=1, axis2=2) / d)
         np.testing.assert_allclose(outer, (a * b).mean(axis=1))
+
+
+def test_sparse_full_moment_sums_over_active_pairs_only() -> None:
+    """Above ``DENSE_MOMENT_FEATURES`` with few active pairs, each component's GEMM runs over
+    its active points only: the result is Σ over active (i, k) of R_ik y_i y_iᵀ."""
+    rng = np.random.default_rng(8)
+    n, K, d = 60, 4, DENSE_MOMENT_FEATURES + 4
+    Y = rng.normal(size=(n, d))
+    R = rng.dirichlet(np.ones(K), size=n)
+    active = rng.random((n, K)) < 0.3
+    active[:, 2] = False
+    expected = np.einsum("nk,ni,nj->kij", R * active, Y, Y)
+    got = KINDS["full"].moment(Y, R, active)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-14)
+    assert np.all(got[2] == 0.0)
+    dense = KINDS["full"].moment(Y, R, np.ones((n, K), dtype=bool))
+    np.testing.assert_allclose(dense, np.einsum("nk,ni,nj->kij", R, Y, Y), rtol=1e-12)
 
 
 def test_add_floor_full_symmetrises_and_adds_reg() -> None:

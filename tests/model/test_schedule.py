@@ -42,7 +42,7 @@ def test_batch_equals_single_steps(schedule: dict, start: int) -> None:
     s0 = rng.normal(size=3)
     gamma = step_sizes(start, len(x), **schedule)
     sequential = s0.copy()
-    for g, xi in zip(gamma, x):
+    for g, xi in zip(gamma, x, strict=True):
         sequential = (1.0 - g) * sequential + g * xi
     decay, w = batch_weights(gamma)
     np.testing.assert_allclose(decay * s0 + w @ x, sequential, rtol=1e-12, atol=1e-14)

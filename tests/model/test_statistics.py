@@ -1,11 +1,11 @@
-"""Centred sufficient statistics against their naive definitions N = Σr, S1 = Σ r x, S2 = Σ r xxᵀ."""
+"""Centred sufficient statistics against the naive N = Σr, S1 = Σ r x and S2 = Σ r xxᵀ."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from streamem.model.covariance import KINDS
+from streamem.model.covariance import DENSE_MOMENT_FEATURES, KINDS
 from streamem.model.statistics import SufficientStatistics, batch_statistics
 
 TYPES = ("full", "diag", "spherical")
@@ -60,9 +60,10 @@ def test_blend_is_linear_in_s_space(kind: str, decay: float) -> None:
     c_old, c_new = X_old.mean(axis=0), X_new[0]
     old = batch_statistics(spec, X_old - c_old, R_old, c_old)
     new = batch_statistics(spec, X_new - c_new, R_new, c_new)
-    expected = [decay * a + b for a, b in zip(naive(kind, X_old, R_old), naive(kind, X_new, R_new))]
+    pairs = zip(naive(kind, X_old, R_old), naive(kind, X_new, R_new), strict=True)
+    expected = [decay * a + b for a, b in pairs]
     old.blend(new, decay, spec)
-    for got, want in zip(raw(kind, old), expected):
+    for got, want in zip(raw(kind, old), expected, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-14)
 
 
@@ -76,6 +77,24 @@ def test_blend_with_an_empty_component_keeps_it_finite(kind: str) -> None:
     stats.blend(batch_statistics(spec, X, R, np.zeros(3)), 0.0, spec)
     assert stats.nk[1] == 0.0
     assert np.isfinite(stats.means).all() and np.isfinite(stats.scatter).all()
+
+
+def test_many_features_separated_components_match_naive_definitions() -> None:
+    """d > DENSE_MOMENT_FEATURES on well-separated components (the sparse second moments):
+    responsibilities that underflow are skipped without changing S2 beyond rounding."""
+    rng = np.random.default_rng(7)
+    K, d, n = 4, DENSE_MOMENT_FEATURES + 8, 400
+    labels = rng.integers(K, size=n)
+    X = 30.0 * rng.normal(size=(K, d))[labels] + rng.normal(size=(n, d))
+    R = np.full((n, K), 1e-30)
+    R[np.arange(n), labels] = 1.0
+    R = R / R.sum(axis=1, keepdims=True) / n
+    stats = batch_statistics(KINDS["full"], X - X.mean(axis=0), R, X.mean(axis=0))
+    N, S1, S2 = naive("full", X, R)
+    got_N, got_S1, got_S2 = raw("full", stats)
+    np.testing.assert_allclose(got_N, N, rtol=1e-12)
+    np.testing.assert_allclose(got_S1, S1, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got_S2, S2, rtol=1e-9, atol=1e-9)
 
 
 def test_far_from_origin_the_centred_covariance_is_accurate() -> None:

@@ -93,7 +93,7 @@ def initial_covariances(kind: str, K: int, d: int, rng: np.random.Generator) -> 
 
 @pytest.mark.parametrize("kind", ["full", "diag", "spherical"])
 def test_one_step_matches_sklearn_m_step(kind: str) -> None:
-    """200 points (under one collapse-check period): the step equals sklearn's M-step."""
+    """200 points (fewer than one collapse-check period): the step equals sklearn's M-step."""
     rng = np.random.default_rng(11)
     K, d, n = 3, 3, 200
     mu = rng.normal(0.0, 3.0, size=(K, d))
