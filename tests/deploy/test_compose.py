@@ -159,7 +159,7 @@ def test_producer_writes_the_daemons_input_topic(cfg: Config) -> None:
     assert option_value(command, "--bootstrap-servers") == cfg.kafka.bootstrap_servers
 
 
-def test_producer_flags_are_accepted_by_the_produce_command() -> None:
+def test_producer_flags_are_accepted_by_the_produce_command(cfg: Config) -> None:
     try:
         produce = importlib.import_module("streamem.commands.produce")
     except ModuleNotFoundError:
@@ -168,7 +168,12 @@ def test_producer_flags_are_accepted_by_the_produce_command() -> None:
     parser = argparse.ArgumentParser(prog="streamem produce", exit_on_error=False)
     produce.add_arguments(parser)
     command = [str(word) for word in service("producer")["command"]]
-    parser.parse_args(command[1:])
+    args = parser.parse_args(command[1:])
+    assert args.format == cfg.input.format, (
+        f"the producer writes {args.format} messages, the daemon decodes {cfg.input.format}")
+    assert cfg.input.n_features in (None, args.features), (
+        f"the producer writes {args.features} features, input.n_features is "
+        f"{cfg.input.n_features}")
 
 
 def test_prometheus_scrapes_the_streamem_service(cfg: Config) -> None:
