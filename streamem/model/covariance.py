@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 LOG_2PI = float(np.log(2.0 * np.pi))
+#: Share of a component's largest variance added to its diagonal besides ``reg_covar``.
+RELATIVE_FLOOR = 1e-12
 #: Up to this many features the second moments use one dense wide GEMM (loop overhead wins).
 DENSE_MOMENT_FEATURES = 16
 
@@ -128,9 +130,15 @@ def _outer_spherical(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _add_floor_full(cov: np.ndarray, reg: float) -> np.ndarray:
+    """Symmetrise and add reg + RELATIVE_FLOOR × the largest variance to each diagonal.
+
+    The relative part bounds the condition number (about d / RELATIVE_FLOOR), so the Cholesky
+    factorisation succeeds even for perfectly correlated features at a large scale.
+    """
     cov = 0.5 * (cov + np.swapaxes(cov, -1, -2))
     idx = np.arange(cov.shape[-1])
-    cov[:, idx, idx] += reg
+    diag = cov[:, idx, idx]
+    cov[:, idx, idx] = diag + (reg + RELATIVE_FLOOR * np.maximum(diag.max(axis=1), 0.0))[:, None]
     return cov
 
 

@@ -86,7 +86,7 @@ class OnlineGMM:
     >>> X, _ = Mixture.random(3, 2, random_state=0).sample(3000, random_state=1)
     >>> gmm = OnlineGMM(3, warmup=500, random_state=0)
     >>> res = gmm.partial_fit(X)
-    >>> res.responsibilities.shape, gmm.n_seen_, gmm.weights_.round(1).sum()
+    >>> res.responsibilities.shape, gmm.n_seen_, round(float(gmm.weights_.sum()), 6)
     ((3000, 3), 3000, 1.0)
     """
 
@@ -159,11 +159,21 @@ class OnlineGMM:
         covariance_type: str = "full",
         **kwargs: Any,
     ) -> OnlineGMM:
-        """A ready model with the given parameters, as if it had seen ``warmup`` points."""
+        """A ready model with the given parameters, as if it had seen ``warmup`` points.
+
+        ``covariances`` are taken as the model's covariances, floor included (as
+        ``covariances_`` returns them), so ``from_params`` round-trips a model's parameters.
+        """
         weights = np.asarray(weights, dtype=np.float64)
         means = np.atleast_2d(np.asarray(means, dtype=np.float64))
         model = cls(len(weights), covariance_type, **kwargs)
-        covs = np.asarray(covariances, dtype=np.float64)
+        covs = np.array(covariances, dtype=np.float64)
+        d = means.shape[1]
+        # The given covariances already include the floor, as ``covariances_`` do.
+        if covs.ndim == 3:
+            covs[:, np.arange(d), np.arange(d)] -= model.reg_covar
+        else:
+            covs = covs - model.reg_covar
         nk = weights / weights.sum()
         shape = (-1,) + (1,) * (covs.ndim - 1)
         stats = SufficientStatistics(nk, means.copy(), nk.reshape(shape) * covs)
@@ -259,9 +269,9 @@ class OnlineGMM:
         ``learning_rate`` overrides the schedule with one step for the whole batch; ``1.0``
         replaces the statistics with the batch's own (one exact batch M-step).
         """
-        X = self._check(X)
         if learning_rate is not None and not 0.0 < learning_rate <= 1.0:
             raise ValueError(f"learning_rate must be in (0, 1], got {learning_rate!r}")
+        X = self._check(X)
         if len(X) == 0:
             empty = np.zeros(0, dtype=bool)
             return _result(np.zeros((0, self.n_components)), np.zeros(0), empty, empty,
@@ -276,7 +286,7 @@ class OnlineGMM:
         return _concatenate(parts)
 
     def _warm_up(self, X: np.ndarray) -> BatchResult:
-        self._buffer.append(X)
+        self._buffer.append(X.copy())
         buffered = np.concatenate(self._buffer)
         hard = self.assignment == "hard"
         if len(buffered) >= self.warmup_:
@@ -325,7 +335,7 @@ class OnlineGMM:
 
     def _collect_rewarm(self, X: np.ndarray) -> None:
         """After a large change, refit from a fresh warm-up buffer of the new regime."""
-        self._rewarm.append(X)
+        self._rewarm.append(X.copy())
         buffered = np.concatenate(self._rewarm)
         if len(buffered) < self.warmup_:
             return

@@ -5,7 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from streamem.model.covariance import CovarianceKind, estimate_log_gaussian_prob
+from streamem.model.covariance import (
+    RELATIVE_FLOOR,
+    CovarianceKind,
+    estimate_log_gaussian_prob,
+)
 from streamem.model.statistics import SufficientStatistics
 
 
@@ -42,13 +46,19 @@ def params_from_statistics(
     covariances = stats.covariances(kind, reg_covar)
     try:
         prec_chol = kind.precision_cholesky(covariances)
-    except np.linalg.LinAlgError as exc:  # pragma: no cover - the floor makes this unreachable
-        raise FloatingPointError(
-            "a covariance is not positive definite even after the floor; increase reg_covar "
-            "or standardise the features"
-        ) from exc
+    except np.linalg.LinAlgError:
+        # Rounding (points ~1e5 apart at unit scale) left an eigenvalue below the floor.
+        covariances = clip_eigenvalues(covariances, reg_covar)
+        prec_chol = kind.precision_cholesky(covariances)
     center = weights @ stats.means
     return Params(weights, stats.means.copy(), covariances, prec_chol, center)
+
+
+def clip_eigenvalues(covariances: np.ndarray, floor: float) -> np.ndarray:
+    """Full covariances (K, d, d) with every eigenvalue raised to at least ``floor``."""
+    eigval, eigvec = np.linalg.eigh(covariances)
+    eigval = np.maximum(eigval, floor + RELATIVE_FLOOR * np.abs(eigval).max(axis=1, keepdims=True))
+    return np.einsum("kij,kj,klj->kil", eigvec, eigval, eigvec)
 
 
 def estimate_weighted_log_prob(kind: CovarianceKind, params: Params, X: np.ndarray) -> np.ndarray:
@@ -86,9 +96,15 @@ def e_step(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Responsibilities (n, K) and log p(x) (n,), in log space throughout."""
     weighted = estimate_weighted_log_prob(kind, params, X)
-    log_lik = log_sum_exp(weighted)
-    resp = np.exp(weighted - log_lik[:, None])
-    return resp, log_lik
+    top = row_max(weighted)
+    top = np.where(np.isfinite(top), top, 0.0)
+    scaled = np.exp(weighted - top[:, None])
+    total = row_sum(scaled)
+    # Normalise by the sum itself, not by exp(log p): when log p is huge, their difference
+    # loses every digit and the responsibilities would not sum to one.
+    resp = scaled / total[:, None]
+    with np.errstate(divide="ignore"):
+        return resp, top + np.log(total)
 
 
 def hard_responsibilities(resp: np.ndarray) -> np.ndarray:

@@ -21,10 +21,13 @@ def check_hyperparameters(params: dict[str, Any]) -> None:
     k = params["n_components"]
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
         raise ValueError(f"n_components must be an integer >= 1, got {k!r}")
-    positive = {"reg_covar": 0.0, "learning_decay": 0.0}
-    for name, low in positive.items():
-        if not params[name] > low:
-            raise ValueError(f"{name} must be > {low}, got {params[name]!r}")
+    for name in ("reg_covar", "learning_decay", "learning_offset", "anomaly_rate"):
+        value = params[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
+                or not np.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if not params["reg_covar"] > 0:
+        raise ValueError(f"reg_covar must be > 0, got {params['reg_covar']!r}")
     if not 0.5 < params["learning_decay"] <= 1.0:
         raise ValueError(
             f"learning_decay must be in (0.5, 1] for stepwise EM to converge, "
@@ -32,11 +35,17 @@ def check_hyperparameters(params: dict[str, Any]) -> None:
         )
     if not params["learning_offset"] >= 0:
         raise ValueError(f"learning_offset must be >= 0, got {params['learning_offset']!r}")
+    halflife = params["halflife"]
+    if halflife is not None and (isinstance(halflife, bool) or not isinstance(
+            halflife, (int, float, np.number))):
+        raise ValueError(f"halflife must be a number of points or None, got {halflife!r}")
     if params["halflife"] is not None and not params["halflife"] > 0:
         raise ValueError(f"halflife must be > 0 points or None, got {params['halflife']!r}")
-    warmup = params["warmup"]
-    if warmup is not None and (not isinstance(warmup, (int, np.integer)) or warmup < 1):
-        raise ValueError(f"warmup must be an integer >= 1 or None, got {warmup!r}")
+    for name in ("warmup", "random_state"):
+        value, low = params[name], 1 if name == "warmup" else 0
+        if value is not None and (isinstance(value, bool)
+                                  or not isinstance(value, (int, np.integer)) or value < low):
+            raise ValueError(f"{name} must be an integer >= {low} or None, got {value!r}")
     if not 0.0 < params["anomaly_rate"] < 1.0:
         raise ValueError(f"anomaly_rate must be in (0, 1), got {params['anomaly_rate']!r}")
 

@@ -313,15 +313,18 @@ def test_sample_shapes_and_labels(config: dict, data: np.ndarray) -> None:
 
 @pytest.mark.parametrize("kind", ["full", "diag", "spherical"])
 def test_from_params_round_trip(kind: str) -> None:
-    """``from_params`` returns its weights and means; covariances gain the ``reg_covar`` floor."""
+    """``from_params`` returns its parameters: covariances are taken floor included."""
     mix = Mixture.random(K, D, random_state=4)
     covs = KINDS[kind].from_full(mix.covariances)
     gmm = OnlineGMM.from_params(2.0 * mix.weights, mix.means, covs, covariance_type=kind,
                                 reg_covar=1e-4)
     np.testing.assert_allclose(gmm.weights_, mix.weights, rtol=1e-12)
     np.testing.assert_allclose(gmm.means_, mix.means, rtol=1e-12)
-    np.testing.assert_allclose(gmm.covariances_, KINDS[kind].add_floor(covs.copy(), 1e-4),
-                               rtol=1e-12)
+    # Only the relative floor (RELATIVE_FLOOR of the largest variance) comes on top.
+    np.testing.assert_allclose(gmm.covariances_, covs, rtol=1e-8)
+    again = OnlineGMM.from_params(gmm.weights_, gmm.means_, gmm.covariances_,
+                                  covariance_type=kind, reg_covar=1e-4)
+    np.testing.assert_allclose(again.covariances_, gmm.covariances_, rtol=1e-8)
     assert gmm.initialized_ and gmm.n_seen_ == 0 and gmm.n_components == K
     assert np.isfinite(gmm.anomaly_threshold_)
     X, _ = mix.sample(10, random_state=0)

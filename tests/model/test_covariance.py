@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
-from streamem.model.covariance import DENSE_MOMENT_FEATURES, KINDS, estimate_log_gaussian_prob
+from streamem.model.covariance import RELATIVE_FLOOR, DENSE_MOMENT_FEATURES, KINDS, estimate_log_gaussian_prob
 
 TYPES = ("full", "diag", "spherical")
 
@@ -126,7 +126,10 @@ def test_add_floor_full_symmetrises_and_adds_reg() -> None:
     cov = rng.normal(size=(3, 4, 4))
     original = cov.copy()
     floored = KINDS["full"].add_floor(cov.copy(), 0.25)
-    expected = 0.5 * (original + np.swapaxes(original, 1, 2)) + 0.25 * np.eye(4)
+    sym = 0.5 * (original + np.swapaxes(original, 1, 2))
+    largest = np.maximum(np.diagonal(sym, axis1=1, axis2=2).max(axis=1), 0.0)
+    floor = 0.25 + RELATIVE_FLOOR * largest
+    expected = sym + floor[:, None, None] * np.eye(4)
     np.testing.assert_allclose(floored, expected, rtol=1e-14)
     np.testing.assert_array_equal(floored, np.swapaxes(floored, 1, 2))
 

@@ -26,8 +26,8 @@ def test_one_dimensional_two_components_by_hand() -> None:
     mu = np.array([-1.0, 2.0])
     var = np.array([1.0, 1.5])
 
-    # E-step (the model adds reg_covar to the given variances before using them).
-    joint = np.stack([pi[k] * gauss_1d(x, mu[k], var[k] + REG) for k in range(2)], axis=1)
+    # E-step with the given variances: from_params takes them floor included.
+    joint = np.stack([pi[k] * gauss_1d(x, mu[k], var[k]) for k in range(2)], axis=1)
     resp = joint / joint.sum(axis=1, keepdims=True)
     log_lik = np.log(joint.sum(axis=1))
 
@@ -57,7 +57,7 @@ def test_two_dimensional_full_covariances_by_hand() -> None:
     cov = np.array([[[1.0, 0.3], [0.3, 0.8]], [[0.9, -0.2], [-0.2, 1.1]]])
 
     def density(k: int) -> np.ndarray:
-        c = cov[k] + REG * np.eye(2)
+        c = cov[k]
         det = c[0, 0] * c[1, 1] - c[0, 1] * c[1, 0]
         inv = np.array([[c[1, 1], -c[0, 1]], [-c[1, 0], c[0, 0]]]) / det
         diff = X - mu[k]
