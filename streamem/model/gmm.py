@@ -119,8 +119,8 @@ class OnlineGMM:
         self.random_state = random_state
         check_hyperparameters(self.get_params())
         self._kind = KINDS[covariance_type]
-        seed = np.random.SeedSequence().entropy if random_state is None else random_state
-        self._state: dict[str, Any] = {"seed": int(seed)}
+        seed = random_state if random_state is not None else np.random.SeedSequence().entropy
+        self._state: dict[str, Any] = {"seed": int(seed)}  # type: ignore[arg-type]
         self.n_features_in_: int | None = None
         self.n_seen_ = 0
         self.version_ = 0
@@ -252,7 +252,9 @@ class OnlineGMM:
     def score(self, X: Any) -> float:
         return float(self.score_samples(X).mean())
 
-    def sample(self, n_samples: int = 1, random_state: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def sample(
+        self, n_samples: int = 1, random_state: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Draw points from the mixture; returns X (n, d) and their components (n,)."""
         params = self._fitted()
         rng = np.random.default_rng(random_state)
@@ -302,7 +304,7 @@ class OnlineGMM:
             self._params = params_from_statistics(stats, self._kind, self.reg_covar)
             self._provisional_size = len(buffered)
         self.n_seen_ += len(X)
-        resp, log_lik = e_step(self._kind, self._params, X)
+        resp, log_lik = e_step(self._kind, self._fitted(), X)
         ones = np.ones(len(X), dtype=bool)
         return _result(resp, log_lik, ~ones, ones, self.version_)
 
@@ -425,7 +427,7 @@ class OnlineGMM:
         if len(self._flagged) == 0 or not np.isfinite(self.anomaly_threshold_):
             return None
         return collapse.find_dense_group(
-            self._flagged, self._flagged_at, self.n_seen_, self._params, self._kind,
+            self._flagged, self._flagged_at, self.n_seen_, self._fitted(), self._kind,
             threshold=self.anomaly_threshold_, reg_covar=self.reg_covar,
         )
 
@@ -504,7 +506,8 @@ class OnlineGMM:
             return cls.from_bytes(fh.read())
 
     def __repr__(self) -> str:
-        return f"OnlineGMM(n_components={self.n_components}, covariance_type={self.covariance_type!r})"
+        return (f"OnlineGMM(n_components={self.n_components}, "
+                f"covariance_type={self.covariance_type!r})")
 
 
 def _result(
@@ -518,8 +521,10 @@ def _result(
 def _concatenate(parts: list[BatchResult]) -> BatchResult:
     if len(parts) == 1:
         return parts[0]
+    def joined(name: str) -> np.ndarray:
+        return np.concatenate([getattr(p, name) for p in parts])
+
     return BatchResult(
-        *(np.concatenate([getattr(p, f) for p in parts]) for f in
-          ("labels", "probabilities", "responsibilities", "log_likelihood", "anomaly", "warmup")),
-        model_version=parts[0].model_version,
+        joined("labels"), joined("probabilities"), joined("responsibilities"),
+        joined("log_likelihood"), joined("anomaly"), joined("warmup"), parts[0].model_version,
     )

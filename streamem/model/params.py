@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from streamem.model.covariance import (
     RELATIVE_FLOOR,
     CovarianceKind,
@@ -69,7 +70,7 @@ def estimate_weighted_log_prob(kind: CovarianceKind, params: Params, X: np.ndarr
 
 
 def row_max(a: np.ndarray) -> np.ndarray:
-    """Max of each row of a (n, K); numpy reduces a short last axis slowly, a transposed copy fast."""
+    """Max of each row of a (n, K) (numpy reduces a short last axis slowly; a transpose fast)."""
     return np.ascontiguousarray(a.T).max(axis=0)
 
 

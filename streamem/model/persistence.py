@@ -52,7 +52,8 @@ def dumps(model: OnlineGMM) -> bytes:
         arrays.update(weights=p.weights, means=p.means, covariances=p.covariances,
                       center=p.center)
     out = io.BytesIO()
-    np.savez(out, header=np.array(json.dumps(header)), **arrays)
+    arrays["header"] = np.array(json.dumps(header))
+    np.savez(out, **arrays)  # type: ignore[arg-type]
     return out.getvalue()
 
 
