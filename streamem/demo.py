@@ -167,8 +167,9 @@ class Summary:
     """The run measured against the truth; ``None`` where a figure does not apply.
 
     ari : the final model's clustering of fresh points of the current mixture.
-    ari_before, ari_after : the streamed answers' clustering of true inliers before the drift and
-        after the log-likelihood recovered (warm-up answers excluded).
+    ari_before, ari_after, ari_last : the streamed answers' clustering of true inliers before
+        the drift, from the log-likelihood's recovery to the end, and over the last quarter of
+        the stream (warm-up answers excluded).
     heldout_log_likelihood, true_log_likelihood : mean per point on those fresh points.
     outliers, flagged, caught : true outliers answered, points flagged, outliers flagged.
     precision, recall : of the flags over all answers past warm-up; ``settled_*`` the same
@@ -184,6 +185,7 @@ class Summary:
     ari: float | None
     ari_before: float | None
     ari_after: float | None
+    ari_last: float | None
     heldout_log_likelihood: float | None
     true_log_likelihood: float | None
     outliers: int
@@ -214,6 +216,8 @@ def summarise(truth: Truth, answers: Answers, model: OnlineGMM, seconds: float) 
 
     ari_before = _ari(truth, answers, inlier & live & (ids < truth.drift_at))
     ari_after = _ari(truth, answers, inlier & live & (ids >= end_of_recovery)) if drifted else None
+    last_quarter = ids >= np.flatnonzero(answered)[-1] * 3 // 4 if answered.any() else ~answered
+    ari_last = _ari(truth, answers, inlier & live & last_quarter)
     held = _held_out(truth, model, truth.after if drifted else truth.before)
     outlier = (truth.labels == OUTLIER) & live
     p, r = _precision_recall(outlier, answers.anomaly & live)
@@ -222,7 +226,8 @@ def summarise(truth: Truth, answers: Answers, model: OnlineGMM, seconds: float) 
                      if n >= truth.drift_at), None) if drifted else None
     return Summary(
         points=int(answered.sum()), seconds=seconds, ari=held[0], ari_before=ari_before,
-        ari_after=ari_after, heldout_log_likelihood=held[1], true_log_likelihood=held[2],
+        ari_after=ari_after, ari_last=ari_last, heldout_log_likelihood=held[1],
+        true_log_likelihood=held[2],
         outliers=int(outlier.sum()), flagged=int((answers.anomaly & live).sum()),
         caught=int((answers.anomaly & outlier).sum()), precision=p, recall=r,
         settled_precision=sp, settled_recall=sr,
@@ -278,7 +283,9 @@ def format_summary(s: Summary, transport: str) -> str:
     if s.ari is None:
         return "\n".join([*lines, "  the model saw no points"])
     streamed = ", ".join(f"{_num(v, '.3f')} {when}" for v, when in
-                         ((s.ari_before, "before the drift"), (s.ari_after, "after recovery"))
+                         ((s.ari_before, "before the drift"),
+                          (s.ari_after, "from the recovery on"),
+                          (s.ari_last, "in the last quarter"))
                          if v is not None)
     lines += [
         f"  clustering      ARI {s.ari:.3f} of the final model on {HELD_OUT_POINTS:,} fresh "
