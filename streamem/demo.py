@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 
@@ -296,13 +296,14 @@ def format_summary(s: Summary, transport: str) -> str:
         f"{_gap(s.heldout_log_likelihood, s.true_log_likelihood)})",
         f"  anomalies       {s.outliers:,} true outliers; {s.flagged:,} flagged, {s.caught:,} of "
         f"them outliers: recall {_pct(s.recall)}, precision {_pct(s.precision)}",
-        f"                  outside the drift's recovery: recall {_pct(s.settled_recall)}, "
-        f"precision {_pct(s.settled_precision)}",
     ]
     resets = ", ".join(f"{k} {v}" for k, v in sorted(s.resets.items(), key=lambda kv: -kv[1]))
     if s.drift_at is None:
-        lines.append(f"  drift           not reached (the run ended first); resets: {resets}")
+        lines += ["  drift           not reached: the run ended first (raise --seconds or lower "
+                  "--points)", f"                  resets by reason: {resets}"]
         return "\n".join(lines)
+    lines.append(f"                  outside the drift's recovery: recall "
+                 f"{_pct(s.settled_recall)}, precision {_pct(s.settled_precision)}")
     reacted = ("no reset after it" if s.reacted_at is None else
                f"first reaction at {s.reacted_at:,}: {s.reaction}")
     recovered = ("log-likelihood did not recover within the run" if s.recovered_after is None
@@ -471,10 +472,3 @@ def describe(settings: DemoSettings, transport: str) -> str:
             f"{100 * s.outlier_share:g}% outliers;\n"
             f"  abrupt drift to a new mixture at point {s.drift_at:,}; {s.format} messages of "
             f"{s.points_per_message} points via {transport}")
-
-
-def to_dict(summary: Summary) -> dict[str, Any]:
-    """The summary as a JSON-able dict."""
-    from dataclasses import asdict
-
-    return asdict(summary)

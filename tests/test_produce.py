@@ -127,7 +127,7 @@ def test_sigterm_stops_cleanly_after_every_send_is_acknowledged(kafka_bootstrap,
     assert len(consume_all(kafka_bootstrap, topic, produced, timeout_s=60)) == produced
 
 
-def test_bad_usage_and_unreachable_broker(capsys) -> None:
+def test_bad_usage_and_unreachable_broker(capsys, monkeypatch) -> None:
     parser = cli.build_parser()
     args = parser.parse_args(["produce", "--bootstrap-servers", "kafka:9092", "--topic",
                               "streamem.points", *COMPOSE_FLAGS])
@@ -140,6 +140,8 @@ def test_bad_usage_and_unreachable_broker(capsys) -> None:
         cli.main(["produce", "--topic", "t", "--points", "5", "--seconds", "1"])
     assert exc.value.code == 2
     port = free_port()
+    # STREAMEM_KAFKA__* settings apply as for `streamem run`; here: give up after 2 s.
+    monkeypatch.setenv("STREAMEM_KAFKA__CLIENT_OPTIONS", "{bootstrap_timeout_ms: 2000}")
     assert cli.main(["produce", "--bootstrap-servers", f"127.0.0.1:{port}", "--topic", "t",
                      "--points", "1"]) == 1
     assert f"Kafka at 127.0.0.1:{port} failed" in capsys.readouterr().err

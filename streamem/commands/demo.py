@@ -34,11 +34,15 @@ if TYPE_CHECKING:
     from streamem.runtime import Runtime
 
 BATCH_POINTS = 2000  #: points per poll batch (as messages of --points-per-message)
+BOOTSTRAP_TIMEOUT_MS = 10_000
+#: The model warms up on its first 1000 points; the drift comes after a settled stretch.
+MIN_POINTS = 4000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--points", type=_positive_int, default=300_000, metavar="N",
-                        help="points in the stream (default: 300000); the drift is at N/2")
+    parser.add_argument("--points", type=_enough_points, default=300_000, metavar="N",
+                        help=f"points in the stream, at least {MIN_POINTS} (default: 300000); "
+                             "the drift is at N/2")
     parser.add_argument("--seconds", type=_positive_float, default=45.0, metavar="S",
                         help="stop after S seconds if the points are not all done (default: 45)")
     parser.add_argument("--kafka", action="store_true",
@@ -219,7 +223,7 @@ def _run_kafka(cfg: Config, truth: Truth, answers: Answers, metrics: Metrics,
     from streamem.runtime import Runtime
 
     k = cfg.kafka
-    kwargs = k.client_kwargs()
+    kwargs = {"bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS, **k.client_kwargs()}
     topics = [k.input_topic, k.output_topic, k.dead_letter_topic]
     _create_topics(kwargs, topics)
     try:
@@ -315,6 +319,15 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _enough_points(text: str) -> int:
+    value = int(text)
+    if value < MIN_POINTS:
+        raise argparse.ArgumentTypeError(
+            f"must be at least {MIN_POINTS} (the model warms up on the first 1000 points and the "
+            f"stream drifts half-way), got {text}")
     return value
 
 

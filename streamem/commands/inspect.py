@@ -129,7 +129,8 @@ def full_covariances(model: OnlineGMM) -> np.ndarray:
     """The model's covariances as (K, d, d) whatever its covariance type."""
     from streamem.model.covariance import KINDS
 
-    return KINDS[model.covariance_type].to_full(model.covariances_, model.n_features_in_)
+    means = model.means_
+    return KINDS[model.covariance_type].to_full(model.covariances_, means.shape[1])
 
 
 def _components(model: OnlineGMM) -> list[dict[str, Any]]:

@@ -174,7 +174,7 @@ def encode_messages(X: np.ndarray, ids: np.ndarray, fmt: str, per_message: int,
         chunk, chunk_ids = X[start:start + per_message], ids[start:start + per_message]
         first = int(chunk_ids[0])
         if fmt == "block":
-            yield first, encode_block(chunk, ids=chunk_ids)
+            yield first, encode_block(chunk, ids=chunk_ids.tolist())
             continue
         points = [{"id": i, "x": x} if ts_ms is None else {"id": i, "x": x, "ts": ts_ms}
                   for i, x in zip(chunk_ids.tolist(), chunk.tolist(), strict=True)]
@@ -194,7 +194,7 @@ def produce(settings: ProduceSettings, send: Callable[[bytes | None, bytes, int]
 
     stop = stop or threading.Event()
     seed = settings.seed if settings.seed is not None else int(
-        np.random.SeedSequence().entropy % (2**31))
+        np.random.default_rng().integers(2**31))
     rng = np.random.default_rng(seed)
     report = ProduceReport(settings.topic, seed)
     bucket = TokenBucket(settings.rate)
