@@ -2,7 +2,7 @@
 
 A known mixture (K=5 components in 4-D) with ~0.5% uniform outliers, which drifts abruptly to a
 new mixture half-way through, runs through the daemon's own loop (the same Runtime as
-``streamem run``): in memory by default, or through Kafka with ``--kafka`` (fresh topics on the
+streamem run): in memory by default, or through Kafka with --kafka (fresh topics on the
 broker, deleted afterwards). The Prometheus endpoint is live while it runs. Progress is a live
 panel on a terminal, one line per second otherwise (or with --plain). It stops by itself after
 --points or --seconds, whichever comes first, and prints a summary: adjusted Rand index,

@@ -1,7 +1,7 @@
 """Describe a checkpoint (or a bare model file) in words, as JSON, or as a picture.
 
-Reads a checkpoint written by ``streamem run`` (the model together with the offsets it
-reflects) or a model file written by ``OnlineGMM.save``, and reports the covariance type, K, d,
+Reads a checkpoint written by streamem run (the model together with the offsets it
+reflects) or a model file written by OnlineGMM.save, and reports the covariance type, K, d,
 points seen, parameter version, warm-up state, the components by weight (mean, scale
 sqrt(trace/d), smallest/largest covariance eigenvalue, condition number), the anomaly threshold,
 resets by reason with the recent collapse history, and the offsets.

@@ -1,14 +1,14 @@
 """Write synthetic points from a known Gaussian mixture into a Kafka topic.
 
-Points come from a random mixture (``--components`` × ``--features``) with a share of uniform
-outliers; with ``--drift-every`` the stream switches to a new random mixture every that many
+Points come from a random mixture (--components × --features) with a share of uniform
+outliers; with --drift-every the stream switches to a new random mixture every that many
 seconds. Sends are acknowledged by all in-sync replicas (acks=all); each message's key is the id
 of its (first) point as a string, its timestamp is now (epoch ms), and JSON points carry that
-time as "ts" so the daemon can measure end-to-end latency. Runs until ``--points`` or
-``--seconds`` is reached, or forever until SIGTERM/Ctrl+C; then prints a summary.
+time as "ts" so the daemon can measure end-to-end latency. Runs until --points or
+--seconds is reached, or forever until SIGTERM/Ctrl+C; then prints a summary.
 
-``--bootstrap-servers`` defaults to $STREAMEM_KAFKA__BOOTSTRAP_SERVERS, else 127.0.0.1:9092; the
-other STREAMEM_KAFKA__* settings (security, SASL, client_options) apply as for ``streamem run``.
+--bootstrap-servers defaults to $STREAMEM_KAFKA__BOOTSTRAP_SERVERS, else 127.0.0.1:9092; the
+other STREAMEM_KAFKA__* settings (security, SASL, client_options) apply as for streamem run.
 
 examples:
   streamem produce --topic streamem.points --points 100000
