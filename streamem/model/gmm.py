@@ -322,9 +322,9 @@ class OnlineGMM:
         anomaly = log_lik < self.anomaly_threshold_
         learn = ~anomaly if self.protecting_ else np.ones(len(X), dtype=bool)
         self._update(X[learn], resp[learn], learning_rate)
+        self._track_recent(X, resp, anomaly)
         if self.drifting_ or self._rewarm:
             self._collect_rewarm(X)
-        self._track_recent(X, resp, anomaly)
         self.n_seen_ += len(X)
         self._since_check += len(X)
         checked = self._since_check >= CHECK_EVERY
