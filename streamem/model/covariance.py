@@ -18,6 +18,7 @@ second moments free of cancellation when the data sit far from the origin.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -89,22 +90,50 @@ def _maha_spherical(Y: np.ndarray, M: np.ndarray, prec_chol: np.ndarray) -> np.n
 def _moment_full(Y: np.ndarray, R: np.ndarray, active: np.ndarray) -> np.ndarray:
     """Σ_i R_ik y_i y_iᵀ for every k, (K, d, d), over the points ``active`` (n, K) for k.
 
-    A point far from a component has a responsibility that underflows its contribution, so each
-    component's GEMM runs over its active points only: about K/2 times less work than the dense
-    product on a well-separated mixture. Few features or mostly active pairs take one wide
-    GEMM, Yᵀ (d, n) @ (R ⊗ Y) (n, K·d), instead.
+    Few features: one GEMM of Rᵀ (K, n) against the points' outer-product features
+    (n, d(d+1)/2). Many: a point far from a component has a responsibility that underflows its
+    contribution, so each component's GEMM runs over its active points only — about K/2 times
+    less work than the dense product on a well-separated mixture.
     """
     n, d = Y.shape
     K = R.shape[1]
-    if d <= DENSE_MOMENT_FEATURES or active.mean() > 0.5:
-        weighted = (R[:, :, None] * Y[:, None, :]).reshape(n, K * d)
-        return np.swapaxes((Y.T @ weighted).reshape(d, K, d), 0, 1)
+    if d <= DENSE_MOMENT_FEATURES:
+        return _unpack_upper((_outer_features(Y) @ R).T, d)
     out = np.zeros((K, d, d))
     for k in range(K):
         rows = np.flatnonzero(active[:, k])
         if len(rows):
             Yk = Y[rows]
             out[k] = (Yk * R[rows, k, None]).T @ Yk
+    return out
+
+
+def _outer_features(Y: np.ndarray) -> np.ndarray:
+    """The upper triangle of every y yᵀ, one row per entry, (d(d+1)/2, n).
+
+    Points run along the rows so that every multiply is over long contiguous memory.
+    """
+    n, d = Y.shape
+    YT = np.ascontiguousarray(Y.T)
+    out = np.empty((d * (d + 1) // 2, n))
+    start = 0
+    for i in range(d):
+        np.multiply(YT[i], YT[i:], out=out[start : start + d - i])
+        start += d - i
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _upper_indices(d: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.triu_indices(d)
+
+
+def _unpack_upper(upper: np.ndarray, d: int) -> np.ndarray:
+    """Symmetric matrices (K, d, d) from their row-major upper triangles (K, d(d+1)/2)."""
+    rows, cols = _upper_indices(d)
+    out = np.empty((len(upper), d, d))
+    out[:, rows, cols] = upper
+    out[:, cols, rows] = upper
     return out
 
 
