@@ -270,9 +270,15 @@ KINDS: dict[str, CovarianceKind] = {
 
 
 def estimate_log_gaussian_prob(
-    kind: CovarianceKind, Y: np.ndarray, M: np.ndarray, prec_chol: np.ndarray
+    kind: CovarianceKind,
+    Y: np.ndarray,
+    M: np.ndarray,
+    prec_chol: np.ndarray,
+    log_offset: np.ndarray | float = 0.0,
 ) -> np.ndarray:
-    """log N(y | m_k, Σ_k) for every point and component, (n, K)."""
+    """log N(y | m_k, Σ_k) + ``log_offset`` (K,) for every point and component, (n, K)."""
     d = Y.shape[1]
-    maha = kind.mahalanobis(Y, M, prec_chol)
-    return -0.5 * (d * LOG_2PI + maha) + kind.log_det(prec_chol, d)[None, :]
+    out = kind.mahalanobis(Y, M, prec_chol)
+    out *= -0.5
+    out += kind.log_det(prec_chol, d) - 0.5 * d * LOG_2PI + log_offset
+    return out

@@ -320,8 +320,10 @@ class OnlineGMM:
         version = self.version_
         resp, log_lik = e_step(self._kind, self._params, X)
         anomaly = log_lik < self.anomaly_threshold_
-        learn = ~anomaly if self.protecting_ else np.ones(len(X), dtype=bool)
-        self._update(X[learn], resp[learn], learning_rate)
+        if self.protecting_ and anomaly.any():
+            self._update(X[~anomaly], resp[~anomaly], learning_rate)
+        else:
+            self._update(X, resp, learning_rate)
         self._track_recent(X, resp, anomaly)
         if self.drifting_ or self._rewarm:
             self._collect_rewarm(X)

@@ -66,7 +66,7 @@ def estimate_weighted_log_prob(kind: CovarianceKind, params: Params, X: np.ndarr
     """log π_k + log N(x | μ_k, Σ_k), (n, K)."""
     Y = X - params.center
     M = params.means - params.center
-    return estimate_log_gaussian_prob(kind, Y, M, params.precisions_chol) + params.log_weights
+    return estimate_log_gaussian_prob(kind, Y, M, params.precisions_chol, params.log_weights)
 
 
 def row_max(a: np.ndarray) -> np.ndarray:
@@ -98,7 +98,7 @@ def e_step(
     """Responsibilities (n, K) and log p(x) (n,), in log space throughout."""
     weighted = estimate_weighted_log_prob(kind, params, X)
     top = row_max(weighted)
-    top = np.where(np.isfinite(top), top, 0.0)
+    top[~np.isfinite(top)] = 0.0
     scaled = np.exp(weighted - top[:, None])
     total = row_sum(scaled)
     # Normalise by the sum itself, not by exp(log p): when log p is huge, their difference

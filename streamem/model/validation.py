@@ -65,6 +65,8 @@ def check_points(X: Any, n_features: int | None) -> np.ndarray:
         raise ValueError(f"expected {n_features} features per point, got {X.shape[1]}")
     if X.shape[1] == 0:
         raise ValueError("points must have at least one feature")
+    if np.isfinite(X).all():
+        return X
     bad = ~np.isfinite(X).all(axis=1)
     if bad.any():
         rows = np.flatnonzero(bad)
