@@ -37,6 +37,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
 
 import streamem
+from streamem.codec import REASONS
 
 if TYPE_CHECKING:
     from streamem.model import OnlineGMM
@@ -50,16 +51,7 @@ __all__ = [
 ]
 
 #: Dead-letter reasons: the codec's DecodeError codes, plus the runtime's own. Others → "other".
-DEAD_LETTER_REASONS = (
-    "bad_json",
-    "bad_schema",
-    "empty",
-    "wrong_dimension",
-    "non_finite",
-    "bad_binary",
-    "too_large",
-    "other",
-)
+DEAD_LETTER_REASONS = (*REASONS, "too_large", "other")
 #: Kafka error kinds (where the error happened). Others → "other".
 KAFKA_ERROR_KINDS = (
     "connect",

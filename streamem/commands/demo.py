@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from streamem.commands.arguments import positive_float, positive_int
+
 if TYPE_CHECKING:
     from streamem.config import Config
     from streamem.demo import Answers, DemoSettings, Summary, Truth
@@ -43,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--points", type=_enough_points, default=300_000, metavar="N",
                         help=f"points in the stream, at least {MIN_POINTS} (default: 300000); "
                              "the drift is at N/2")
-    parser.add_argument("--seconds", type=_positive_float, default=45.0, metavar="S",
+    parser.add_argument("--seconds", type=positive_float, default=45.0, metavar="S",
                         help="stop after S seconds if the points are not all done (default: 45)")
     parser.add_argument("--kafka", action="store_true",
                         help="go through the Kafka broker instead of in-memory transports")
@@ -60,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pace the stream (default 0: as fast as the loop goes)")
     parser.add_argument("--format", choices=("json", "block"), default="json",
                         help="message format (default: json)")
-    parser.add_argument("--points-per-message", type=_positive_int, default=200, metavar="M",
+    parser.add_argument("--points-per-message", type=positive_int, default=200, metavar="M",
                         help="points per message (default: 200)")
     parser.add_argument("--checkpoint", metavar="PATH", default=None,
                         help="write the final checkpoint here (for streamem inspect)")
@@ -315,24 +317,10 @@ def _read_answers(kwargs: dict[str, Any], topic: str, answers: Answers,
         consumer.close()
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
 def _enough_points(text: str) -> int:
     value = int(text)
     if value < MIN_POINTS:
         raise argparse.ArgumentTypeError(
             f"must be at least {MIN_POINTS} (the model warms up on the first 1000 points and the "
             f"stream drifts half-way), got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value

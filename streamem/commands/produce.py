@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from streamem.commands.arguments import positive_float, positive_int
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -46,21 +48,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "127.0.0.1:9092)")
     parser.add_argument("--topic", required=True, help="topic to write to")
     limit = parser.add_mutually_exclusive_group()
-    limit.add_argument("--points", type=_positive_int, metavar="N",
+    limit.add_argument("--points", type=positive_int, metavar="N",
                        help="stop after N points (default: run until stopped)")
-    limit.add_argument("--seconds", type=_positive_float, metavar="S",
+    limit.add_argument("--seconds", type=positive_float, metavar="S",
                        help="stop after S seconds (default: run until stopped)")
     parser.add_argument("--rate", type=_non_negative_float, default=0.0, metavar="PTS_PER_S",
                         help="points per second (token bucket; default 0: as fast as possible)")
-    parser.add_argument("--components", type=_positive_int, default=5, metavar="K",
+    parser.add_argument("--components", type=positive_int, default=5, metavar="K",
                         help="components of the mixture (default: 5)")
-    parser.add_argument("--features", type=_positive_int, default=4, metavar="D",
+    parser.add_argument("--features", type=positive_int, default=4, metavar="D",
                         help="features per point (default: 4)")
     parser.add_argument("--outlier-share", type=_share, default=0.005, metavar="F",
                         help="share of uniform outliers, in [0, 1) (default: 0.005)")
-    parser.add_argument("--drift-every", type=_positive_float, default=None, metavar="SECONDS",
+    parser.add_argument("--drift-every", type=positive_float, default=None, metavar="SECONDS",
                         help="switch to a new random mixture every SECONDS (default: never)")
-    parser.add_argument("--points-per-message", type=_positive_int, default=1, metavar="M",
+    parser.add_argument("--points-per-message", type=positive_int, default=1, metavar="M",
                         help="points per message, json and block only (default: 1)")
     parser.add_argument("--format", choices=FORMATS, default="json",
                         help="message format, as the daemon's input.format (default: json)")
@@ -310,20 +312,6 @@ def main(args: argparse.Namespace) -> int:
         return 1
     print(report.text(), flush=True)
     return 0
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
 
 
 def _non_negative_float(text: str) -> float:

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
-from streamem.model.covariance import RELATIVE_FLOOR, DENSE_MOMENT_FEATURES, KINDS, estimate_log_gaussian_prob
+from streamem.model.covariance import (
+    DENSE_MOMENT_FEATURES,
+    KINDS,
+    RELATIVE_FLOOR,
+    estimate_log_gaussian_prob,
+)
 
 TYPES = ("full", "diag", "spherical")
 
