@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -26,6 +25,8 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from kafka_helpers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALL_SH = REPO / "deploy" / "prometheus" / "install.sh"
@@ -45,12 +46,6 @@ def find_binary(name: str) -> str | None:
         return found
     cached = cache_bin_dir() / name
     return str(cached) if os.access(cached, os.X_OK) else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PrometheusError(RuntimeError):
