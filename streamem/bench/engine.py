@@ -31,6 +31,7 @@ class EngineResult:
     streamem_points_s: float
     sklearn_point_iterations_s: float
     peak_gflops: float
+    state_bytes: tuple[int, int]  # the model's saved state after 20 000 and after all points
 
     @property
     def speedup(self) -> float:
@@ -70,11 +71,13 @@ def bench_size(
     model = OnlineGMM(n_components, random_state=0)
     model.partial_fit(warm)
     state = model.to_bytes()
+    after: list[int] = []
 
     def streamem_pass() -> None:
         m = OnlineGMM.from_bytes(state)
         for i in range(0, n_points, batch):
             m.partial_fit(X[i : i + batch])
+        after.append(len(m.to_bytes()))
 
     reference = GaussianMixture(n_components, max_iter=5, random_state=0).fit(warm)
 
@@ -88,6 +91,7 @@ def bench_size(
         n_points / best_time(streamem_pass, repeats),
         n_points / best_time(sklearn_iteration, repeats),
         peak,
+        (len(state), after[-1]),
     )
 
 
@@ -114,4 +118,8 @@ def report(results: Sequence[EngineResult], threads: str) -> str:
             f"{r.n_components:>4} {r.n_features:>4} {r.streamem_points_s:>15,.0f} "
             f"{r.sklearn_point_iterations_s:>19,.0f} {r.speedup:>7.2f}x {r.flop_fraction:>9.0%}"
         )
+    lines.append("model state (saved bytes) after 20,000 points -> after the pass:")
+    for r in results:
+        lines.append(f"{r.n_components:>4} {r.n_features:>4} {r.state_bytes[0]:>15,} -> "
+                     f"{r.state_bytes[1]:,}")
     return "\n".join(lines)
