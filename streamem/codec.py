@@ -12,6 +12,42 @@ Each message is checked once here; a bad one raises :class:`~streamem.errors.Dec
 ``reason`` is one of :data:`REASONS`. The checks cost a few vector operations per message, never a
 Python loop per float.
 
+Output formats (``output.format``), one output message per input message:
+
+* ``json`` (:func:`encode_result`): a record object for a single-point message, an array of
+  records for a multi-point one (about 200 bytes per point).
+* ``block`` (:func:`encode_result_block`, read back by :func:`decode_result_block`): 22 bytes
+  per point. All little-endian, a 32-byte header then columns of n values each::
+
+      offset size  field
+      0      4     magic b"SEMR"
+      4      1     format version, 1
+      5      1     flags: bit 0 = id column present, bit 1 = index column present
+      6      1     k: top-k columns per point (output.top_k, at most K; 0 = none)
+      7      1     reserved, 0
+      8      4     uint32 n, points
+      12     4     int32 partition of the input message
+      16     8     uint64 model_version that answered
+      24     8     int64 offset of the input message
+      32           id uint64 (n)            if flags bit 0: the input's ids
+                   index uint32 (n)         if flags bit 1: position in the input message
+                   cluster int32 (n)
+                   probability float32 (n)  responsibility of that cluster
+                   log_likelihood float32 (n)
+                   top_k_component int32 (n, k), row-major, largest first
+                   top_k_responsibility float32 (n, k)
+                   anomaly uint8 (n), 0/1
+                   warmup uint8 (n), 0/1
+
+  The id column is present when every id of the input message is an integer in [0, 2**64)
+  (always for ``block`` input); otherwise (string ids, missing ids) it is left out and a point
+  is identified by (partition, offset, index). Without an index column, index is the row
+  number. Only the copies on ``kafka.anomaly_topic`` (anomalous rows only) carry one.
+  Log-likelihoods are float32: seven significant digits, more than the JSON's six decimals
+  for |log p| < 10, and half the bytes of float64; non-finite values stay IEEE (-inf, NaN)
+  where JSON writes null. The input topic is not repeated: it is the daemon's
+  ``kafka.input_topic``.
+
 >>> p = decode(b'{"id": "a", "x": [1, 2.5], "ts": 1700000000000}', "json", 2)
 >>> p.X, p.ids, p.multi
 (array([[1. , 2.5]]), ['a'], False)
@@ -26,6 +62,7 @@ import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -37,6 +74,7 @@ FloatArray = npt.NDArray[np.float64]
 Headers = list[tuple[str, bytes]]
 
 FORMATS = ("json", "f32", "f64", "block")
+OUTPUT_FORMATS = ("json", "block")
 REASONS = ("bad_json", "bad_schema", "empty", "wrong_dimension", "non_finite", "bad_binary")
 BLOCK_MAGIC = b"SEM1"
 _BLOCK_HEADER = struct.Struct("<4sc3sII")  # magic, dtype code, reserved, n, d
@@ -94,6 +132,78 @@ def decode(value: bytes | None, fmt: str, n_features: int | None) -> Points:
         raise ValueError(f"unknown input format {fmt!r}; expected one of {FORMATS}")
     _check_points(points.X, n_features)
     return points
+
+
+def decode_all(values: Sequence[bytes | None], fmt: str,
+               n_features: int | None) -> list[Points | DecodeError]:
+    """:func:`decode` every value of a poll batch: its Points, or the DecodeError it raised.
+
+    With ``n_features`` None, the first value that decodes fixes it for the rest. Single-point
+    JSON messages of a known width take a batch path: each is parsed and checked in Python,
+    then their rows become one array checked at once (one numpy call per batch, not per
+    message); any message that path doubts is decoded alone, so results and errors are exactly
+    :func:`decode`'s.
+    """
+    out: list[Points | DecodeError | None] = [None] * len(values)
+    if fmt == "json" and n_features is not None:
+        _decode_single_points(values, n_features, out)
+    for i, value in enumerate(values):
+        if out[i] is not None:
+            continue
+        try:
+            points = decode(value, fmt, n_features)
+        except DecodeError as exc:
+            out[i] = exc
+            continue
+        n_features = n_features or points.X.shape[1]
+        out[i] = points
+    return out  # type: ignore[return-value]
+
+
+def _decode_single_points(values: Sequence[bytes | None], n_features: int,
+                          out: list[Points | DecodeError | None]) -> None:
+    """Fill ``out`` for the plainly valid single-point JSON messages; leave the rest None."""
+    rows, ids, times, at = [], [], [], []
+    for i, value in enumerate(values):
+        if not value or b"true" in value or b"false" in value:
+            continue
+        try:
+            doc = json.loads(value)
+        except (ValueError, RecursionError):
+            continue
+        if type(doc) is dict:
+            x, ident, ts = doc.get("x"), doc.get("id"), doc.get("ts")
+            if type(x) is not list or not (ident is None or type(ident) in (str, int)) \
+                    or not (ts is None or _finite_number(ts)):
+                continue
+        elif type(doc) is list and doc and type(doc[0]) not in (list, dict):
+            x, ident, ts = doc, None, None
+        else:
+            continue
+        if len(x) == n_features:
+            rows.append(x)
+            ids.append(ident)
+            times.append(ts)
+            at.append(i)
+    if not rows:
+        return
+    try:
+        X = np.array(rows)
+    except (ValueError, TypeError, OverflowError):
+        return
+    if X.ndim != 2 or X.dtype.kind not in "iuf":
+        return
+    X = X.astype(np.float64, copy=False)
+    finite = np.isfinite(X).all(axis=1).tolist()
+    for r, (i, ident, ts) in enumerate(zip(at, ids, times, strict=True)):
+        if finite[r]:
+            ts_ms = None if ts is None else np.array([ts], dtype=np.float64)
+            out[i] = Points(X[r:r + 1], [ident], ts_ms, multi=False)
+
+
+def _finite_number(v: Any) -> bool:
+    """A JSON number that float64 holds finitely (booleans are not numbers here)."""
+    return type(v) in (int, float) and -1e308 < v < 1e308
 
 
 # --- checks shared by every format ------------------------------------------------------------
@@ -210,7 +320,7 @@ def _from_objects(objects: list[Any], value: bytes, *, multi: bool) -> Points:
         if ident is not None and type(ident) not in (str, int):
             raise DecodeError("bad_schema", f'point {i}: "id" must be a string or an integer, '
                                             f"got {_kind(ident)}")
-        if ts is not None and (type(ts) not in (int, float) or not math.isfinite(ts)):
+        if ts is not None and not _finite_number(ts):
             raise DecodeError("bad_schema", f'point {i}: "ts" must be a finite number (epoch ms), '
                                             f"got {ts!r}")
         ids.append(ident)
@@ -275,7 +385,7 @@ def _kind(v: Any) -> str:
 
 def encode_result(points: Points, result: Any, rows: slice, *, top_k: int, model_version: int,
                   topic: str, partition: int, offset: int) -> bytes:
-    """One output message for one input message: a record object, or an array of them.
+    """One JSON output message for one input message: a record object, or an array of them.
 
     Parameters
     ----------
@@ -285,27 +395,95 @@ def encode_result(points: Points, result: Any, rows: slice, *, top_k: int, model
     rows : this message's n rows within the batch.
     top_k : add the ``top_k`` largest responsibilities as ``[[component, r], ...]``, descending.
     """
-    labels = [int(c) for c in result.labels[rows].tolist()]
-    probs = _rounded(result.probabilities[rows])
-    loglik = _rounded(result.log_likelihood[rows])
-    anomaly = [bool(a) for a in result.anomaly[rows].tolist()]
-    warmup = [bool(w) for w in result.warmup[rows].tolist()]
-    if len(labels) != len(points):
-        raise ValueError(f"rows select {len(labels)} results for {len(points)} points")
-    version, partition, offset = int(model_version), int(partition), int(offset)
-    records = [
-        {"id": ident, "cluster": label, "probability": p, "log_likelihood": ll,
-         "anomaly": a, "warmup": w, "model_version": version, "topic": topic,
-         "partition": partition, "offset": offset, "index": i}
-        for i, (ident, label, p, ll, a, w)
-        in enumerate(zip(points.ids, labels, probs, loglik, anomaly, warmup, strict=True))
-    ]
-    if top_k > 0:
-        pairs = _top_k(result.responsibilities[rows], top_k)
-        for record, top in zip(records, pairs, strict=True):
-            record["top_k"] = top
-    doc: Any = records if points.multi else records[0]
-    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+    cols = _JsonColumns.of(result, rows, top_k)
+    if len(cols.labels) != len(points):
+        raise ValueError(f"rows select {len(cols.labels)} results for {len(points)} points")
+    return cols.message(points, 0, int(model_version), json.dumps(topic), int(partition),
+                        int(offset))
+
+
+def encode_results(messages: Sequence[Points], result: Any, *, fmt: str, top_k: int,
+                   model_version: int, sources: Sequence[tuple[str, int, int]]) -> list[bytes]:
+    """The output messages of a whole poll batch, one per input message, in order.
+
+    Parameters
+    ----------
+    messages : the batch's decoded messages; their points are the result's rows, in order.
+    result : the model's result for all of them (see :func:`encode_result`).
+    fmt : ``"json"`` (as :func:`encode_result`) or ``"block"`` (as :func:`encode_result_block`).
+    sources : per message, the input ``(topic, partition, offset)``.
+
+    The columns are converted once for the batch, so a message costs a string format (JSON)
+    or a few byte slices (block), not numpy calls.
+    """
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"unknown output format {fmt!r}; expected one of {OUTPUT_FORMATS}")
+    n_rows = sum(len(p) for p in messages)
+    if n_rows != len(result.labels):
+        raise ValueError(f"the messages hold {n_rows} points, the result {len(result.labels)}")
+    if fmt == "block":
+        return _encode_blocks(messages, result, top_k, int(model_version), sources)
+    cols = _JsonColumns.of(result, slice(None), top_k)
+    version, out, start, topics = int(model_version), [], 0, {}
+    for points, (topic, partition, offset) in zip(messages, sources, strict=True):
+        topic_json = topics.get(topic) or topics.setdefault(topic, json.dumps(topic))
+        out.append(cols.message(points, start, version, topic_json, int(partition),
+                                int(offset)))
+        start += len(points)
+    return out
+
+
+_RECORD = ('{"id":%s,"cluster":%d,"probability":%s,"log_likelihood":%s,"anomaly":%s,'
+           '"warmup":%s,"model_version":%d,"topic":%s,"partition":%d,"offset":%d,"index":%d')
+_BOOL = ("false", "true")
+
+
+@dataclass(frozen=True)
+class _JsonColumns:
+    """Result rows as Python lists, ready to format: (m,) each, top_k (m,) lists of pairs."""
+
+    labels: list[int]
+    probs: list[str]
+    loglik: list[str]
+    anomaly: list[str]
+    warmup: list[str]
+    top_k: list[str] | None
+
+    @classmethod
+    def of(cls, result: Any, rows: slice, top_k: int) -> _JsonColumns:
+        pairs = None
+        if top_k > 0:
+            pairs = [json.dumps(p, separators=(",", ":"))
+                     for p in _top_k(result.responsibilities[rows], top_k)]
+        return cls(result.labels[rows].tolist(), _json_numbers(result.probabilities[rows]),
+                   _json_numbers(result.log_likelihood[rows]),
+                   [_BOOL[a] for a in result.anomaly[rows].tolist()],
+                   [_BOOL[w] for w in result.warmup[rows].tolist()], pairs)
+
+    def message(self, points: Points, start: int, version: int, topic_json: str,
+                partition: int, offset: int) -> bytes:
+        """One message's JSON: its points are rows ``start:start+len(points)`` of the columns."""
+        records = []
+        for i, ident in enumerate(points.ids):
+            r = start + i
+            text = _RECORD % (_json_id(ident), self.labels[r], self.probs[r], self.loglik[r],
+                              self.anomaly[r], self.warmup[r], version, topic_json, partition,
+                              offset, i)
+            records.append(text + ("}" if self.top_k is None else ',"top_k":' + self.top_k[r]
+                                   + "}"))
+        doc = "[" + ",".join(records) + "]" if points.multi else records[0]
+        return doc.encode()
+
+
+def _json_id(ident: Any) -> str:
+    if type(ident) is int:
+        return str(ident)
+    return "null" if ident is None else json.dumps(ident)
+
+
+def _json_numbers(values: npt.NDArray[Any]) -> list[str]:
+    """Values (m,) rounded to 6 decimals as JSON numbers, ``null`` where not finite."""
+    return [repr(v) if v is not None else "null" for v in _rounded(values)]
 
 
 def _rounded(values: npt.NDArray[Any]) -> list[float | None]:
@@ -321,6 +499,23 @@ def _rounded(values: npt.NDArray[Any]) -> list[float | None]:
     return out
 
 
+def _top_k_arrays(resp: npt.NDArray[Any], k: int) -> tuple[npt.NDArray[np.intp], FloatArray]:
+    """Per row of resp (m, K), the k largest components and their values, (m, k) each.
+
+    Largest first; ties go to the lower component (except a tie across the k-th place).
+    """
+    m, n_components = resp.shape
+    k = min(k, n_components)
+    if k < n_components:
+        idx = np.argpartition(-resp, k - 1, axis=1)[:, :k]
+    else:
+        idx = np.broadcast_to(np.arange(k), resp.shape)
+    at = np.arange(m)[:, None]
+    vals = resp[at, idx]
+    order = np.lexsort((idx, -vals), axis=1)
+    return idx[at, order], vals[at, order]
+
+
 def _top_k(resp: npt.NDArray[Any], k: int) -> list[list[list[Any]]]:
     """Per row of resp (m, K), the k largest ``[component, r]`` pairs, largest first.
 
@@ -334,15 +529,155 @@ def _top_k(resp: npt.NDArray[Any], k: int) -> list[list[list[Any]]]:
             best = sorted(range(n_components), key=row.__getitem__, reverse=True)[:k]
             out.append([[c, round(row[c], 6)] for c in best])
         return out
-    if k < n_components:
-        idx = np.argpartition(-resp, k - 1, axis=1)[:, :k]
-    else:
-        idx = np.broadcast_to(np.arange(k), resp.shape)
-    at = np.arange(m)[:, None]
-    vals = resp[at, idx]
-    order = np.lexsort((idx, -vals), axis=1)
-    ci, ri = idx[at, order].tolist(), np.round(vals[at, order], 6).tolist()
+    idx, vals = _top_k_arrays(resp, k)
+    ci, ri = idx.tolist(), np.round(vals, 6).tolist()
     return [[[c, r] for c, r in zip(cs, rs, strict=True)] for cs, rs in zip(ci, ri, strict=True)]
+
+
+# --- binary output (output.format: block) ---------------------------------------------------
+
+
+def encode_result_block(points: Points, result: Any, rows: slice, *, top_k: int,
+                        model_version: int, partition: int, offset: int) -> bytes:
+    """One binary ``SEMR`` output message for one input message (layout in the module doc).
+
+    ``points``, ``result``, ``rows`` and ``top_k`` as for :func:`encode_result`.
+    """
+    cols = _BlockColumns.of(result, rows, top_k)
+    if cols.n != len(points):
+        raise ValueError(f"rows select {cols.n} results for {len(points)} points")
+    return cols.message(0, cols.n, _id_column(points.ids), int(model_version), int(partition),
+                        int(offset))
+
+
+def decode_result_block(value: bytes) -> dict[str, Any]:
+    """Read a ``SEMR`` output message into arrays (read-only views of ``value``).
+
+    Returns
+    -------
+    dict with ``model_version``, ``partition``, ``offset`` (int, of the input message);
+    ``id`` (n,) uint64 or None when the input's ids were not all unsigned integers;
+    ``index`` (n,) uint32, each point's position in its input message; ``cluster`` (n,) int32;
+    ``probability``, ``log_likelihood`` (n,) float32; ``anomaly``, ``warmup`` (n,) bool;
+    ``top_k_component`` (n, k) int32 and ``top_k_responsibility`` (n, k) float32 (k may be 0).
+
+    Raises
+    ------
+    DecodeError : reason ``bad_binary`` when the bytes are not a whole ``SEMR`` message.
+    """
+    if len(value) < _RESULT_HEADER.size:
+        raise DecodeError("bad_binary", f"{len(value)} bytes is shorter than the "
+                                        f"{_RESULT_HEADER.size}-byte result header")
+    magic, version, flags, k, _, n, partition, model_version, offset = \
+        _RESULT_HEADER.unpack_from(value)
+    if magic != RESULT_MAGIC or version != RESULT_VERSION:
+        raise DecodeError("bad_binary", f"not a version {RESULT_VERSION} {RESULT_MAGIC!r} "
+                                        f"message (magic {magic!r}, version {version})")
+    widths = _column_widths(flags, k)
+    expected = _RESULT_HEADER.size + n * sum(w for _, _, w in widths)
+    if len(value) != expected:
+        raise DecodeError("bad_binary", f"n={n}, k={k}, flags={flags} needs {expected} bytes, "
+                                        f"got {len(value)}")
+    out: dict[str, Any] = {"model_version": model_version, "partition": partition,
+                           "offset": offset, "id": None}
+    at = _RESULT_HEADER.size
+    for name, dtype, width in widths:
+        column = np.frombuffer(value, dtype=dtype, count=n * width // dtype.itemsize, offset=at)
+        out[name] = column.reshape(n, k) if name.startswith("top_k") else column
+        at += n * width
+    if not flags & _HAS_INDEX:
+        out["index"] = np.arange(n, dtype=np.uint32)
+    out["anomaly"] = out["anomaly"].view(np.bool_)
+    out["warmup"] = out["warmup"].view(np.bool_)
+    return out
+
+
+def anomalous_rows_block(value: bytes) -> bytes:
+    """A ``SEMR`` message cut down to its anomalous points, each keeping its ``index``."""
+    doc = decode_result_block(value)
+    keep = np.flatnonzero(doc["anomaly"])
+    flags = _HAS_INDEX | (_HAS_IDS if doc["id"] is not None else 0)
+    k = doc["top_k_component"].shape[1]
+    header = _RESULT_HEADER.pack(RESULT_MAGIC, RESULT_VERSION, flags, k, 0, keep.size,
+                                 doc["partition"], doc["model_version"], doc["offset"])
+    doc["index"] = np.asarray(doc["index"])
+    return header + b"".join(np.ascontiguousarray(doc[name][keep], dtype=dtype).tobytes()
+                             for name, dtype, _ in _column_widths(flags, k))
+
+
+RESULT_MAGIC = b"SEMR"
+RESULT_VERSION = 1
+# magic, version, flags, k, reserved, n, partition, model_version, offset: 32 bytes
+_RESULT_HEADER = struct.Struct("<4sBBBBIiQq")
+_HAS_IDS, _HAS_INDEX = 1, 2
+_U8, _U4, _I4, _F4, _U1 = (np.dtype(c) for c in ("<u8", "<u4", "<i4", "<f4", "u1"))
+
+
+def _column_widths(flags: int, k: int) -> list[tuple[str, np.dtype[Any], int]]:
+    """(name, dtype, bytes per point) of each column, in layout order."""
+    cols = [("id", _U8, 8)] if flags & _HAS_IDS else []
+    cols += [("index", _U4, 4)] if flags & _HAS_INDEX else []
+    return cols + [("cluster", _I4, 4), ("probability", _F4, 4), ("log_likelihood", _F4, 4),
+                   ("top_k_component", _I4, 4 * k), ("top_k_responsibility", _F4, 4 * k),
+                   ("anomaly", _U1, 1), ("warmup", _U1, 1)]
+
+
+@dataclass(frozen=True)
+class _BlockColumns:
+    """A result's rows as little-endian bytes: (bytes per point, bytes) per column after ids."""
+
+    n: int
+    k: int
+    columns: list[tuple[int, bytes]]
+
+    @classmethod
+    def of(cls, result: Any, rows: slice, top_k: int) -> _BlockColumns:
+        labels = np.asarray(result.labels[rows])
+        k = min(top_k, result.responsibilities.shape[1]) if top_k > 0 else 0
+        if k:
+            comps, vals = _top_k_arrays(result.responsibilities[rows], k)
+        else:
+            comps, vals = np.empty((len(labels), 0)), np.empty((len(labels), 0))
+        arrays = [(labels, _I4), (result.probabilities[rows], _F4),
+                  (result.log_likelihood[rows], _F4), (comps, _I4), (vals, _F4),
+                  (result.anomaly[rows], _U1), (result.warmup[rows], _U1)]
+        columns = [(dtype.itemsize * (k if np.ndim(a) == 2 else 1),
+                    np.ascontiguousarray(a, dtype=dtype).tobytes()) for a, dtype in arrays]
+        return cls(len(labels), k, columns)
+
+    def message(self, lo: int, hi: int, ids: npt.NDArray[np.uint64] | None, version: int,
+                partition: int, offset: int) -> bytes:
+        """Rows ``lo:hi`` as one message; ``ids`` (hi - lo,) uint64 or None."""
+        flags = _HAS_IDS if ids is not None else 0
+        parts = [_RESULT_HEADER.pack(RESULT_MAGIC, RESULT_VERSION, flags, self.k, 0, hi - lo,
+                                     partition, version, offset)]
+        if ids is not None:
+            parts.append(ids.tobytes())
+        parts.extend(column[lo * width:hi * width] for width, column in self.columns)
+        return b"".join(parts)
+
+
+def _encode_blocks(messages: Sequence[Points], result: Any, top_k: int, version: int,
+                   sources: Sequence[tuple[str, int, int]]) -> list[bytes]:
+    cols = _BlockColumns.of(result, slice(None), top_k)
+    all_ids = _id_column(list(chain.from_iterable(p.ids for p in messages)))
+    out, start = [], 0
+    for points, (_, partition, offset) in zip(messages, sources, strict=True):
+        stop = start + len(points)
+        ids = all_ids[start:stop] if all_ids is not None else _id_column(points.ids)
+        out.append(cols.message(start, stop, ids, version, int(partition), int(offset)))
+        start = stop
+    return out
+
+
+def _id_column(ids: list[Any]) -> npt.NDArray[np.uint64] | None:
+    """ids (n,) as little-endian uint64 when every one is an integer in [0, 2**64), else None."""
+    arr = np.array(ids)
+    if arr.dtype.kind in "iu" and (arr.dtype.kind == "u" or arr.size == 0 or arr.min() >= 0):
+        return arr.astype(_U8)
+    if arr.dtype.kind in "fO" and all(type(i) is int and 0 <= i < 2**64 for i in ids):
+        return np.array(ids, dtype=_U8)  # ids beyond 2**63 mixed with small ones
+    return None
 
 
 def result_headers(model_version: int) -> Headers:

@@ -255,8 +255,9 @@ class InputConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    """What each output record carries beyond the assignment."""
+    """How output messages are encoded (see :mod:`streamem.codec`) and what they carry."""
 
+    format: str = _opt("json", _choice("json", "block"))
     top_k: int = _opt(0, _integer(0))
 
 

@@ -51,12 +51,19 @@ class _Batch:
     """One poll batch after decoding: the answerable messages and their points stacked."""
 
     records: list[Record]
-    messages: list[tuple[Record, codec.Points]] = field(default_factory=list)
+    answered: list[Record] = field(default_factory=list)
+    points: list[codec.Points] = field(default_factory=list)
     dead: list[tuple[Record, str, str]] = field(default_factory=list)  # record, reason, detail
 
-    def points(self) -> np.ndarray:
+    def stacked(self) -> np.ndarray:
         """All points of all messages, (n_points, n_features), in message order."""
-        return np.concatenate([p.X for _, p in self.messages])
+        return np.concatenate([p.X for p in self.points])
+
+    def drop_answers(self, reason: str, detail: str) -> None:
+        """Turn every answerable message into a dead letter."""
+        self.dead.extend((rec, reason, detail) for rec in self.answered)
+        self.answered.clear()
+        self.points.clear()
 
     def next_offsets(self, assigned: set[TP]) -> dict[TP, int]:
         """Per assigned partition, the offset after the last record of this batch."""
@@ -159,48 +166,47 @@ class Runtime:
 
     def _decode(self, records: list[Record]) -> _Batch:
         batch = _Batch(records)
-        fmt = self.cfg.input.format
-        for rec in records:
-            try:
-                points = codec.decode(rec.value, fmt, self.n_features)
-            except DecodeError as exc:
-                batch.dead.append((rec, exc.reason, exc.detail))
+        decoded = codec.decode_all([r.value for r in records], self.cfg.input.format,
+                                   self.n_features)
+        for rec, points in zip(records, decoded, strict=True):
+            if isinstance(points, DecodeError):
+                batch.dead.append((rec, points.reason, points.detail))
                 continue
-            if self.n_features is None:
-                self.n_features = int(points.X.shape[1])
-                self.log.info("n_features_fixed", extra={"n_features": self.n_features})
-            batch.messages.append((rec, points))
+            batch.answered.append(rec)
+            batch.points.append(points)
+        if self.n_features is None and batch.points:
+            self.n_features = int(batch.points[0].X.shape[1])
+            self.log.info("n_features_fixed", extra={"n_features": self.n_features})
         return batch
 
     def _fit(self, batch: _Batch) -> Any:
         """One ``partial_fit`` over the whole batch; if the model refuses it, dead-letter all."""
-        if not batch.messages:
+        if not batch.points:
             return None
         try:
-            return self.model.partial_fit(batch.points())
+            return self.model.partial_fit(batch.stacked())
         except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
             self.log.error("batch_rejected_by_model", extra={"error": str(exc)})
-            batch.dead.extend((rec, "other", f"model rejected the batch: {exc}")
-                              for rec, _ in batch.messages)
-            batch.messages.clear()
+            batch.drop_answers("other", f"model rejected the batch: {exc}")
             return None
 
     def _publish(self, batch: _Batch, result: Any) -> None:
         k = self.cfg.kafka
+        fmt = self.cfg.output.format
         version = int(self.model.version_)
         headers = codec.result_headers(version)
-        start = 0
-        for rec, points in batch.messages:
-            rows = slice(start, start + len(points.X))
-            start = rows.stop
-            value = codec.encode_result(points, result, rows, top_k=self.cfg.output.top_k,
-                                        model_version=version, topic=rec.topic,
-                                        partition=rec.partition, offset=rec.offset)
+        values = codec.encode_results(
+            batch.points, result, fmt=fmt, top_k=self.cfg.output.top_k, model_version=version,
+            sources=[(r.topic, r.partition, r.offset) for r in batch.answered]) \
+            if batch.points else []
+        anomalous = _anomalous_messages(batch.points, result) if k.anomaly_topic else ()
+        send = self.sink.send
+        for i, (rec, value) in enumerate(zip(batch.answered, values, strict=True)):
             try:
-                self.sink.send(k.output_topic, rec.key, value, headers)
-                if k.anomaly_topic and result.anomaly[rows].any():
-                    self.sink.send(k.anomaly_topic, rec.key, _anomalous_only(value, points.multi),
-                                   headers)
+                send(k.output_topic, rec.key, value, headers)
+                if i in anomalous:
+                    send(k.anomaly_topic, rec.key,  # type: ignore[arg-type]
+                         _anomalous_only(value, batch.points[i].multi, fmt), headers)
             except RecordTooLarge as exc:
                 batch.dead.append((rec, "too_large", str(exc)))
         for rec, reason, detail in batch.dead:
@@ -221,9 +227,8 @@ class Runtime:
         else:
             ll = np.asarray(result.log_likelihood)
             n, n_anomalies = len(ll), int(np.count_nonzero(result.anomaly))
-            latencies = np.concatenate([_latencies(p, polled_at, acked_at)
-                                        for _, p in batch.messages])
-        self.metrics.observe_batch(BatchReport(len(batch.messages), n, n_anomalies, duration_s,
+            latencies = _latencies(batch.points, n, polled_at, acked_at)
+        self.metrics.observe_batch(BatchReport(len(batch.points), n, n_anomalies, duration_s,
                                                latencies, ll), self.model)
 
     # -- acknowledgements and failures ------------------------------------------------------
@@ -326,15 +331,30 @@ class Runtime:
             self.log.info("runtime_stopped", extra={"offsets": _offsets_text(self.offsets)})
 
 
-def _latencies(points: codec.Points, polled_at: float, acked_at: float) -> np.ndarray:
-    """Seconds from each point's event time (or the poll, without one) to its acknowledgement."""
-    if points.ts_ms is None:
-        return np.full(len(points.X), acked_at - polled_at)
-    return acked_at - np.asarray(points.ts_ms, dtype=np.float64) / 1000.0
+def _latencies(messages: list[codec.Points], n_points: int, polled_at: float,
+               acked_at: float) -> np.ndarray:
+    """(n_points,) seconds from each point's event time (or the poll, without one) to its ack."""
+    waited = acked_at - polled_at
+    times = [p.ts_ms if p.ts_ms is not None else np.full(len(p), np.nan) for p in messages
+             ] if any(p.ts_ms is not None for p in messages) else None
+    if times is None:
+        return np.full(n_points, waited)
+    lat = acked_at - np.concatenate(times) / 1000.0
+    return np.where(np.isnan(lat), waited, lat)
 
 
-def _anomalous_only(value: bytes, multi: bool) -> bytes:
-    """The output of a multi-point message cut down to its anomalous records."""
+def _anomalous_messages(messages: list[codec.Points], result: Any) -> set[int]:
+    """Positions of the messages with at least one anomalous point."""
+    if result is None or not np.any(result.anomaly):
+        return set()
+    starts = np.cumsum([0] + [len(p) for p in messages[:-1]])
+    return set(np.flatnonzero(np.add.reduceat(result.anomaly.astype(np.int64), starts)).tolist())
+
+
+def _anomalous_only(value: bytes, multi: bool, fmt: str) -> bytes:
+    """An output message cut down to its anomalous records (the whole of a single one)."""
+    if fmt == "block":
+        return codec.anomalous_rows_block(value)
     if not multi:
         return value
     return json.dumps([r for r in json.loads(value) if r["anomaly"]]).encode()

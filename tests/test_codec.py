@@ -15,10 +15,15 @@ from hypothesis.extra import numpy as hnp
 from streamem.codec import (
     REASONS,
     Points,
+    anomalous_rows_block,
     dead_letter_headers,
     decode,
+    decode_all,
+    decode_result_block,
     encode_block,
     encode_result,
+    encode_result_block,
+    encode_results,
     result_headers,
 )
 from streamem.errors import DecodeError
@@ -441,3 +446,189 @@ def test_dead_letter_detail_is_cut_on_a_character_boundary():
     detail = dict(dead_letter_headers("bad_schema", "é" * 1000, "t", 0, 0))["streamem.detail"]
     assert len(detail) <= 1024
     assert detail.decode("utf-8") == "é" * 512
+
+
+# --- batches: decode_all and encode_results ----------------------------------------------------
+
+
+def single_point_messages(X: np.ndarray) -> list[bytes]:
+    return [json.dumps({"id": i, "x": row, "ts": 1.7e12 + i}).encode()
+            for i, row in enumerate(X.tolist())]
+
+
+def outcome(item):
+    """A comparable view of a decode result: the points' fields, or the error's reason."""
+    if isinstance(item, DecodeError):
+        return ("error", item.reason, item.detail)
+    ts = None if item.ts_ms is None else item.ts_ms.tolist()
+    return (item.X.tolist(), item.ids, ts, item.multi)
+
+
+BAD_OR_ODD = [b"", None, b"{oops", b"[1, 2, 3]", b'{"x": "nope"}', b'{"x": [1, true]}',
+              b'{"x": [1e999, 0]}', b'{"x": [NaN, 0]}', b'{"id": 1.5, "x": [1, 2]}',
+              b'{"x": [1, 2], "ts": 1e999}', b'{"x": [1, 2], "ts": ' + b"9" * 400 + b"}",
+              b'[[1, 2], [3, 4]]', b'{"points": [[5, 6]]}', b'{"x": [[1], [2]]}',
+              b'{"x": [1, 2], "id": "s", "ts": 12}', b"[7, 8]", b'{"x": [1, "2"]}',
+              b'{"x": [' + b"9" * 400 + b', 1]}']
+
+
+@settings(max_examples=60, deadline=None)
+@given(picks=st.lists(st.integers(0, len(BAD_OR_ODD) + 5), min_size=1, max_size=40))
+def test_decode_all_gives_exactly_what_decode_gives(picks):
+    good = single_point_messages(np.arange(12.0).reshape(6, 2))
+    values = [BAD_OR_ODD[i] if i < len(BAD_OR_ODD) else good[i - len(BAD_OR_ODD)]
+              for i in picks]
+    expected = []
+    for value in values:
+        try:
+            expected.append(outcome(decode(value, "json", 2)))
+        except DecodeError as exc:
+            expected.append(outcome(exc))
+    assert [outcome(item) for item in decode_all(values, "json", 2)] == expected
+
+
+def test_decode_all_without_n_features_is_fixed_by_the_first_valid_message():
+    out = decode_all([b"{oops", b"[1, 2, 3]", b"[1, 2]", b"[4, 5, 6]"], "json", None)
+    assert isinstance(out[0], DecodeError) and out[1].X.shape == (1, 3)
+    assert isinstance(out[2], DecodeError) and out[2].reason == "wrong_dimension"
+    assert out[3].X.tolist() == [[4, 5, 6]]
+
+
+def batch_of(messages: list[Points], seed: int = 0, k: int = 4) -> SimpleNamespace:
+    return stand_in_result(sum(len(p) for p in messages), k, seed)
+
+
+MIXED = [b'{"id": "a", "x": [1, 2]}', b"[3, 4]", encode_block(np.ones((20, 2)), ids=range(20)),
+         b'[{"id": 7, "x": [1, 2]}, {"x": [3, 4]}]', b'{"id": 12, "x": [5, 6], "ts": 3}']
+
+
+@pytest.mark.parametrize("top_k", [0, 2])
+def test_encode_results_json_matches_encode_result_message_by_message(top_k):
+    messages = [decode(v, "block" if v.startswith(b"SEM1") else "json", 2) for v in MIXED]
+    res = batch_of(messages)
+    sources = [("in", 1, 100 + j) for j in range(len(messages))]
+    batch = encode_results(messages, res, fmt="json", top_k=top_k, model_version=4,
+                           sources=sources)
+    start = 0
+    for points, value, (topic, partition, offset) in zip(messages, batch, sources, strict=True):
+        alone = encode_result(points, res, slice(start, start + len(points)), top_k=top_k,
+                              model_version=4, topic=topic, partition=partition, offset=offset)
+        start += len(points)
+        assert rounded(json.loads(value)) == rounded(json.loads(alone))
+
+
+def rounded(doc):
+    """``doc`` with every float rounded to 5 decimals (batch and single rounding may differ
+    in the 6th on ties)."""
+    if isinstance(doc, float):
+        return round(doc, 5)
+    if isinstance(doc, list):
+        return [rounded(v) for v in doc]
+    if isinstance(doc, dict):
+        return {k: rounded(v) for k, v in doc.items()}
+    return doc
+
+
+def test_encode_results_checks_its_arguments():
+    messages = [decode(b"[1, 2]", "json", 2)]
+    with pytest.raises(ValueError, match="output format"):
+        encode_results(messages, batch_of(messages), fmt="xml", top_k=0, model_version=0,
+                       sources=[("t", 0, 0)])
+    with pytest.raises(ValueError, match="hold 1 points, the result 3"):
+        encode_results(messages, stand_in_result(3), fmt="json", top_k=0, model_version=0,
+                       sources=[("t", 0, 0)])
+
+
+# --- block output ---------------------------------------------------------------------------
+
+
+def assert_block_matches(doc: dict, res, rows: slice, ids, top_k: int) -> None:
+    n = len(res.labels[rows])
+    assert doc["cluster"].dtype == np.int32 and doc["probability"].dtype == np.float32
+    np.testing.assert_array_equal(doc["cluster"], res.labels[rows])
+    np.testing.assert_array_equal(doc["probability"], res.probabilities[rows].astype(np.float32))
+    np.testing.assert_array_equal(doc["log_likelihood"],
+                                  res.log_likelihood[rows].astype(np.float32))
+    np.testing.assert_array_equal(doc["anomaly"], res.anomaly[rows])
+    np.testing.assert_array_equal(doc["warmup"], res.warmup[rows])
+    np.testing.assert_array_equal(doc["index"], np.arange(n))
+    if ids is None:
+        assert doc["id"] is None
+    else:
+        assert doc["id"].dtype == np.uint64 and doc["id"].tolist() == list(ids)
+    k = min(top_k, res.responsibilities.shape[1])
+    assert doc["top_k_component"].shape == doc["top_k_responsibility"].shape == (n, k)
+    resp = res.responsibilities[rows]
+    for row, comps, vals in zip(resp, doc["top_k_component"], doc["top_k_responsibility"],
+                                strict=True):
+        expected = np.argsort(-row, kind="stable")[:k]
+        assert comps.tolist() == expected.tolist()
+        np.testing.assert_array_equal(vals, row[expected].astype(np.float32))
+
+
+@settings(max_examples=80, deadline=None)
+@given(n=st.integers(1, 40), start=st.integers(0, 5), top_k=st.integers(0, 6),
+       ids=st.sampled_from(["u64", "none", "str", "negative"]), seed=st.integers(0, 2**16),
+       data=st.data())
+def test_block_output_round_trip(n, start, top_k, ids, seed, data):
+    res = stand_in_result(start + n + 3, k=4, seed=seed)
+    res.log_likelihood[start] = -np.inf
+    id_values = {"u64": data.draw(st.lists(st.integers(0, 2**64 - 1), min_size=n, max_size=n)),
+                 "none": [None] * n, "str": [f"p{i}" for i in range(n)],
+                 "negative": [-1] + list(range(n - 1))}[ids]
+    points = Points(np.zeros((n, 2)), id_values, None, multi=n > 1)
+    rows = slice(start, start + n)
+    value = encode_result_block(points, res, rows, top_k=top_k, model_version=2**40 + 3,
+                                partition=7, offset=2**40 + 11)
+    doc = decode_result_block(value)
+    assert (doc["model_version"], doc["partition"], doc["offset"]) == (2**40 + 3, 7, 2**40 + 11)
+    assert len(value) == 32 + n * (14 + (8 if ids == "u64" else 0) + 8 * min(top_k, 4))
+    assert_block_matches(doc, res, rows, id_values if ids == "u64" else None, top_k)
+
+
+def test_block_output_header_is_the_documented_one():
+    points = Points(np.zeros((2, 1)), [5, 6], None, multi=True)
+    value = encode_result_block(points, stand_in_result(2), slice(0, 2), top_k=0,
+                                model_version=9, partition=3, offset=77)
+    assert value[:32] == struct.pack("<4sBBBBIiQq", b"SEMR", 1, 1, 0, 0, 2, 3, 9, 77)
+    assert value[32:48] == struct.pack("<2Q", 5, 6)
+
+
+def test_encode_results_block_matches_encode_result_block():
+    messages = [decode(v, "block" if v.startswith(b"SEM1") else "json", 2) for v in MIXED]
+    res = batch_of(messages, seed=3)
+    sources = [("in", 0, j) for j in range(len(messages))]
+    batch = encode_results(messages, res, fmt="block", top_k=3, model_version=1,
+                           sources=sources)
+    start = 0
+    for points, value, (_, partition, offset) in zip(messages, batch, sources, strict=True):
+        rows = slice(start, start + len(points))
+        start = rows.stop
+        assert value == encode_result_block(points, res, rows, top_k=3, model_version=1,
+                                            partition=partition, offset=offset)
+    assert decode_result_block(batch[0])["id"] is None  # a string id
+    assert decode_result_block(batch[2])["id"].tolist() == list(range(20))
+
+
+def test_anomalous_rows_keep_their_index():
+    res = stand_in_result(10, seed=5)
+    points = Points(np.zeros((10, 2)), list(range(100, 110)), None, multi=True)
+    full = encode_result_block(points, res, slice(0, 10), top_k=2, model_version=1,
+                               partition=0, offset=4)
+    doc = decode_result_block(anomalous_rows_block(full))
+    flagged = np.flatnonzero(res.anomaly)
+    assert doc["index"].tolist() == flagged.tolist()
+    assert doc["id"].tolist() == (100 + flagged).tolist()
+    assert doc["anomaly"].all() and doc["offset"] == 4
+    np.testing.assert_array_equal(doc["cluster"], res.labels[flagged])
+    np.testing.assert_array_equal(doc["top_k_component"],
+                                  decode_result_block(full)["top_k_component"][flagged])
+
+
+@pytest.mark.parametrize("value", [b"", b"SEMR", b"XXXX" + bytes(28),
+                                   struct.pack("<4sBBBBIiQq", b"SEMR", 2, 0, 0, 0, 0, 0, 0, 0),
+                                   struct.pack("<4sBBBBIiQq", b"SEMR", 1, 0, 0, 0, 1, 0, 0, 0)])
+def test_bad_result_blocks_are_refused(value):
+    with pytest.raises(DecodeError) as err:
+        decode_result_block(value)
+    assert err.value.reason == "bad_binary"

@@ -228,6 +228,7 @@ def test_an_invalid_secret_is_not_echoed_in_the_error(tmp_path):
     ("input.format=csv", "input.format: expected one of 'json', 'f32', 'f64', 'block'"),
     ("input.n_features=0", "input.n_features: expected an integer >= 1 or null, got 0"),
     ("output.top_k=-1", "output.top_k: expected an integer >= 0, got -1"),
+    ("output.format=avro", "output.format: expected one of 'json', 'block', got 'avro'"),
     ("logging.format=xml", "logging.format: expected one of 'json', 'kv', got 'xml'"),
     ("logging.level=loud", "logging.level: expected one of 'DEBUG'"),
 ])
@@ -416,3 +417,9 @@ def test_cli_values_round_trip(n, topic, rate):
                 f"model.anomaly_rate={rate!r}"])
     got = (cfg.input.n_features, cfg.kafka.output_topic, cfg.model.anomaly_rate)
     assert got == (n, topic, rate)
+
+
+@pytest.mark.parametrize("fmt", ["json", "block"])
+def test_output_format_takes_json_or_block(fmt):
+    assert load([f"output.format={fmt}"]).output.format == fmt
+    assert load(environ={"STREAMEM_OUTPUT__FORMAT": fmt}).output.format == fmt

@@ -1,19 +1,47 @@
 """``streamem bench kafka``: the daemon's loop beside a pass-through consumer → producer.
 
-Both read the same pre-produced topic (in their own consumer groups) with the same
-:class:`~streamem.io.kafka.KafkaSource` / :class:`~streamem.io.kafka.KafkaSink` settings, and both
-flush and commit after every poll batch. The pass-through forwards each value untouched; the daemon
-decodes, fits, encodes and answers. Their points/s ratio is the price of the clustering; the
-latency is per point, from its poll batch returning to its output being acknowledged.
+For each message shape the topic is produced once, then read by (a) a pass-through that forwards
+every value untouched and (b) the daemon's :class:`~streamem.runtime.Runtime`, each in its own
+consumer group, both through :class:`~streamem.io.kafka.KafkaSource` and
+:class:`~streamem.io.kafka.KafkaSink` built from the same config (so the same client settings),
+both flushing and committing after every poll batch. (a) is the transport's ceiling; the ratio
+(b)/(a) is what decoding, fitting and encoding cost.
+
+Rows: one point per message (JSON in, JSON out); ``n`` points per message in ``block`` format
+with ``block`` output; and the same with JSON output, to show what JSON costs.
+
+Two phases per row and side:
+
+* **throughput**: the backlog of pre-produced messages is read as fast as it goes; points/s
+  counts from the end of the first batch (group join and first fetch excluded) for at most
+  :data:`MAX_SECONDS`. Its latency is per batch: poll returned → outputs acknowledged.
+* **latency**: a separate process produces a fresh topic at a steady rate (half the daemon's
+  throughput, the same for both sides) while the side reads it; end-to-end latency is per
+  point, from the record's Kafka timestamp (stamped by the producer at send) to the
+  acknowledgement of its output.
+
+Without a broker at ``--bootstrap-servers`` the bench starts one with
+``deploy/kafka/kafka-local.sh`` (free port, temporary data dir) and stops it at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,152 +51,439 @@ from prometheus_client import CollectorRegistry
 
 from streamem import codec
 from streamem.config import Config, load_config
+from streamem.io.base import Headers, Record
 from streamem.io.kafka import KafkaSink, KafkaSource
 from streamem.metrics import BatchReport, Metrics
 from streamem.synthetic import Mixture
 
-TIMEOUT_S = 600.0
+MAX_SECONDS = 15.0  #: longest throughput measurement of one side
+LATENCY_SECONDS = 5.0  #: how long the steady producer runs in the latency phase
+TIMEOUT_S = 300.0
+KAFKA_LOCAL = Path(__file__).resolve().parents[2] / "deploy" / "kafka" / "kafka-local.sh"
 
 
-class _Recorder(Metrics):
-    """Metrics that also keep every batch's per-point latencies and count the points."""
+@dataclass(frozen=True)
+class Row:
+    """One message shape: points per message, input and output formats."""
+
+    points_per_message: int
+    output_format: str
+
+    @property
+    def input_format(self) -> str:
+        return "json" if self.points_per_message == 1 else "block"
+
+    @property
+    def name(self) -> str:
+        return (f"{self.points_per_message} pt/msg, {self.input_format} in, "
+                f"{self.output_format} out")
+
+
+@dataclass
+class Side:
+    """What one side (pass-through or daemon) measured."""
+
+    points: int = 0
+    seconds: float = float("nan")
+    batch_latencies: list[np.ndarray] = field(default_factory=list)
+    e2e_latencies: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def points_per_s(self) -> float:
+        return self.points / self.seconds if self.points and self.seconds > 0 else float("nan")
+
+    def summary(self) -> dict[str, float]:
+        return {"points": self.points, "seconds": self.seconds, "points_per_s": self.points_per_s,
+                **_percentiles("batch_latency", self.batch_latencies),
+                **_percentiles("e2e_latency", self.e2e_latencies)}
+
+
+def _percentiles(name: str, latencies: list[np.ndarray]) -> dict[str, float]:
+    lat = np.concatenate(latencies) if latencies else np.array([np.nan])
+    return {f"{name}_p50_s": float(np.percentile(lat, 50)),
+            f"{name}_p99_s": float(np.percentile(lat, 99))}
+
+
+# --- timing wrappers: the same for both sides -------------------------------------------------
+
+
+class _TimedSource(KafkaSource):
+    """A KafkaSource that remembers the last poll's return time and records' Kafka timestamps."""
+
+    polled_at = 0.0
+    created_ms: np.ndarray = np.empty(0)
+    weights: np.ndarray = np.empty(0, dtype=np.int64)
+    points_per_message = 1
+
+    def poll(self, timeout_s: float) -> list[Record]:
+        records = super().poll(timeout_s)
+        if records:
+            self.polled_at = time.time()
+            self.created_ms = np.array([r.timestamp_ms or 0 for r in records], dtype=np.float64)
+        return records
+
+
+class _TimedSink(KafkaSink):
+    """A KafkaSink that, at each successful flush, records the latencies of the last poll."""
+
+    source: _TimedSource
+    side: Side
+    e2e = False
+
+    def flush(self, timeout_s: float) -> None:
+        super().flush(timeout_s)
+        src = self.source
+        if not src.created_ms.size:
+            return
+        acked_at = time.time()
+        per_point = src.points_per_message
+        if self.e2e:
+            lat = acked_at - src.created_ms / 1000.0
+            self.side.e2e_latencies.append(np.repeat(lat, per_point))
+        else:
+            self.side.batch_latencies.append(
+                np.full(src.created_ms.size * per_point, acked_at - src.polled_at))
+        src.created_ms = np.empty(0)
+
+
+def _clients(cfg: Config, side: Side, ppm: int, *, e2e: bool) -> tuple[_TimedSource, _TimedSink]:
+    source = _TimedSource.create(cfg)
+    sink = _TimedSink.create(cfg)
+    assert isinstance(source, _TimedSource) and isinstance(sink, _TimedSink)
+    source.points_per_message = ppm
+    sink.source, sink.side, sink.e2e = source, side, e2e
+    return source, sink
+
+
+class _Counter(Metrics):
+    """Metrics that count the points answered and note when partitions are assigned."""
 
     def __init__(self) -> None:
         super().__init__(CollectorRegistry())
-        self.latencies: list[np.ndarray] = []
         self.n_points = 0
+        self.assigned = threading.Event()
 
     def observe_batch(self, report: BatchReport, model: Any) -> None:
         super().observe_batch(report, model)
-        self.latencies.append(report.latencies_s)
         self.n_points += report.n_points
 
+    def set_ready(self, ready: bool) -> None:
+        super().set_ready(ready)
+        if ready:
+            self.assigned.set()
 
-def _config(bootstrap: str, topic: str, points_per_message: int, k: int) -> Config:
+
+# --- the two sides --------------------------------------------------------------------------
+
+
+class _PassThrough:
+    """Forward every value to the output topic; flush and commit after every poll."""
+
+    def __init__(self, cfg: Config, side: Side, ppm: int, *, e2e: bool) -> None:
+        self.cfg = cfg
+        self.source, self.sink = _clients(cfg, side, ppm, e2e=e2e)
+        self.ppm = ppm
+        self.n_points = 0
+        self.assigned = threading.Event()
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        k = self.cfg.kafka
+        no_headers: Headers = ()
+        try:
+            while not self._stop.is_set():
+                records = self.source.poll(k.poll_timeout_ms / 1000)
+                if self.source.assignment():
+                    self.assigned.set()
+                if not records:
+                    continue
+                for r in records:
+                    self.sink.send(k.output_topic, r.key, r.value, no_headers)
+                self.sink.flush(k.delivery_timeout_s)
+                offsets: dict[tuple[str, int], int] = {}
+                for r in records:
+                    offsets[(r.topic, r.partition)] = r.offset + 1
+                self.source.commit(offsets)
+                self.n_points += len(records) * self.ppm
+        finally:
+            self.source.close()
+            self.sink.close()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+
+class _Daemon:
+    """The daemon's Runtime over the timed clients."""
+
+    def __init__(self, cfg: Config, side: Side, ppm: int, *, e2e: bool) -> None:
+        from streamem.model import OnlineGMM
+        from streamem.runtime import Runtime
+
+        self.metrics = _Counter()
+        source, sink = _clients(cfg, side, ppm, e2e=e2e)
+        self.runtime = Runtime(cfg, source, sink, OnlineGMM(**cfg.model_kwargs()), self.metrics)
+        self.assigned = self.metrics.assigned
+
+    @property
+    def n_points(self) -> int:
+        return self.metrics.n_points
+
+    def run(self) -> None:
+        self.runtime.run()
+
+    def request_stop(self) -> None:
+        self.runtime.request_stop()
+
+
+def _measure_throughput(make: Any, side: Side, n_points: int) -> None:
+    """Run a side over the backlog: points/s from its first batch's end to n_points (or time)."""
+    loop = make(side, e2e=False)
+    thread = threading.Thread(target=loop.run, name="bench-loop")
+    thread.start()
+    deadline = time.monotonic() + TIMEOUT_S
+    try:
+        while loop.n_points == 0 and time.monotonic() < deadline and thread.is_alive():
+            time.sleep(0.001)
+        side.batch_latencies.clear()  # the first batch waited for the group join
+        first, started = loop.n_points, time.perf_counter()
+        stop_at = min(time.monotonic() + MAX_SECONDS, deadline)
+        while loop.n_points < n_points and time.monotonic() < stop_at and thread.is_alive():
+            time.sleep(0.005)
+        side.points, side.seconds = loop.n_points - first, time.perf_counter() - started
+    finally:
+        loop.request_stop()
+        thread.join()
+
+
+def _measure_latency(make: Any, side: Side, bootstrap: str, topic: str, row: Row,
+                     rate_points_s: float, d: int, k: int) -> None:
+    """Run a side on a fresh topic fed at a steady rate; record end-to-end latencies."""
+    loop = make(side, e2e=True)
+    thread = threading.Thread(target=loop.run, name="bench-loop")
+    thread.start()
+    try:
+        if not loop.assigned.wait(60):
+            raise RuntimeError("the consumer was not assigned the latency topic within 60 s")
+        n_messages = max(1, int(rate_points_s * LATENCY_SECONDS / row.points_per_message))
+        producer = multiprocessing.get_context("spawn").Process(
+            target=_produce_steadily,
+            args=(bootstrap, topic, row.points_per_message, n_messages,
+                  rate_points_s / row.points_per_message, d, k))
+        producer.start()
+        producer.join(TIMEOUT_S)
+        deadline = time.monotonic() + 60
+        want = n_messages * row.points_per_message
+        while loop.n_points < want and time.monotonic() < deadline and thread.is_alive():
+            time.sleep(0.01)
+    finally:
+        loop.request_stop()
+        thread.join()
+
+
+# --- producing ------------------------------------------------------------------------------
+
+
+def _values(n_points: int, ppm: int, d: int, k: int, seed: int) -> Iterator[bytes]:
+    X, _ = Mixture.random(k, d, random_state=0).sample(n_points, random_state=seed)
+    for s in range(0, n_points, ppm):
+        if ppm == 1:
+            yield json.dumps({"id": s, "x": X[s].tolist()}).encode()
+        else:
+            yield codec.encode_block(X[s:s + ppm], ids=np.arange(s, s + len(X[s:s + ppm])))
+
+
+def _produce(bootstrap: str, topic: str, n_points: int, ppm: int, d: int, k: int) -> int:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=1 << 20)
+    n = 0
+    for value in _values(n_points, ppm, d, k, seed=1):
+        producer.send(topic, value)
+        n += 1
+    producer.flush()
+    producer.close()
+    return n
+
+
+def _produce_steadily(bootstrap: str, topic: str, ppm: int, n_messages: int,
+                      messages_per_s: float, d: int, k: int) -> None:
+    """Send ``n_messages`` at ``messages_per_s`` (in a child process: no GIL shared)."""
+    values = list(_values(n_messages * ppm, ppm, d, k, seed=2))
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+    start = time.perf_counter()
+    for i, value in enumerate(values):
+        delay = start + i / messages_per_s - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        producer.send(topic, value)
+    producer.flush()
+    producer.close()
+
+
+# --- one run --------------------------------------------------------------------------------
+
+
+def _config(bootstrap: str, topic: str, row: Row, k: int) -> Config:
     group = f"bench-{uuid.uuid4().hex[:8]}"
     return load_config(None, [
         f"kafka.bootstrap_servers={bootstrap}", f"kafka.group_id={group}",
         f"kafka.input_topic={topic}", f"kafka.output_topic={topic}.out.{group}",
         f"kafka.dead_letter_topic={topic}.dead.{group}", "kafka.model_topic=null",
-        f"input.format={'json' if points_per_message == 1 else 'block'}",
+        f"input.format={row.input_format}", f"output.format={row.output_format}",
         f"model.n_components={k}", "model.random_state=0", "checkpoint.path=null",
         "metrics.enabled=false",
     ], environ={})
 
 
-def _produce(bootstrap: str, topic: str, X: np.ndarray, points_per_message: int) -> int:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=1 << 20)
-    n_messages = 0
-    for s in range(0, len(X), points_per_message):
-        chunk = X[s:s + points_per_message]
-        value = (json.dumps({"id": s, "x": chunk[0].tolist()}).encode()
-                 if points_per_message == 1 else codec.encode_block(chunk))
-        producer.send(topic, value)
-        n_messages += 1
-    producer.flush()
-    producer.close()
-    return n_messages
+class _Topics:
+    """Topics this run creates; all deleted at the end (outputs included)."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        self.created: list[str] = []
+
+    def new(self, prefix: str) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        self.admin.create_topics({name: {"num_partitions": 1, "replication_factor": 1}},
+                                 wait_for_metadata=True)
+        self.created.append(name)
+        return name
+
+    def close(self) -> None:
+        existing = set(self.admin.list_topics())
+        ours = [t for t in existing if any(t.startswith(c) for c in self.created)]
+        if ours:
+            self.admin.delete_topics(ours)
+        self.admin.close()
 
 
-def _pass_through(cfg: Config, n_messages: int, points_per_message: int) -> dict[str, Any]:
-    source, sink = KafkaSource.create(cfg), KafkaSink.create(cfg)
-    latencies: list[np.ndarray] = []
-    done, first, started = 0, 0, 0.0
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while done < n_messages and time.monotonic() < deadline:
-            records = source.poll(cfg.kafka.poll_timeout_ms / 1000)
-            if not records:
-                continue
-            polled_at = time.time()
-            for r in records:
-                sink.send(cfg.kafka.output_topic, r.key, r.value, ())
-            sink.flush(cfg.kafka.delivery_timeout_s)
-            offsets: dict[tuple[str, int], int] = {}
-            for r in records:
-                offsets[(r.topic, r.partition)] = r.offset + 1
-            source.commit(offsets)
-            done += len(records)
-            if not first:  # timing starts after the first batch, as for the daemon
-                first, started = done, time.perf_counter()
-                continue
-            latencies.append(np.full(len(records) * points_per_message, time.time() - polled_at))
-        elapsed = time.perf_counter() - started
-    finally:
-        source.close()
-        sink.close()
-    return _summary((done - first) * points_per_message, elapsed, latencies)
+def run(bootstrap: str, *, n_points: int, points_per_message: int = 1, output_formats:
+        tuple[str, ...] | None = None, d: int = 8, k: int = 8,
+        latency: bool = True) -> list[dict[str, Any]]:
+    """Measure the rows of one message shape on one pre-produced topic.
 
-
-def _daemon(cfg: Config, n_points: int) -> dict[str, Any]:
-    from streamem.model import OnlineGMM
-    from streamem.runtime import Runtime
-
-    metrics = _Recorder()
-    runtime = Runtime(cfg, KafkaSource.create(cfg), KafkaSink.create(cfg),
-                      OnlineGMM(**cfg.model_kwargs()), metrics)
-    thread = threading.Thread(target=runtime.run, name="bench-runtime")
-    thread.start()
-    deadline = time.monotonic() + TIMEOUT_S
-    while metrics.n_points == 0 and time.monotonic() < deadline:
-        time.sleep(0.001)
-    started = time.perf_counter()
-    first = metrics.n_points
-    while metrics.n_points < n_points and time.monotonic() < deadline:
-        time.sleep(0.005)
-    elapsed = time.perf_counter() - started
-    runtime.request_stop()
-    thread.join()
-    # The first batch's points count as done when timing starts, like the pass-through's.
-    return _summary(metrics.n_points - first, elapsed, metrics.latencies[1:])
-
-
-def _summary(n_points: int, elapsed: float, latencies: list[np.ndarray]) -> dict[str, Any]:
-    lat = np.concatenate(latencies) if latencies else np.array([np.nan])
-    return {"points": n_points, "seconds": elapsed,
-            "points_per_s": n_points / elapsed if elapsed > 0 else float("nan"),
-            "latency_p50_s": float(np.percentile(lat, 50)),
-            "latency_p99_s": float(np.percentile(lat, 99))}
-
-
-def run(bootstrap: str, *, n_points: int, d: int = 8, k: int = 8,
-        points_per_message: int = 1) -> dict[str, Any]:
-    """Pre-produce ``n_points`` to a new topic, then measure the pass-through and the daemon.
-
-    Returns ``{"points_per_message", "pass_through": {...}, "daemon": {...}, "ratio"}`` where each
-    side has ``points``, ``seconds``, ``points_per_s``, ``latency_p50_s``, ``latency_p99_s``.
+    Returns one dict per output format: ``row``, ``settings``, ``pass_through`` and ``daemon``
+    (each ``points``, ``seconds``, ``points_per_s``, ``batch_latency_p50_s``/``_p99_s``,
+    ``e2e_latency_p50_s``/``_p99_s``) and ``ratio`` (daemon / pass-through points/s).
     """
-    X, _ = Mixture.random(k, d, random_state=0).sample(n_points, random_state=1)
-    topic = f"streamem-bench-{uuid.uuid4().hex[:8]}"
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    admin.create_topics({topic: {"num_partitions": 1, "replication_factor": 1}},
-                        wait_for_metadata=True)
+    formats = output_formats or (("json",) if points_per_message == 1 else ("block", "json"))
+    rows = [Row(points_per_message, f) for f in formats]
+    topics = _Topics(bootstrap)
     try:
-        n_messages = _produce(bootstrap, topic, X, points_per_message)
-        passthrough = _pass_through(_config(bootstrap, topic, points_per_message, k), n_messages,
-                                    points_per_message)
-        cfg = _config(bootstrap, topic, points_per_message, k)
-        daemon = _daemon(cfg, n_points)
+        topic = topics.new(f"streamem-bench-{points_per_message}")
+        _produce(bootstrap, topic, n_points, points_per_message, d, k)
+        ppm = points_per_message
+        passthrough = Side()
+        _measure_throughput(
+            lambda side, e2e: _PassThrough(_config(bootstrap, topic, rows[0], k), side, ppm,
+                                           e2e=e2e), passthrough, n_points)
+        results = []
+        for row in rows:
+            daemon = Side()
+            _measure_throughput(
+                lambda side, e2e, row=row: _Daemon(_config(bootstrap, topic, row, k), side, ppm,
+                                                   e2e=e2e), daemon, n_points)
+            if latency:
+                rate = 0.5 * daemon.points_per_s
+                for side, cls in ((passthrough, _PassThrough), (daemon, _Daemon)):
+                    fresh = topics.new(f"streamem-bench-latency-{ppm}")
+                    side.e2e_latencies.clear()
+                    _measure_latency(
+                        lambda s, e2e, cls=cls, fresh=fresh, row=row: cls(
+                            _config(bootstrap, fresh, row, k), s, ppm, e2e=e2e),
+                        side, bootstrap, fresh, row, rate, d, k)
+            results.append({"row": row.name, "points_per_message": ppm,
+                            "settings": _settings_text(_config(bootstrap, topic, row, k)),
+                            "pass_through": passthrough.summary(), "daemon": daemon.summary(),
+                            "ratio": daemon.points_per_s / passthrough.points_per_s})
+        return results
     finally:
-        admin.delete_topics([topic])
-        admin.close()
-    return {"points_per_message": points_per_message, "pass_through": passthrough,
-            "daemon": daemon, "ratio": daemon["points_per_s"] / passthrough["points_per_s"]}
+        topics.close()
 
 
-def report(result: dict[str, Any]) -> str:
-    lines = [f"points per message: {result['points_per_message']}"]
-    for name in ("pass_through", "daemon"):
-        r = result[name]
-        lines.append(f"  {name:<13} {r['points_per_s']:>11,.0f} points/s   "
-                     f"latency p50 {r['latency_p50_s'] * 1e3:8.1f} ms   "
-                     f"p99 {r['latency_p99_s'] * 1e3:8.1f} ms")
-    lines.append(f"  daemon / pass-through: {result['ratio']:.2f}")
+def _settings_text(cfg: Config) -> str:
+    from kafka.record import default_records
+
+    consumer, producer = KafkaSource.settings(cfg), KafkaSink.settings(cfg)
+    shown = {
+        "max_poll_records": consumer["max_poll_records"],
+        "max_partition_fetch_bytes": consumer["max_partition_fetch_bytes"],
+        "fetch_max_bytes": consumer["fetch_max_bytes"],
+        "fetch_min_bytes": consumer.get("fetch_min_bytes", 1),
+        "check_crcs": consumer.get("check_crcs", True),
+        "linger_ms": producer["linger_ms"], "batch_size": producer["batch_size"],
+        "compression_type": producer["compression_type"], "acks": producer["acks"],
+        "enable_idempotence": producer["enable_idempotence"],
+        "max_in_flight_requests_per_connection":
+            producer.get("max_in_flight_requests_per_connection", 5),
+        "crc32c": default_records.calc_crc32c.__module__,
+    }
+    return " ".join(f"{key}={value}" for key, value in shown.items())
+
+
+def report(results: list[dict[str, Any]]) -> str:
+    """A table: per row, each side's points/s and latencies, and the ratio."""
+    lines = []
+    for result in results:
+        lines.append(f"{result['row']}")
+        for name in ("pass_through", "daemon"):
+            r = result[name]
+            lines.append(
+                f"  {name:<13} {r['points_per_s']:>11,.0f} points/s   "
+                f"batch p50/p99 {r['batch_latency_p50_s'] * 1e3:6.1f}/"
+                f"{r['batch_latency_p99_s'] * 1e3:6.1f} ms   "
+                f"end-to-end p50/p99 {r['e2e_latency_p50_s'] * 1e3:6.1f}/"
+                f"{r['e2e_latency_p99_s'] * 1e3:6.1f} ms")
+        lines.append(f"  daemon / pass-through: {result['ratio']:.2f}")
     return "\n".join(lines)
 
 
+# --- the broker ------------------------------------------------------------------------------
+
+
+def _reachable(bootstrap: str) -> bool:
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def broker(bootstrap: str) -> Iterator[str]:
+    """``bootstrap`` if a broker answers there, else a local broker started for the run."""
+    if _reachable(bootstrap):
+        yield bootstrap
+        return
+    if not KAFKA_LOCAL.exists():
+        raise RuntimeError(f"no broker at {bootstrap} and no {KAFKA_LOCAL} to start one")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        controller_port = sock.getsockname()[1]
+    data_dir = tempfile.mkdtemp(prefix="streamem-bench-kafka-")
+    env = {**os.environ, "KAFKA_PORT": str(port), "KAFKA_CONTROLLER_PORT": str(controller_port),
+           "KAFKA_DATA_DIR": data_dir, "PYTHON": sys.executable,
+           "KAFKA_OWNER_PID": str(os.getpid())}
+    print(f"no broker at {bootstrap}: starting one on 127.0.0.1:{port}", file=sys.stderr)
+    try:
+        subprocess.run(["bash", str(KAFKA_LOCAL), "start"], env=env, check=True,
+                       stdout=subprocess.DEVNULL, timeout=300)
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run(["bash", str(KAFKA_LOCAL), "stop"], env=env, check=False, timeout=120)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
 def main(args: argparse.Namespace) -> int:
-    for ppm in args.points_per_message:
-        print(report(run(args.bootstrap_servers, n_points=args.points, points_per_message=ppm)),
-              flush=True)
+    """Single-point rows use ``--points`` points; multi-point rows 2000 messages' worth."""
+    with broker(args.bootstrap_servers) as bootstrap:
+        for i, ppm in enumerate(args.points_per_message):
+            n_points = args.points if ppm == 1 else max(args.points, 2000 * ppm)
+            results = run(bootstrap, n_points=n_points, points_per_message=ppm)
+            if i == 0:
+                print(f"settings: {results[0]['settings']}", flush=True)
+            print(report(results), flush=True)
     return 0

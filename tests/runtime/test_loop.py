@@ -168,3 +168,29 @@ def test_block_messages_and_a_stop_request_from_another_thread() -> None:
     n_answered = len(sink.on(cfg.kafka.output_topic))
     assert source.commits[-1] == {("memory", 0): n_answered}
     assert sink.closed
+
+
+def test_block_output_answers_every_message_with_one_decodable_block() -> None:
+    X, y = MIX.sample(6_000, random_state=8)
+    singles = [json.dumps({"id": f"s{i}", "x": X[i].tolist()}).encode() for i in range(5_000)]
+    values = singles + json_messages(X[5_000:], 100)  # then multi-point messages, int ids
+    values.insert(17, b"{not json}")
+    cfg = make_config("output.format=block", "output.top_k=2", "kafka.anomaly_topic=anomalies")
+    _, source, sink = run_loop(cfg, values, batch_size=500)
+
+    out = sink.on(cfg.kafka.output_topic)
+    docs = [codec.decode_result_block(value) for _, _, value, _ in out]
+    assert [d["offset"] for d in docs] == [o for o in range(len(values)) if o != 17]
+    assert [len(d["cluster"]) for d in docs] == [1] * 5_000 + [100] * 10
+    assert all(d["id"] is None for d in docs[:5_000])  # string ids are left out
+    ids = np.concatenate([d["id"] for d in docs[5_000:]])
+    assert ids.tolist() == list(range(1_000))  # row numbers within X[5000:]
+    clusters = np.concatenate([d["cluster"] for d in docs])
+    assert adjusted_rand_score(y[3_000:], clusters[3_000:]) >= 0.95  # past the warm-up
+    assert all(d["top_k_component"].shape[1] == 2 for d in docs)
+    flagged = sum(int(d["anomaly"].sum()) for d in docs)
+    copied = [codec.decode_result_block(v) for _, _, v, _ in sink.on("anomalies")]
+    assert sum(len(d["cluster"]) for d in copied) == flagged
+    assert all(d["anomaly"].all() for d in copied)
+    assert source.commits[-1] == {("memory", 0): len(values)}
+    assert len(sink.on(cfg.kafka.dead_letter_topic)) == 1
