@@ -28,6 +28,8 @@ from scipy.linalg import lapack
 LOG_2PI = float(np.log(2.0 * np.pi))
 #: Share of a component's largest variance added to its diagonal besides ``reg_covar``.
 RELATIVE_FLOOR = 1e-12
+#: Responsibilities below this share of a point's weight are left out of the second moments.
+ACTIVE_SHARE = 1e-10
 #: Up to this many features the second moments use one dense wide GEMM (loop overhead wins).
 DENSE_MOMENT_FEATURES = 16
 
@@ -97,8 +99,11 @@ def _maha_spherical(Y: np.ndarray, M: np.ndarray, prec_chol: np.ndarray) -> np.n
     return np.maximum(maha * prec[None], 0.0)
 
 
-def _moment_full(Y: np.ndarray, R: np.ndarray, active: np.ndarray) -> np.ndarray:
+def _moment_full(Y: np.ndarray, R: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
     """Σ_i R_ik y_i y_iᵀ for every k, (K, d, d), over the points ``active`` (n, K) for k.
+
+    ``active`` defaults to the pairs whose responsibility is at least ``ACTIVE_SHARE`` of their
+    point's weight (their contribution is below rounding otherwise).
 
     Few features: one GEMM of Rᵀ (K, n) against the points' outer-product features
     (n, d(d+1)/2). Many: a point far from a component has a responsibility that underflows its
@@ -109,6 +114,8 @@ def _moment_full(Y: np.ndarray, R: np.ndarray, active: np.ndarray) -> np.ndarray
     K = R.shape[1]
     if d <= DENSE_MOMENT_FEATURES:
         return _unpack_upper((_outer_features(Y) @ R).T, d)
+    if active is None:
+        active = R > ACTIVE_SHARE * (R @ np.ones(K))[:, None]
     out = np.zeros((K, d, d))
     for k in range(K):
         rows = np.flatnonzero(active[:, k])
@@ -147,11 +154,13 @@ def _unpack_upper(upper: np.ndarray, d: int) -> np.ndarray:
     return out
 
 
-def _moment_diag(Y: np.ndarray, R: np.ndarray, active: np.ndarray) -> np.ndarray:
+def _moment_diag(Y: np.ndarray, R: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
     return R.T @ (Y**2)
 
 
-def _moment_spherical(Y: np.ndarray, R: np.ndarray, active: np.ndarray) -> np.ndarray:
+def _moment_spherical(
+    Y: np.ndarray, R: np.ndarray, active: np.ndarray | None = None
+) -> np.ndarray:
     return (R.T @ (Y**2).sum(axis=1)) / Y.shape[1]
 
 
@@ -231,7 +240,7 @@ class CovarianceKind:
     precision_cholesky : covariances -> precision Cholesky factors
     log_det : (precisions_chol, n_features) -> (K,) log det of the factors (= −½ log det Σ)
     mahalanobis : (Y (n, d), M (K, d), precisions_chol) -> (n, K) squared distances
-    moment : (Y (n, d), R (n, K), active (n, K) bool) -> Σ_i R_ik (second moment of y_i) per
+    moment : (Y (n, d), R (n, K)[, active (n, K) bool]) -> Σ_i R_ik (second moment of y_i) per
         component; pairs outside ``active`` may be skipped
     outer : (a (K, d), b (K, d)) -> per-component a bᵀ in this type's scatter shape
     add_floor : (covariances, reg) -> symmetrised covariances + reg·I
@@ -244,7 +253,7 @@ class CovarianceKind:
     precision_cholesky: Callable[[np.ndarray], np.ndarray]
     log_det: Callable[[np.ndarray, int], np.ndarray]
     mahalanobis: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
-    moment: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+    moment: Callable[..., np.ndarray]
     outer: Callable[[np.ndarray, np.ndarray], np.ndarray]
     add_floor: Callable[[np.ndarray, float], np.ndarray]
     variances: Callable[[np.ndarray], np.ndarray]

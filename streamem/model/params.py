@@ -33,10 +33,7 @@ class Params:
     precisions_chol: np.ndarray
     center: np.ndarray
 
-    @property
-    def log_weights(self) -> np.ndarray:
-        with np.errstate(divide="ignore"):
-            return np.log(self.weights)
+    log_weights: np.ndarray  # (K,) log π_k, −inf for an empty component
 
 
 def params_from_statistics(
@@ -46,13 +43,25 @@ def params_from_statistics(
     weights = stats.nk / stats.nk.sum()
     covariances = stats.covariances(kind, reg_covar)
     try:
-        prec_chol = kind.precision_cholesky(covariances)
+        return make_params(kind, weights, stats.means.copy(), covariances)
     except np.linalg.LinAlgError:
         # Rounding (points ~1e5 apart at unit scale) left an eigenvalue below the floor.
-        covariances = clip_eigenvalues(covariances, reg_covar)
-        prec_chol = kind.precision_cholesky(covariances)
-    center = weights @ stats.means
-    return Params(weights, stats.means.copy(), covariances, prec_chol, center)
+        return make_params(kind, weights, stats.means.copy(),
+                           clip_eigenvalues(covariances, reg_covar))
+
+
+def make_params(
+    kind: CovarianceKind,
+    weights: np.ndarray,
+    means: np.ndarray,
+    covariances: np.ndarray,
+    center: np.ndarray | None = None,
+) -> Params:
+    """Params from weights, means and floored covariances; ``center`` defaults to Σ π_k μ_k."""
+    with np.errstate(divide="ignore"):
+        log_weights = np.log(weights)
+    return Params(weights, means, covariances, kind.precision_cholesky(covariances),
+                  weights @ means if center is None else center, log_weights)
 
 
 def clip_eigenvalues(covariances: np.ndarray, floor: float) -> np.ndarray:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from streamem.model.params import Params
+from streamem.model.params import make_params
 from streamem.model.statistics import SufficientStatistics
 
 if TYPE_CHECKING:
@@ -83,9 +83,8 @@ def loads(cls: type[OnlineGMM], data: bytes) -> OnlineGMM:
     if "nk" in arrays:
         model.stats_ = SufficientStatistics(arrays["nk"], arrays["stat_means"], arrays["scatter"])
     if "weights" in arrays:
-        cov = arrays["covariances"]
-        model._params = Params(arrays["weights"], arrays["means"], cov,
-                               model._kind.precision_cholesky(cov), arrays["center"])
+        model._params = make_params(model._kind, arrays["weights"], arrays["means"],
+                                    arrays["covariances"], arrays["center"])
     return model
 
 

@@ -15,8 +15,6 @@ import numpy as np
 from streamem.model.covariance import CovarianceKind
 
 TINY = 10.0 * np.finfo(np.float64).eps
-#: Responsibilities below this share of a point's weight are left out of the second moments.
-ACTIVE_SHARE = 1e-10
 
 
 @dataclass
@@ -77,15 +75,14 @@ def batch_statistics(
     R : (n, K) responsibilities already multiplied by each point's step weight.
     center : (d,) the reference point ``Y`` was shifted by.
 
-    N_k and the means use every responsibility; the second moments skip those below
-    ``ACTIVE_SHARE`` of their point's weight (their contribution is below rounding).
+    N_k and the means use every responsibility; the second moments may skip those below
+    ``covariance.ACTIVE_SHARE`` of their point's weight (their contribution is below rounding).
     """
     nk = np.ones(len(R)) @ R
     safe = np.where(nk > TINY, nk, 1.0)
     m = (R.T @ Y) / safe[:, None]
     m[nk <= TINY] = 0.0
-    active = R > ACTIVE_SHARE * (R @ np.ones(R.shape[1]))[:, None]
-    second = kind.moment(Y, R, active)
+    second = kind.moment(Y, R)
     shape = (-1,) + (1,) * (second.ndim - 1)
     scatter = second - nk.reshape(shape) * kind.outer(m, m)
     return SufficientStatistics(nk, m + center, scatter)
