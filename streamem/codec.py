@@ -83,6 +83,7 @@ _DTYPE_CODES = {"f32": b"f", "f64": b"d"}
 _MAX_DETAIL_BYTES = 1024
 _MAX_ROWS_NAMED = 10
 _FEW_ROWS = 16  # up to this many rows, output values are rounded in Python
+_SCAN_ONCE = json.JSONDecoder().scan_once  # json.loads' C scanner, without its Python wrappers
 
 
 @dataclass(frozen=True)
@@ -162,14 +163,25 @@ def decode_all(values: Sequence[bytes | None], fmt: str,
 
 def _decode_single_points(values: Sequence[bytes | None], n_features: int,
                           out: list[Points | DecodeError | None]) -> None:
-    """Fill ``out`` for the plainly valid single-point JSON messages; leave the rest None."""
+    """Fill ``out`` for the plainly valid single-point JSON messages; leave the rest None.
+
+    Plainly valid: UTF-8, no surrounding whitespace, no ``true``/``false`` anywhere (numpy
+    would read a boolean as a number), an object with a list ``x`` of ``n_features`` numbers
+    and a valid ``id``/``ts``, or a bare array of numbers.
+    """
     rows, ids, times, at = [], [], [], []
+    joined = b"\n".join(v for v in values if v)
+    maybe_bool = b"true" in joined or b"false" in joined
+    scan = _SCAN_ONCE
     for i, value in enumerate(values):
-        if not value or b"true" in value or b"false" in value:
+        if not value or maybe_bool and (b"true" in value or b"false" in value):
             continue
         try:
-            doc = json.loads(value)
-        except (ValueError, RecursionError):
+            text = value.decode()
+            doc, end = scan(text, 0)
+        except (ValueError, StopIteration, RecursionError):
+            continue
+        if end != len(text):
             continue
         if type(doc) is dict:
             x, ident, ts = doc.get("x"), doc.get("id"), doc.get("ts")
