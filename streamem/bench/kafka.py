@@ -14,7 +14,9 @@ Two phases per row and side:
 
 * **throughput**: the backlog of pre-produced messages is read as fast as it goes; points/s
   counts from the end of the first batch (group join and first fetch excluded) for at most
-  :data:`MAX_SECONDS`. Its latency is per batch: poll returned → outputs acknowledged.
+  :data:`MAX_SECONDS`. Its latency is per batch: poll returned → outputs acknowledged. Each
+  side runs :data:`REPEATS` times, alternating with the other, and its best run counts: other
+  work on the machine only ever slows a run down.
 * **latency**: a separate process produces a fresh topic at a steady rate (half the daemon's
   throughput, the same for both sides) while the side reads it; end-to-end latency is per
   point, from the record's Kafka timestamp (stamped by the producer at send) to the
@@ -51,12 +53,14 @@ from prometheus_client import CollectorRegistry
 
 from streamem import codec
 from streamem.config import Config, load_config
+from streamem.io import crc32c
 from streamem.io.base import Headers, Record
 from streamem.io.kafka import KafkaSink, KafkaSource
 from streamem.metrics import BatchReport, Metrics
 from streamem.synthetic import Mixture
 
 MAX_SECONDS = 15.0  #: longest throughput measurement of one side
+REPEATS = 2  #: throughput runs per side, alternating; the best counts (the machine is shared)
 LATENCY_SECONDS = 5.0  #: how long the steady producer runs in the latency phase
 TIMEOUT_S = 300.0
 KAFKA_LOCAL = Path(__file__).resolve().parents[2] / "deploy" / "kafka" / "kafka-local.sh"
@@ -236,6 +240,13 @@ class _Daemon:
         self.runtime.request_stop()
 
 
+def _best(best: Side, measure: Any) -> Side:
+    """Measure a fresh Side; return it if it beat ``best`` (or ``best`` had none)."""
+    side = Side()
+    measure(side)
+    return side if not best.points or side.points_per_s > best.points_per_s else best
+
+
 def _measure_throughput(make: Any, side: Side, n_points: int) -> None:
     """Run a side over the backlog: points/s from its first batch's end to n_points (or time)."""
     loop = make(side, e2e=False)
@@ -294,6 +305,7 @@ def _values(n_points: int, ppm: int, d: int, k: int, seed: int) -> Iterator[byte
 
 
 def _produce(bootstrap: str, topic: str, n_points: int, ppm: int, d: int, k: int) -> int:
+    crc32c.install()
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=1 << 20)
     n = 0
     for value in _values(n_points, ppm, d, k, seed=1):
@@ -307,6 +319,7 @@ def _produce(bootstrap: str, topic: str, n_points: int, ppm: int, d: int, k: int
 def _produce_steadily(bootstrap: str, topic: str, ppm: int, n_messages: int,
                       messages_per_s: float, d: int, k: int) -> None:
     """Send ``n_messages`` at ``messages_per_s`` (in a child process: no GIL shared)."""
+    crc32c.install()
     values = list(_values(n_messages * ppm, ppm, d, k, seed=2))
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
     start = time.perf_counter()
@@ -372,16 +385,17 @@ def run(bootstrap: str, *, n_points: int, points_per_message: int = 1, output_fo
         topic = topics.new(f"streamem-bench-{points_per_message}")
         _produce(bootstrap, topic, n_points, points_per_message, d, k)
         ppm = points_per_message
-        passthrough = Side()
-        _measure_throughput(
-            lambda side, e2e: _PassThrough(_config(bootstrap, topic, rows[0], k), side, ppm,
-                                           e2e=e2e), passthrough, n_points)
+        passthrough, daemons = Side(), [Side() for _ in rows]
+        for _ in range(REPEATS):  # alternate the sides; keep each one's best run
+            passthrough = _best(passthrough, lambda side: _measure_throughput(
+                lambda s, e2e: _PassThrough(_config(bootstrap, topic, rows[0], k), s, ppm,
+                                            e2e=e2e), side, n_points))
+            for j, row in enumerate(rows):
+                daemons[j] = _best(daemons[j], lambda side, row=row: _measure_throughput(
+                    lambda s, e2e: _Daemon(_config(bootstrap, topic, row, k), s, ppm, e2e=e2e),
+                    side, n_points))
         results = []
-        for row in rows:
-            daemon = Side()
-            _measure_throughput(
-                lambda side, e2e, row=row: _Daemon(_config(bootstrap, topic, row, k), side, ppm,
-                                                   e2e=e2e), daemon, n_points)
+        for row, daemon in zip(rows, daemons, strict=True):
             if latency:
                 rate = 0.5 * daemon.points_per_s
                 for side, cls in ((passthrough, _PassThrough), (daemon, _Daemon)):

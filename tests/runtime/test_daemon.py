@@ -360,3 +360,47 @@ def test_unreachable_broker_is_retried_until_sigterm(tmp_path) -> None:
     retries = [e["retry_in_s"] for e in daemon.events("kafka_unavailable")]
     assert len(retries) >= 3 and retries[1] > retries[0]
     assert daemon.events("stopped_before_connecting")
+
+
+@pytest.mark.kafka
+def test_block_output_answers_every_message_with_one_decodable_block(
+        kafka_bootstrap, topic_factory, tmp_path) -> None:
+    X, y = MIX.sample(30_000, random_state=6)
+    topics = make_topics(topic_factory)
+    values = block_messages(X[:20_000], 500)
+    values += [json.dumps({"id": f"p{i}", "x": X[i].tolist()}).encode()  # not block input:
+               for i in range(20_000, 20_010)]                           # dead letters
+    values += block_messages(X[20_000:], 1_000)
+    produce(kafka_bootstrap, topics["input"], values, keys=[b"k%d" % i for i in range(len(values))])
+    settings = daemon_settings(kafka_bootstrap, tmp_path, topics, input__format="block",
+                               output__format="block", output__top_k=3)
+    daemon = start_daemon(tmp_path, "block-out", settings)
+    outputs = Reader(kafka_bootstrap, topics["output"])
+    dead = Reader(kafka_bootstrap, topics["dead"])
+    try:
+        answered = outputs.read_until(lambda rs: len(rs) >= len(values) - 10)
+        dead_letters = dead.read_until(lambda rs: len(rs) >= 10)
+        assert daemon.stop() == 0, daemon.log_tail()
+    finally:
+        daemon.proc.kill()
+        outputs.close()
+        dead.close()
+
+    docs = [codec.decode_result_block(r.value) for r in answered]
+    coords = Counter((d["partition"], d["offset"]) for d in docs)
+    coords.update((int(dict(r.headers)["streamem.source.partition"]),
+                   int(dict(r.headers)["streamem.source.offset"])) for r in dead_letters)
+    assert set(coords.values()) == {1}
+    assert set(coords) == input_coordinates(kafka_bootstrap, topics["input"])
+    by_key = {int(r.key[1:]): d for r, d in zip(answered, docs, strict=True)}
+    assert sorted(by_key) == list(range(40)) + list(range(50, 60))
+    for i, d in by_key.items():  # block_messages numbers ids by row within the X it is given
+        first = 500 * i if i < 40 else 1_000 * (i - 50)
+        assert d["id"].tolist() == list(range(first, first + (500 if i < 40 else 1_000)))
+        assert d["top_k_component"].shape == (len(d["id"]), 3)
+        assert (d["top_k_component"][:, 0] == d["cluster"]).all()
+    assert all(dict(r.headers)["streamem.model_version"] for r in answered)
+    late = range(50, 60)  # past the warm-up
+    clusters = np.concatenate([by_key[i]["cluster"] for i in late])
+    truth = np.concatenate([y[20_000 + 1_000 * (i - 50):][:1_000] for i in late])
+    assert adjusted_rand_score(truth, clusters) >= 0.95

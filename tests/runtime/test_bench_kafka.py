@@ -1,0 +1,27 @@
+"""``streamem bench kafka`` end to end on the test broker, small: it measures both sides."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from streamem.bench import kafka as bench
+
+
+@pytest.mark.kafka
+def test_bench_measures_both_sides_and_their_latencies(kafka_bootstrap, monkeypatch) -> None:
+    monkeypatch.setattr(bench, "REPEATS", 1)
+    monkeypatch.setattr(bench, "LATENCY_SECONDS", 1.0)
+    [result] = bench.run(kafka_bootstrap, n_points=8_000, points_per_message=1)
+    assert result["row"] == "1 pt/msg, json in, json out"
+    for side in ("pass_through", "daemon"):
+        r = result[side]
+        assert 0 < r["points"] <= 8_000 and r["points_per_s"] > 0
+        assert 0 < r["batch_latency_p50_s"] <= r["batch_latency_p99_s"]
+        assert 0 < r["e2e_latency_p50_s"] <= r["e2e_latency_p99_s"]
+    assert math.isclose(result["ratio"], result["daemon"]["points_per_s"]
+                        / result["pass_through"]["points_per_s"])
+    assert "acks=all" in result["settings"] and "linger_ms=5" in result["settings"]
+    text = bench.report([result])
+    assert "daemon / pass-through" in text and "end-to-end p50/p99" in text
