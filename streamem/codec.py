@@ -83,7 +83,8 @@ _DTYPE_CODES = {"f32": b"f", "f64": b"d"}
 _MAX_DETAIL_BYTES = 1024
 _MAX_ROWS_NAMED = 10
 _FEW_ROWS = 16  # up to this many rows, output values are rounded in Python
-_SCAN_ONCE = json.JSONDecoder().scan_once  # json.loads' C scanner, without its Python wrappers
+# json.loads' C scanner, without the Python wrappers around it (a third of a small message's cost)
+_SCAN_ONCE = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,7 @@ def _decode_single_points(values: Sequence[bytes | None], n_features: int,
     if not rows:
         return
     try:
-        X = np.array(rows)
+        X: npt.NDArray[Any] = np.array(rows)
     except (ValueError, TypeError, OverflowError):
         return
     if X.ndim != 2 or X.dtype.kind not in "iuf":
@@ -436,7 +437,8 @@ def encode_results(messages: Sequence[Points], result: Any, *, fmt: str, top_k: 
     if fmt == "block":
         return _encode_blocks(messages, result, top_k, int(model_version), sources)
     cols = _JsonColumns.of(result, slice(None), top_k)
-    version, out, start, topics = int(model_version), [], 0, {}
+    version, out, start = int(model_version), [], 0
+    topics: dict[str, str] = {}
     for points, (topic, partition, offset) in zip(messages, sources, strict=True):
         topic_json = topics.get(topic) or topics.setdefault(topic, json.dumps(topic))
         out.append(cols.message(points, start, version, topic_json, int(partition),
@@ -646,10 +648,10 @@ class _BlockColumns:
     def of(cls, result: Any, rows: slice, top_k: int) -> _BlockColumns:
         labels = np.asarray(result.labels[rows])
         k = min(top_k, result.responsibilities.shape[1]) if top_k > 0 else 0
+        comps: npt.NDArray[Any] = np.empty((len(labels), 0), dtype=np.intp)
+        vals: npt.NDArray[Any] = np.empty((len(labels), 0))
         if k:
             comps, vals = _top_k_arrays(result.responsibilities[rows], k)
-        else:
-            comps, vals = np.empty((len(labels), 0)), np.empty((len(labels), 0))
         arrays = [(labels, _I4), (result.probabilities[rows], _F4),
                   (result.log_likelihood[rows], _F4), (comps, _I4), (vals, _F4),
                   (result.anomaly[rows], _U1), (result.warmup[rows], _U1)]

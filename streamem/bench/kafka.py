@@ -301,7 +301,7 @@ def _values(n_points: int, ppm: int, d: int, k: int, seed: int) -> Iterator[byte
         if ppm == 1:
             yield json.dumps({"id": s, "x": X[s].tolist()}).encode()
         else:
-            yield codec.encode_block(X[s:s + ppm], ids=np.arange(s, s + len(X[s:s + ppm])))
+            yield codec.encode_block(X[s:s + ppm], ids=range(s, s + len(X[s:s + ppm])))
 
 
 def _produce(bootstrap: str, topic: str, n_points: int, ppm: int, d: int, k: int) -> int:
