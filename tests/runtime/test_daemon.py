@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
 from collections import Counter
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
+from daemon_helpers import (
+    WAIT_S,
+    Reader,
+    daemon_settings,
+    make_topics,
+    points_of,
+    start_daemon,
+)
 from kafka import KafkaConsumer, TopicPartition
 from kafka_helpers import committed_offsets, free_port, produce
 from sklearn.metrics import adjusted_rand_score
@@ -26,102 +31,12 @@ from streamem.model import OnlineGMM
 from streamem.synthetic import Mixture
 
 MIX = Mixture.random(8, 8, random_state=7)
-WAIT_S = 120.0  # longest wait for outputs; a deadline against hanging, not a speed assertion
-
-
-@dataclass
-class Daemon:
-    """A running ``python -m streamem run``; its JSON log lines go to ``log_path``."""
-
-    proc: subprocess.Popen
-    log_path: Path
-
-    def events(self, name: str | None = None) -> list[dict]:
-        lines = self.log_path.read_text().splitlines()
-        events = [json.loads(line) for line in lines if line.startswith("{")]
-        return [e for e in events if name is None or e.get("event") == name]
-
-    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> int:
-        self.proc.send_signal(sig)
-        return self.proc.wait(timeout_s)
-
-    def log_tail(self) -> str:
-        return "\n".join(self.log_path.read_text().splitlines()[-30:])
-
-
-def start_daemon(tmp_path: Path, name: str, settings: dict[str, object],
-                 *flags: str) -> Daemon:
-    args = [a for k, v in settings.items() for a in ("--set", f"{k}={v}")]
-    log_path = tmp_path / f"{name}.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMEM_")}
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "streamem", "run", *args, *flags],
-                                stdout=subprocess.DEVNULL, stderr=log, env=env)
-    return Daemon(proc, log_path)
-
-
-def daemon_settings(bootstrap: str, tmp_path: Path, topics: dict[str, str],
-                    **extra: object) -> dict[str, object]:
-    return {
-        "kafka.bootstrap_servers": bootstrap,
-        "kafka.group_id": f"group-{topics['input']}",
-        "kafka.input_topic": topics["input"],
-        "kafka.output_topic": topics["output"],
-        "kafka.dead_letter_topic": topics["dead"],
-        "kafka.model_topic": "null",
-        "kafka.session_timeout_ms": 6000,
-        "kafka.heartbeat_interval_ms": 1000,
-        "kafka.delivery_timeout_s": 30,
-        "runtime.retry_initial_s": 0.2,
-        "runtime.retry_max_s": 2,
-        "model.n_components": 8,
-        "model.random_state": 0,
-        "checkpoint.path": tmp_path / "checkpoint.npz",
-        "checkpoint.interval_s": 1,
-        "metrics.enabled": "false",
-        "logging.format": "json",
-        **{k.replace("__", "."): v for k, v in extra.items()},
-    }
-
-
-def make_topics(topic_factory, partitions: int = 3) -> dict[str, str]:
-    return {"input": topic_factory("points", partitions), "output": topic_factory("answers"),
-            "dead": topic_factory("dead")}
 
 
 def block_messages(X: np.ndarray, size: int) -> list[bytes]:
     """Block messages of ``size`` points whose ids are their row numbers in ``X``."""
     return [codec.encode_block(X[s:s + size], ids=list(range(s, min(s + size, len(X)))))
             for s in range(0, len(X), size)]
-
-
-class Reader:
-    """Reads a topic from the beginning, across calls, with a private consumer."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-        tps = [TopicPartition(topic, p) for p in sorted(self.consumer.partitions_for_topic(topic))]
-        self.consumer.assign(tps)
-        self.consumer.seek_to_beginning(*tps)
-        self.records: list = []
-
-    def read_until(self, done, timeout_s: float = WAIT_S) -> list:
-        deadline = time.monotonic() + timeout_s
-        while not done(self.records) and time.monotonic() < deadline:
-            for batch in self.consumer.poll(timeout_ms=200).values():
-                self.records.extend(batch)
-        return self.records
-
-    def close(self) -> None:
-        self.consumer.close()
-
-
-def points_of(records: list) -> list[dict]:
-    out = []
-    for r in records:
-        doc = json.loads(r.value)
-        out.extend(doc if isinstance(doc, list) else [doc])
-    return out
 
 
 def answered_inputs(records: list) -> Counter:
@@ -152,7 +67,13 @@ def test_clean_run_answers_every_block_once_and_stops_on_sigterm(
         records = reader.read_until(lambda rs: len(rs) >= len(values))
         assert len(records) == len(values), daemon.log_tail()
         [serving] = daemon.events("metrics_serving")
-        scrape = urllib.request.urlopen(serving["url"] + "/metrics").read().decode()
+        # The batch's metrics are recorded just after its commit: poll until they are in.
+        done = 'streamem_points_total{outcome="ok"} 100000.0'
+        deadline = time.monotonic() + 30
+        scrape = ""
+        while done not in scrape and time.monotonic() < deadline:
+            scrape = urllib.request.urlopen(serving["url"] + "/metrics").read().decode()
+            time.sleep(0.1)
         ready = urllib.request.urlopen(serving["url"] + "/readyz").status
         assert daemon.stop() == 0, daemon.log_tail()
     finally:
