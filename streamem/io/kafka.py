@@ -47,15 +47,10 @@ _REBALANCED = (CommitFailedError, RebalanceInProgressError, IllegalGenerationErr
 
 
 class _Listener(ConsumerRebalanceListener):
-    """Records revocations (called on kafka-python's I/O thread: no blocking work here)."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.revoked: set[TP] = set()
+    """Logs rebalances. Called on kafka-python's I/O thread, where a blocking commit() raises:
+    the loop commits after every batch instead, so there is nothing to do here but tell."""
 
     def on_partitions_revoked(self, revoked: Any) -> None:
-        with self.lock:
-            self.revoked.update((tp.topic, tp.partition) for tp in revoked)
         log.info("partitions_revoked", extra={"partitions": sorted(map(str, revoked))})
 
     def on_partitions_assigned(self, assigned: Any) -> None:
@@ -117,8 +112,6 @@ class KafkaSource:
                    auto_offset_reset=k.auto_offset_reset)
 
     def poll(self, timeout_s: float) -> list[Record]:
-        with self._listener.lock:
-            self._listener.revoked.clear()
         try:
             polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
         except KafkaError as exc:
@@ -144,10 +137,14 @@ class KafkaSource:
             raise TransportError(f"commit failed: {exc}") from exc
 
     def assignment(self) -> set[TP]:
-        """Assigned partitions, less any revoked since the last poll (their records are stale)."""
-        current = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
-        with self._listener.lock:
-            return current - self._listener.revoked
+        """The partitions this consumer holds now.
+
+        A record polled for a partition that has since moved to another member is not ours to
+        answer: its new owner reads it from the committed offset. A record of a partition that
+        was revoked and handed straight back IS ours: the consumer's position has moved past it,
+        so dropping it would lose it (answering it twice is the at-least-once price instead).
+        """
+        return {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
 
     def lags(self) -> dict[TP, int]:
         lags = {}

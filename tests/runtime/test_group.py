@@ -7,8 +7,8 @@ import time
 from collections import Counter
 
 import pytest
-from daemon_helpers import Reader, daemon_settings, make_topics, points_of, start_daemon
-from kafka_helpers import committed_offsets, produce
+from daemon_helpers import WAIT_S, daemon_settings, make_topics, points_of, start_daemon
+from kafka_helpers import committed_offsets, consume_all, produce
 
 from streamem import codec
 from streamem.synthetic import Mixture
@@ -41,7 +41,7 @@ def test_two_instances_split_partitions_and_hand_over(kafka_bootstrap, topic_fac
         kafka_bootstrap, tmp_path, topics, checkpoint__path=tmp_path / "a.npz", **common))
     b = start_daemon(tmp_path, "b", daemon_settings(
         kafka_bootstrap, tmp_path, topics, checkpoint__path=tmp_path / "b.npz", **common))
-    reader = Reader(kafka_bootstrap, topics["output"])
+    group = f"group-{topics['input']}"
     total = 0
     try:
         # Wait until the group has settled with both members holding partitions.
@@ -59,26 +59,33 @@ def test_two_instances_split_partitions_and_hand_over(kafka_bootstrap, topic_fac
         values, keys = wave(0, WAVE_MESSAGES)
         produce(kafka_bootstrap, topics["input"], values, keys=keys)
         total += len(values)
-        reader.read_until(lambda rs: len(rs) >= total)
+        wait_for_commits(kafka_bootstrap, group, topics["input"], total)
 
         assert b.stop() == 0, b.log_tail()  # a rebalance hands b's partitions to a
         values, keys = wave(10**6, WAVE_MESSAGES)
         produce(kafka_bootstrap, topics["input"], values, keys=keys)
         total += len(values)
-        records = reader.read_until(lambda rs: len({(r.partition, r.offset) for r in rs}) >= total
-                                    and len(answered(rs)) >= total)
+        # Offsets are committed only after their outputs are acknowledged.
+        wait_for_commits(kafka_bootstrap, group, topics["input"], total)
         assert a.stop() == 0, a.log_tail()
     finally:
         for d in (a, b):
             d.proc.kill()
-        reader.close()
 
+    records = consume_all(kafka_bootstrap, topics["output"], total, timeout_s=60)
     counts = answered(records)
     assert len(counts) == total, "every input message has an output"
     assert max(counts.values()) <= 2, "duplicates only from a batch in flight at the handover"
     assert assigned_partitions(a)[-1] == split[0] | split[1], "a took over every partition"
-    committed = committed_offsets(kafka_bootstrap, f"group-{topics['input']}", topics["input"])
-    assert sum(committed.values()) == total
+    assert sum(committed_offsets(kafka_bootstrap, group, topics["input"]).values()) == total
+
+
+def wait_for_commits(bootstrap: str, group: str, topic: str, total: int) -> None:
+    """Wait until the group has committed ``total`` messages of ``topic``."""
+    deadline = time.monotonic() + WAIT_S
+    while sum(committed_offsets(bootstrap, group, topic).values()) < total:
+        assert time.monotonic() < deadline, f"the group committed fewer than {total} messages"
+        time.sleep(0.2)
 
 
 def answered(records: list) -> Counter:
