@@ -69,34 +69,35 @@ def _log_det_spherical(prec_chol: np.ndarray, n_features: int) -> np.ndarray:
 
 
 def _maha_full(Y: np.ndarray, M: np.ndarray, prec_chol: np.ndarray) -> np.ndarray:
-    """Squared Mahalanobis distances (n, K) from one wide GEMM.
+    """Squared Mahalanobis distances, component-major (K, n), from one wide GEMM.
 
-    [Y 1] (n, d+1) @ [[P_1 … P_K], [−m_1 P_1 … −m_K P_K]] (d+1, K·d) gives every (y − m_k) P_k
-    at once; the squares are summed by a GEMV.
+    [[P_1ᵀ … P_Kᵀ]ᵀ | −P_kᵀ m_k] (K·d, d+1) @ [Yᵀ; 1] (d+1, n) gives every P_kᵀ(y − m_k) at
+    once, with the points along the rows so that the squares and their sums per component run
+    over long contiguous memory.
     """
     K, d, _ = prec_chol.shape
     n = len(Y)
-    wide = np.empty((d + 1, K * d))
-    wide[:d] = np.swapaxes(prec_chol, 0, 1).reshape(d, K * d)
-    wide[d] = -np.einsum("kd,kde->ke", M, prec_chol).reshape(K * d)
-    Y1 = np.empty((n, d + 1))
-    Y1[:, :d] = Y
-    Y1[:, d] = 1.0
-    Z = Y1 @ wide
+    wide = np.empty((K * d, d + 1))
+    wide[:, :d] = np.swapaxes(prec_chol, 1, 2).reshape(K * d, d)
+    wide[:, d] = -np.einsum("kd,kde->ke", M, prec_chol).reshape(K * d)
+    Y1 = np.empty((d + 1, n))
+    Y1[:d] = Y.T
+    Y1[d] = 1.0
+    Z = wide @ Y1
     Z *= Z
-    return (Z.reshape(n * K, d) @ np.ones(d)).reshape(n, K)
+    return Z.reshape(K, d, n).sum(axis=1)
 
 
 def _maha_diag(Y: np.ndarray, M: np.ndarray, prec_chol: np.ndarray) -> np.ndarray:
     prec = prec_chol**2
-    maha = (Y**2) @ prec.T - 2.0 * (Y @ (M * prec).T) + (M**2 * prec).sum(axis=1)
+    maha = prec @ (Y**2).T - 2.0 * ((M * prec) @ Y.T) + (M**2 * prec).sum(axis=1)[:, None]
     return np.maximum(maha, 0.0)
 
 
 def _maha_spherical(Y: np.ndarray, M: np.ndarray, prec_chol: np.ndarray) -> np.ndarray:
     prec = prec_chol**2
-    maha = (Y**2).sum(axis=1)[:, None] - 2.0 * (Y @ M.T) + (M**2).sum(axis=1)[None]
-    return np.maximum(maha * prec[None], 0.0)
+    maha = (Y**2).sum(axis=1)[None] - 2.0 * (M @ Y.T) + (M**2).sum(axis=1)[:, None]
+    return np.maximum(maha * prec[:, None], 0.0)
 
 
 def _moment_full(Y: np.ndarray, R: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
@@ -239,7 +240,7 @@ class CovarianceKind:
     ----------
     precision_cholesky : covariances -> precision Cholesky factors
     log_det : (precisions_chol, n_features) -> (K,) log det of the factors (= −½ log det Σ)
-    mahalanobis : (Y (n, d), M (K, d), precisions_chol) -> (n, K) squared distances
+    mahalanobis : (Y (n, d), M (K, d), precisions_chol) -> (K, n) squared distances
     moment : (Y (n, d), R (n, K)[, active (n, K) bool]) -> Σ_i R_ik (second moment of y_i) per
         component; pairs outside ``active`` may be skipped
     outer : (a (K, d), b (K, d)) -> per-component a bᵀ in this type's scatter shape
@@ -295,9 +296,13 @@ def estimate_log_gaussian_prob(
     prec_chol: np.ndarray,
     log_offset: np.ndarray | float = 0.0,
 ) -> np.ndarray:
-    """log N(y | m_k, Σ_k) + ``log_offset`` (K,) for every point and component, (n, K)."""
+    """log N(y | m_k, Σ_k) + ``log_offset`` (K,) for every point and component, (n, K).
+
+    The result is the transpose of a contiguous (K, n) array: reductions over components run
+    along contiguous rows (see ``params.e_step``).
+    """
     d = Y.shape[1]
     out = kind.mahalanobis(Y, M, prec_chol)
     out *= -0.5
-    out += kind.log_det(prec_chol, d) - 0.5 * d * LOG_2PI + log_offset
-    return out
+    out += (kind.log_det(prec_chol, d) - 0.5 * d * LOG_2PI + log_offset)[:, None]
+    return out.T

@@ -17,8 +17,9 @@ from streamem.model.params import (
     hard_responsibilities,
     params_from_statistics,
     row_argmax,
+    row_max,
 )
-from streamem.model.schedule import batch_weights, floor_for_halflife, step_sizes
+from streamem.model.schedule import batch_schedule, floor_for_halflife
 from streamem.model.seeding import fit_batch
 from streamem.model.statistics import SufficientStatistics, batch_statistics
 from streamem.model.validation import check_hyperparameters, check_points
@@ -364,11 +365,9 @@ class OnlineGMM:
         if m == 0:
             return
         if learning_rate is None:
-            gamma = step_sizes(self._n_steps, m, learning_decay=self.learning_decay,
-                               learning_offset=self.learning_offset,
-                               floor=floor_for_halflife(self.halflife))
-            decay, w = batch_weights(gamma)
-            self.learning_rate_ = float(gamma[-1])
+            decay, w, self.learning_rate_ = batch_schedule(
+                self._n_steps, m, learning_decay=self.learning_decay,
+                learning_offset=self.learning_offset, floor=floor_for_halflife(self.halflife))
         else:
             decay, w = 1.0 - learning_rate, np.full(m, learning_rate / m)
             self.learning_rate_ = float(learning_rate)
@@ -515,9 +514,7 @@ class OnlineGMM:
 def _result(
     resp: np.ndarray, log_lik: np.ndarray, anomaly: np.ndarray, warmup: np.ndarray, version: int
 ) -> BatchResult:
-    labels = row_argmax(resp)
-    probs = resp[np.arange(len(resp)), labels]
-    return BatchResult(labels, probs, resp, log_lik, anomaly, warmup, version)
+    return BatchResult(row_argmax(resp), row_max(resp), resp, log_lik, anomaly, warmup, version)
 
 
 def _concatenate(parts: list[BatchResult]) -> BatchResult:

@@ -104,17 +104,22 @@ def log_sum_exp(a: np.ndarray) -> np.ndarray:
 def e_step(
     kind: CovarianceKind, params: Params, X: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Responsibilities (n, K) and log p(x) (n,), in log space throughout."""
-    weighted = estimate_weighted_log_prob(kind, params, X)
-    top = row_max(weighted)
+    """Responsibilities (n, K) and log p(x) (n,), in log space throughout.
+
+    The responsibilities are the transpose of a contiguous (K, n) array, as the component-wise
+    log densities are: every reduction over components runs along contiguous rows.
+    """
+    weighted = estimate_weighted_log_prob(kind, params, X).T
+    top = weighted.max(axis=0)
     top[~np.isfinite(top)] = 0.0
-    scaled = np.exp(weighted - top[:, None])
-    total = row_sum(scaled)
+    weighted -= top
+    scaled = np.exp(weighted, out=weighted)
+    total = np.ones(len(scaled)) @ scaled
     # Normalise by the sum itself, not by exp(log p): when log p is huge, their difference
     # loses every digit and the responsibilities would not sum to one.
-    resp = scaled / total[:, None]
+    scaled /= total
     with np.errstate(divide="ignore"):
-        return resp, top + np.log(total)
+        return scaled.T, top + np.log(total)
 
 
 def hard_responsibilities(resp: np.ndarray) -> np.ndarray:

@@ -13,14 +13,17 @@ single-point steps would: s ← Π(1 − γ_i)·s + Σ_i w_i·stat(x_i), w_i = �
 
 from __future__ import annotations
 
+import functools
+import math
+
 import numpy as np
 
 
 def floor_for_halflife(halflife: float | None) -> float:
     """The step-size floor γ_min at which old statistics halve every ``halflife`` points."""
-    if halflife is None or not np.isfinite(halflife):
+    if halflife is None or not math.isfinite(halflife):
         return 0.0
-    return float(-np.expm1(-np.log(2.0) / halflife))
+    return -math.expm1(-math.log(2.0) / halflife)
 
 
 def step_sizes(
@@ -42,4 +45,28 @@ def batch_weights(gamma: np.ndarray) -> tuple[float, np.ndarray]:
     after = np.concatenate([np.cumsum(log_keep[::-1])[::-1][1:], [0.0]])
     w = gamma * np.exp(after)
     decay = float(np.exp(log_keep.sum()))
+    return decay, w
+
+
+def batch_schedule(
+    n_steps: int, n: int, *, learning_decay: float, learning_offset: float, floor: float
+) -> tuple[float, np.ndarray, float]:
+    """``batch_weights`` of the points n_steps + 1 … n_steps + n, and the last point's step.
+
+    Once the decaying part is below the floor every step is the floor, and the weights of a
+    batch depend on its length alone: they are computed once per length (read-only).
+    """
+    if learning_decay > 0 and (n_steps + 1 + learning_offset) ** (-learning_decay) <= floor:
+        decay, w = _floor_weights(n, floor)
+        return decay, w, min(floor, 1.0)
+    gamma = step_sizes(n_steps, n, learning_decay=learning_decay,
+                       learning_offset=learning_offset, floor=floor)
+    decay, w = batch_weights(gamma)
+    return decay, w, float(gamma[-1])
+
+
+@functools.lru_cache(maxsize=8)
+def _floor_weights(n: int, floor: float) -> tuple[float, np.ndarray]:
+    decay, w = batch_weights(np.full(n, min(floor, 1.0)))
+    w.flags.writeable = False
     return decay, w
