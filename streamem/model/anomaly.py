@@ -13,11 +13,16 @@ flagged at a rate at most ``anomaly_rate``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy.optimize import brentq
 from scipy.special import gammaincc
 
 from streamem.model.covariance import LOG_2PI
+
+NEWTON_STEPS = 8
+NEWTON_TOLERANCE = 1e-7
 
 
 def inlier_flag_rate(t: float, log_peak: np.ndarray, weights: np.ndarray, n_features: int) -> float:
@@ -27,7 +32,11 @@ def inlier_flag_rate(t: float, log_peak: np.ndarray, weights: np.ndarray, n_feat
 
 
 def anomaly_threshold(
-    weights: np.ndarray, log_det_prec: np.ndarray, n_features: int, anomaly_rate: float
+    weights: np.ndarray,
+    log_det_prec: np.ndarray,
+    n_features: int,
+    anomaly_rate: float,
+    start: float | None = None,
 ) -> float:
     """The log-likelihood threshold flagging the model's inliers at ``anomaly_rate``.
 
@@ -37,11 +46,17 @@ def anomaly_threshold(
     log_det_prec : (K,) log det of the precision Cholesky factors (= −½ log det Σ_k).
     n_features : d.
     anomaly_rate : target share of inliers flagged, in (0, 1).
+    start : a nearby threshold (the previous one): Newton's method from there usually needs
+        two or three steps; without it, or when Newton does not settle, a bracketing solver runs.
     """
     live = weights > 0
     w = weights[live]
     log_peak = np.log(w) - 0.5 * n_features * LOG_2PI + log_det_prec[live]
     hi = float(log_peak.max())
+    if start is not None and math.isfinite(start):
+        found = _newton(start, hi, log_peak, w, n_features, math.log(anomaly_rate))
+        if found is not None:
+            return found
     if inlier_flag_rate(hi, log_peak, w, n_features) <= anomaly_rate:
         return hi
     lo = float(log_peak.min()) - 1.0
@@ -56,3 +71,32 @@ def anomaly_threshold(
             xtol=1e-6,
         )
     )
+
+
+def _newton(
+    t: float, hi: float, log_peak: np.ndarray, w: np.ndarray, n_features: int, log_rate: float
+) -> float | None:
+    """Newton's method on log(flag rate) − log(rate) from ``t``; ``None`` if it does not settle.
+
+    The derivative of Σ π_k Q(d/2, x_k), x_k = peak_k − t, is Σ π_k x_k^(d/2 − 1) e^(−x_k) / Γ(d/2)
+    over the components with x_k > 0.
+    """
+    a = 0.5 * n_features
+    log_gamma_a = math.lgamma(a)
+    for _ in range(NEWTON_STEPS):
+        x = log_peak - t
+        inside = x > 0
+        if not inside.any():
+            return None
+        rate = float(w @ gammaincc(a, np.maximum(x, 0.0)))
+        xi = x[inside]
+        slope = float(w[inside] @ np.exp((a - 1.0) * np.log(xi) - xi - log_gamma_a))
+        if not (rate > 0.0 and slope > 0.0):
+            return None
+        step = (math.log(rate) - log_rate) * rate / slope
+        t -= step
+        if not (math.isfinite(t) and t < hi):
+            return None
+        if abs(step) < NEWTON_TOLERANCE:
+            return t
+    return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -321,11 +322,12 @@ class OnlineGMM:
         version = self.version_
         resp, log_lik = e_step(self._kind, self._params, X)
         anomaly = log_lik < self.anomaly_threshold_
-        if self.protecting_ and anomaly.any():
+        n_flagged = int(np.count_nonzero(anomaly))
+        if n_flagged and self.protecting_:
             self._update(X[~anomaly], resp[~anomaly], learning_rate)
         else:
             self._update(X, resp, learning_rate)
-        self._track_recent(X, resp, anomaly)
+        self._track_recent(X, resp, anomaly, n_flagged)
         if self.drifting_ or self._rewarm:
             self._collect_rewarm(X)
         self.n_seen_ += len(X)
@@ -380,19 +382,22 @@ class OnlineGMM:
         self._n_steps += m
         self._sum_sq_weights = decay**2 * self._sum_sq_weights + float(w @ w)
 
-    def _track_recent(self, X: np.ndarray, resp: np.ndarray, anomaly: np.ndarray) -> None:
+    def _track_recent(
+        self, X: np.ndarray, resp: np.ndarray, anomaly: np.ndarray, n_flagged: int
+    ) -> None:
         """Recent inlier usage per component, recent flagged share, and the flagged buffer."""
         n = len(X)
         if n == 0:
             return
-        keep = float(np.exp(-np.log(2.0) * n / RECENT_HALFLIFE))
-        inlier_use = (~anomaly).astype(np.float64) @ resp / n
-        self._usage = keep * self._usage + (1.0 - keep) * inlier_use
-        self._flag_share = keep * self._flag_share + (1.0 - keep) * float(anomaly.mean())
-        if anomaly.any():
+        keep = math.exp(-math.log(2.0) * n / RECENT_HALFLIFE)
+        inliers = (~anomaly).astype(np.float64) if n_flagged else np.ones(n)
+        used = inliers @ resp
+        self._usage = keep * self._usage + ((1.0 - keep) / n) * used
+        self._flag_share = keep * self._flag_share + (1.0 - keep) * n_flagged / n
+        if n_flagged:
             capacity = max(256, 4 * self.n_components * (X.shape[1] + 1))
             arrivals = self.n_seen_ + np.flatnonzero(anomaly)
-            flagged = X[anomaly] if self._flagged.size else X[anomaly].copy()
+            flagged = X[anomaly]
             if self._flagged.size:
                 flagged = np.concatenate([self._flagged, flagged])
                 arrivals = np.concatenate([self._flagged_at, arrivals])
@@ -455,7 +460,7 @@ class OnlineGMM:
             d = self._params.means.shape[1]
             log_det = self._kind.log_det(self._params.precisions_chol, d)
             self.anomaly_threshold_ = anomaly_threshold(
-                self._params.weights, log_det, d, self.anomaly_rate
+                self._params.weights, log_det, d, self.anomaly_rate, start=self.anomaly_threshold_
             )
 
     # ------------------------------------------------------------------ helpers
