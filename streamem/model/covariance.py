@@ -58,7 +58,8 @@ def _cholesky_diag(cov: np.ndarray) -> np.ndarray:
 
 def _log_det_full(prec_chol: np.ndarray) -> np.ndarray:
     """log det of each precision Cholesky factor, (K,) — i.e. −½ log det Σ_k."""
-    return np.log(np.diagonal(prec_chol, axis1=1, axis2=2)).sum(axis=1)
+    K, d, _ = prec_chol.shape
+    return np.log(prec_chol.reshape(K, d * d)[:, :: d + 1]).sum(axis=1)
 
 
 def _log_det_diag(prec_chol: np.ndarray) -> np.ndarray:
@@ -80,7 +81,7 @@ def _maha_full(Y: np.ndarray, M: np.ndarray, prec_chol: np.ndarray) -> np.ndarra
     n = len(Y)
     wide = np.empty((K * d, d + 1))
     wide[:, :d] = np.swapaxes(prec_chol, 1, 2).reshape(K * d, d)
-    wide[:, d] = -np.einsum("kd,kde->ke", M, prec_chol).reshape(K * d)
+    wide[:, d] = -np.matmul(M[:, None, :], prec_chol).reshape(K * d)
     Y1 = np.empty((d + 1, n))
     Y1[:d] = Y.T
     Y1[d] = 1.0
@@ -186,9 +187,9 @@ def _add_floor_full(cov: np.ndarray, reg: float) -> np.ndarray:
     factorisation succeeds even for perfectly correlated features at a large scale.
     """
     cov = 0.5 * (cov + np.swapaxes(cov, -1, -2))
-    idx = np.arange(cov.shape[-1])
-    diag = cov[:, idx, idx]
-    cov[:, idx, idx] = diag + (reg + RELATIVE_FLOOR * np.maximum(diag.max(axis=1), 0.0))[:, None]
+    d = cov.shape[-1]
+    diag = cov.reshape(len(cov), d * d)[:, :: d + 1]  # a view of the diagonals
+    diag += (reg + RELATIVE_FLOOR * np.maximum(diag.max(axis=1), 0.0))[:, None]
     return cov
 
 
@@ -296,14 +297,18 @@ def estimate_log_gaussian_prob(
     M: np.ndarray,
     prec_chol: np.ndarray,
     log_offset: np.ndarray | float = 0.0,
+    log_det: np.ndarray | None = None,
 ) -> np.ndarray:
     """log N(y | m_k, Σ_k) + ``log_offset`` (K,) for every point and component, (n, K).
 
-    The result is the transpose of a contiguous (K, n) array: reductions over components run
-    along contiguous rows (see ``params.e_step``).
+    ``log_det`` is ``kind.log_det(prec_chol, d)`` when the caller already has it. The result is
+    the transpose of a contiguous (K, n) array: reductions over components run along contiguous
+    rows (see ``params.e_step``).
     """
     d = Y.shape[1]
+    if log_det is None:
+        log_det = kind.log_det(prec_chol, d)
     out = kind.mahalanobis(Y, M, prec_chol)
     out *= -0.5
-    out += (kind.log_det(prec_chol, d) - 0.5 * d * LOG_2PI + log_offset)[:, None]
+    out += (log_det + (log_offset - 0.5 * d * LOG_2PI))[:, None]
     return out.T

@@ -458,9 +458,9 @@ class OnlineGMM:
         self.version_ += 1
         if threshold or not np.isfinite(self.anomaly_threshold_):
             d = self._params.means.shape[1]
-            log_det = self._kind.log_det(self._params.precisions_chol, d)
             self.anomaly_threshold_ = anomaly_threshold(
-                self._params.weights, log_det, d, self.anomaly_rate, start=self.anomaly_threshold_
+                self._params.weights, self._params.log_det, d, self.anomaly_rate,
+                start=self.anomaly_threshold_,
             )
 
     # ------------------------------------------------------------------ helpers

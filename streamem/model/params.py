@@ -34,6 +34,7 @@ class Params:
     center: np.ndarray
 
     log_weights: np.ndarray  # (K,) log π_k, −inf for an empty component
+    log_det: np.ndarray  # (K,) log det of each precision Cholesky factor (= −½ log det Σ_k)
 
 
 def params_from_statistics(
@@ -58,10 +59,11 @@ def make_params(
     center: np.ndarray | None = None,
 ) -> Params:
     """Params from weights, means and floored covariances; ``center`` defaults to Σ π_k μ_k."""
-    with np.errstate(divide="ignore"):
-        log_weights = np.log(weights)
-    return Params(weights, means, covariances, kind.precision_cholesky(covariances),
-                  weights @ means if center is None else center, log_weights)
+    log_weights = np.log(weights, out=np.full(len(weights), -np.inf), where=weights > 0)
+    prec_chol = kind.precision_cholesky(covariances)
+    return Params(weights, means, covariances, prec_chol,
+                  weights @ means if center is None else center, log_weights,
+                  kind.log_det(prec_chol, means.shape[1]))
 
 
 def clip_eigenvalues(covariances: np.ndarray, floor: float) -> np.ndarray:
@@ -75,7 +77,8 @@ def estimate_weighted_log_prob(kind: CovarianceKind, params: Params, X: np.ndarr
     """log π_k + log N(x | μ_k, Σ_k), (n, K)."""
     Y = X - params.center
     M = params.means - params.center
-    return estimate_log_gaussian_prob(kind, Y, M, params.precisions_chol, params.log_weights)
+    return estimate_log_gaussian_prob(kind, Y, M, params.precisions_chol, params.log_weights,
+                                      params.log_det)
 
 
 def row_max(a: np.ndarray) -> np.ndarray:
