@@ -116,7 +116,7 @@ def _moment_full(Y: np.ndarray, R: np.ndarray, active: np.ndarray | None = None)
     n, d = Y.shape
     K = R.shape[1]
     if d <= DENSE_MOMENT_FEATURES:
-        return _unpack_upper((_outer_features(Y) @ R).T, d)
+        return _unpack_upper(R.T @ _outer_features(Y).T, d)
     if active is None:
         active = R > ACTIVE_SHARE * (R @ np.ones(K))[:, None]
     out = np.zeros((K, d, d))
@@ -144,17 +144,17 @@ def _outer_features(Y: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=64)
-def _upper_indices(d: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.triu_indices(d)
+def _upper_positions(d: int) -> np.ndarray:
+    """For each entry of a d×d matrix, row-major, its position in the row-major upper triangle."""
+    rows, cols = np.triu_indices(d)
+    position = np.empty((d, d), dtype=np.intp)
+    position[rows, cols] = position[cols, rows] = np.arange(len(rows))
+    return position.ravel()
 
 
 def _unpack_upper(upper: np.ndarray, d: int) -> np.ndarray:
     """Symmetric matrices (K, d, d) from their row-major upper triangles (K, d(d+1)/2)."""
-    rows, cols = _upper_indices(d)
-    out = np.empty((len(upper), d, d))
-    out[:, rows, cols] = upper
-    out[:, cols, rows] = upper
-    return out
+    return np.take(upper, _upper_positions(d), axis=1).reshape(len(upper), d, d)
 
 
 def _moment_diag(Y: np.ndarray, R: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
