@@ -324,7 +324,8 @@ class OnlineGMM:
         anomaly = log_lik < self.anomaly_threshold_
         n_flagged = int(np.count_nonzero(anomaly))
         if n_flagged and self.protecting_:
-            self._update(X[~anomaly], resp[~anomaly], learning_rate)
+            kept = np.flatnonzero(~anomaly)  # take() is several times faster than a mask
+            self._update(X.take(kept, axis=0), resp.T.take(kept, axis=1).T, learning_rate)
         else:
             self._update(X, resp, learning_rate)
         self._track_recent(X, resp, anomaly, n_flagged)
@@ -396,8 +397,9 @@ class OnlineGMM:
         self._flag_share = keep * self._flag_share + (1.0 - keep) * n_flagged / n
         if n_flagged:
             capacity = max(256, 4 * self.n_components * (X.shape[1] + 1))
-            arrivals = self.n_seen_ + np.flatnonzero(anomaly)
-            flagged = X[anomaly]
+            rows = np.flatnonzero(anomaly)
+            arrivals = self.n_seen_ + rows
+            flagged = X.take(rows, axis=0)
             if self._flagged.size:
                 flagged = np.concatenate([self._flagged, flagged])
                 arrivals = np.concatenate([self._flagged_at, arrivals])
