@@ -7,7 +7,8 @@ For each (K, d) it measures, on the same points and the same BLAS thread count:
   (point-iterations/s — the cost of a batch EM pass);
 * the flop limit: the machine's float64 matmul peak (measured now) over ~4·K·d² flops per point.
 
-Times are the best of ``repeats`` runs; the ratios are what to compare across machines.
+Times are the best of ``repeats`` runs, the two sides taking turns so that both meet the same
+load; the ratios are what to compare across machines.
 """
 
 from __future__ import annotations
@@ -45,11 +46,20 @@ class EngineResult:
 
 def best_time(fn: Callable[[], object], repeats: int) -> float:
     """The fastest of ``repeats`` wall-clock runs of ``fn``, in seconds."""
-    best = np.inf
+    return best_times([fn], repeats)[0]
+
+
+def best_times(fns: Sequence[Callable[[], object]], repeats: int) -> list[float]:
+    """The fastest of ``repeats`` runs of each of ``fns``, run in turn round by round.
+
+    Interleaving puts both sides of a ratio under the same load on a shared machine.
+    """
+    best = [np.inf] * len(fns)
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - start)
     return best
 
 
@@ -85,12 +95,9 @@ def bench_size(
         _, log_resp = reference._e_step(X)
         reference._m_step(X, log_resp)
 
+    ours, theirs = best_times([streamem_pass, sklearn_iteration], repeats)
     return EngineResult(
-        n_components,
-        n_features,
-        n_points / best_time(streamem_pass, repeats),
-        n_points / best_time(sklearn_iteration, repeats),
-        peak,
+        n_components, n_features, n_points / ours, n_points / theirs, peak,
         (len(state), after[-1]),
     )
 
@@ -99,7 +106,7 @@ def run(
     sizes: Sequence[tuple[int, int]] = SIZES,
     n_points: int = 100_000,
     batch: int = 1000,
-    repeats: int = 3,
+    repeats: int = 5,
 ) -> list[EngineResult]:
     """Measure every size; the matmul peak is measured once, in the same run."""
     peak = matmul_peak_gflops()

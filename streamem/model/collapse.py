@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.linalg import lapack
 
 from streamem.model.covariance import CovarianceKind, estimate_log_gaussian_prob
 from streamem.model.params import Params
@@ -31,12 +32,18 @@ NOVELTY_SHARE = 0.02
 
 def pooled_covariance(params: Params, kind: CovarianceKind) -> np.ndarray:
     """Covariance (d, d) of the whole mixture: within plus between components."""
-    d = params.means.shape[1]
-    cov = kind.to_full(params.covariances, d)
+    K, d = params.means.shape
+    within = params.weights @ kind.to_full(params.covariances, d).reshape(K, d * d)
     diff = params.means - params.weights @ params.means
-    return np.einsum("k,kij->ij", params.weights, cov) + np.einsum(
-        "k,ki,kj->ij", params.weights, diff, diff
-    )
+    return within.reshape(d, d) + (diff.T * params.weights) @ diff
+
+
+def pooled_cholesky(params: Params, kind: CovarianceKind) -> np.ndarray:
+    """Lower Cholesky factor L (d, d) of the pooled covariance, L Lᵀ = pooled."""
+    chol, info = lapack.dpotrf(pooled_covariance(params, kind), lower=1, clean=1)
+    if info != 0:
+        raise np.linalg.LinAlgError("the pooled covariance is not positive definite")
+    return np.ascontiguousarray(chol)
 
 
 def whitened_min_variance(params: Params, kind: CovarianceKind) -> np.ndarray:
@@ -48,7 +55,7 @@ def whitened_min_variance(params: Params, kind: CovarianceKind) -> np.ndarray:
     eigenvalues.
     """
     d = params.means.shape[1]
-    chol = np.linalg.cholesky(pooled_covariance(params, kind))
+    chol = pooled_cholesky(params, kind)
     prec = kind.to_full(params.precisions_chol, d)
     root = np.swapaxes(prec, -1, -2) @ chol  # W_k⁻¹ = root_kᵀ root_k
     bound = 1.0 / (root**2).sum(axis=(1, 2))
@@ -109,7 +116,7 @@ def find_dense_group(
     size = max(d + 1, 10)
     if m < size:
         return None
-    chol = np.linalg.cholesky(pooled_covariance(params, kind))
+    chol = pooled_cholesky(params, kind)
     Z = np.linalg.solve(chol, (points - params.center).T).T
     sq = (Z**2).sum(axis=1)
     dist = sq[:, None] + sq[None, :] - 2.0 * (Z @ Z.T)
