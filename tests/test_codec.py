@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import struct
 from types import SimpleNamespace
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from streamem import codec
 from streamem.codec import (
     REASONS,
     Points,
@@ -469,7 +471,17 @@ BAD_OR_ODD = [b"", None, b"{oops", b"[1, 2, 3]", b'{"x": "nope"}', b'{"x": [1, t
               b'{"x": [1, 2], "ts": 1e999}', b'{"x": [1, 2], "ts": ' + b"9" * 400 + b"}",
               b'[[1, 2], [3, 4]]', b'{"points": [[5, 6]]}', b'{"x": [[1], [2]]}',
               b'{"x": [1, 2], "id": "s", "ts": 12}', b"[7, 8]", b'{"x": [1, "2"]}',
-              b'{"x": [' + b"9" * 400 + b', 1]}']
+              b'{"x": [' + b"9" * 400 + b', 1]}', b' {"x": [1, 2]} ', b'{"x": [1, 2]}\n',
+              b'{"id": "\\ud800", "x": [1, 2]}', b'{"x": [1, 2], "id": "\xff"}',
+              b'{"id": ' + b"9" * 30 + b', "x": [1, 2]}', b'{"x": [0, 0], "x": [1, 2]}',
+              b'{"x": [1, 2]} {"x": [3, 4]}', b'{"x": [1.5e308, -0.0], "ts": -0.0}']
+
+try:
+    import orjson
+
+    PARSERS = [codec._parse_stdlib, orjson.loads]  # the ``fast`` extra, installed by CI
+except ImportError:
+    PARSERS = [codec._parse_stdlib]
 
 
 @settings(max_examples=60, deadline=None)
@@ -484,7 +496,9 @@ def test_decode_all_gives_exactly_what_decode_gives(picks):
             expected.append(outcome(decode(value, "json", 2)))
         except DecodeError as exc:
             expected.append(outcome(exc))
-    assert [outcome(item) for item in decode_all(values, "json", 2)] == expected
+    for parse in PARSERS:
+        with mock.patch.object(codec, "_parse_fast", parse):
+            assert [outcome(item) for item in decode_all(values, "json", 2)] == expected
 
 
 def test_decode_all_without_n_features_is_fixed_by_the_first_valid_message():
