@@ -41,8 +41,9 @@ class BatchResult:
     """What ``partial_fit`` answers for each point of a batch (n points, K components).
 
     labels (n,) int; probabilities (n,) responsibility of the chosen component;
-    responsibilities (n, K); log_likelihood (n,) log p(x); anomaly (n,) bool;
-    warmup (n,) bool — answered by the provisional warm-up model; model_version — the
+    responsibilities (n, K), a transposed view of a component-major (K, n) array (the E-step's
+    layout; ``np.ascontiguousarray`` gives row-major); log_likelihood (n,) log p(x); anomaly (n,)
+    bool; warmup (n,) bool — answered by the provisional warm-up model; model_version — the
     parameters' version that answered.
     """
 
