@@ -13,6 +13,7 @@ from streamem.model.anomaly import anomaly_threshold
 from streamem.model.covariance import KINDS
 from streamem.model.params import (
     Params,
+    centred,
     e_step,
     estimate_weighted_log_prob,
     hard_responsibilities,
@@ -321,14 +322,15 @@ class OnlineGMM:
     def _online_step(self, X: np.ndarray, learning_rate: float | None) -> BatchResult:
         assert self.stats_ is not None and self._params is not None
         version = self.version_
-        resp, log_lik = e_step(self._kind, self._params, X)
+        Y = centred(X, self._params.center)
+        resp, log_lik = e_step(self._kind, self._params, X, Y)
         anomaly = log_lik < self.anomaly_threshold_
         n_flagged = int(np.count_nonzero(anomaly))
         if n_flagged and self.protecting_:
             kept = np.flatnonzero(~anomaly)  # take() is several times faster than a mask
-            self._update(X.take(kept, axis=0), resp.T.take(kept, axis=1).T, learning_rate)
+            self._update(Y.T.take(kept, axis=1).T, resp.T.take(kept, axis=1).T, learning_rate)
         else:
-            self._update(X, resp, learning_rate)
+            self._update(Y, resp, learning_rate)
         self._track_recent(X, resp, anomaly, n_flagged)
         if self.drifting_ or self._rewarm:
             self._collect_rewarm(X)
@@ -362,10 +364,10 @@ class OnlineGMM:
             -HISTORY_LENGTH:
         ]
 
-    def _update(self, X: np.ndarray, resp: np.ndarray, learning_rate: float | None) -> None:
-        """Blend the batch's statistics in with per-point step weights."""
+    def _update(self, Y: np.ndarray, resp: np.ndarray, learning_rate: float | None) -> None:
+        """Blend the statistics of points ``Y`` (centred on ``params.center``) in."""
         assert self.stats_ is not None and self._params is not None
-        m = len(X)
+        m = len(Y)
         if m == 0:
             return
         if learning_rate is None:
@@ -377,8 +379,7 @@ class OnlineGMM:
             self.learning_rate_ = float(learning_rate)
         if self.assignment == "hard":
             resp = hard_responsibilities(resp)
-        center = self._params.center
-        batch = batch_statistics(self._kind, X - center, resp * w[:, None], center)
+        batch = batch_statistics(self._kind, Y, resp * w[:, None], self._params.center)
         self.stats_.blend(batch, decay, self._kind)
         self.stats_.normalise()
         self._n_steps += m

@@ -73,9 +73,23 @@ def clip_eigenvalues(covariances: np.ndarray, floor: float) -> np.ndarray:
     return np.einsum("kij,kj,klj->kil", eigvec, eigval, eigvec)
 
 
-def estimate_weighted_log_prob(kind: CovarianceKind, params: Params, X: np.ndarray) -> np.ndarray:
-    """log π_k + log N(x | μ_k, Σ_k), (n, K)."""
-    Y = X - params.center
+def centred(X: np.ndarray, center: np.ndarray) -> np.ndarray:
+    """X − center (n, d), as the transpose of a contiguous (d, n) array.
+
+    Every product over the points (the E-step's GEMM, the second moments' features) wants the
+    points along contiguous rows; the online step computes this once for its E- and M-step.
+    """
+    YT = np.empty((X.shape[1], X.shape[0]))
+    np.subtract(X.T, center[:, None], out=YT)
+    return YT.T
+
+
+def estimate_weighted_log_prob(
+    kind: CovarianceKind, params: Params, X: np.ndarray, Y: np.ndarray | None = None
+) -> np.ndarray:
+    """log π_k + log N(x | μ_k, Σ_k), (n, K); ``Y`` is ``centred(X, params.center)`` if known."""
+    if Y is None:
+        Y = centred(X, params.center)
     M = params.means - params.center
     return estimate_log_gaussian_prob(kind, Y, M, params.precisions_chol, params.log_weights,
                                       params.log_det)
@@ -105,14 +119,15 @@ def log_sum_exp(a: np.ndarray) -> np.ndarray:
 
 
 def e_step(
-    kind: CovarianceKind, params: Params, X: np.ndarray
+    kind: CovarianceKind, params: Params, X: np.ndarray, Y: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Responsibilities (n, K) and log p(x) (n,), in log space throughout.
 
     The responsibilities are the transpose of a contiguous (K, n) array, as the component-wise
-    log densities are: every reduction over components runs along contiguous rows.
+    log densities are: every reduction over components runs along contiguous rows. ``Y`` is
+    ``centred(X, params.center)`` when the caller already has it.
     """
-    weighted = estimate_weighted_log_prob(kind, params, X).T
+    weighted = estimate_weighted_log_prob(kind, params, X, Y).T
     top = weighted.max(axis=0)
     top[~np.isfinite(top)] = 0.0
     weighted -= top

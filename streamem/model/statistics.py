@@ -45,14 +45,12 @@ class SufficientStatistics:
         """s ← decay·s + batch, in place, where ``batch`` already carries its step weights."""
         n_old = decay * self.nk
         n_new = n_old + batch.nk
-        safe = np.where(n_new > TINY, n_new, 1.0)
+        frac = np.divide(batch.nk, n_new, out=np.zeros_like(n_new), where=n_new > TINY)
         delta = batch.means - self.means
-        frac = np.where(n_new > TINY, batch.nk / safe, 0.0)
-        cross = np.where(n_new > TINY, n_old * batch.nk / safe, 0.0)
-        shape = (-1,) + (1,) * (self.scatter.ndim - 1)
-        self.scatter = (
-            decay * self.scatter + batch.scatter + cross.reshape(shape) * kind.outer(delta, delta)
-        )
+        scatter = decay * self.scatter
+        scatter += batch.scatter
+        scatter += kind.outer((n_old * frac)[:, None] * delta, delta)  # N_old·N_new/N·δδᵀ
+        self.scatter = scatter
         self.means = self.means + frac[:, None] * delta
         self.nk = n_new
 
