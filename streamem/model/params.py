@@ -129,13 +129,17 @@ def e_step(
     """
     weighted = estimate_weighted_log_prob(kind, params, X, Y).T
     top = weighted.max(axis=0)
-    top[~np.isfinite(top)] = 0.0
+    lost = ~np.isfinite(top)  # a point no component gives a finite density
+    if lost.any():
+        top[lost] = 0.0
     weighted -= top
     scaled = np.exp(weighted, out=weighted)
-    total = np.ones(len(scaled)) @ scaled
+    total = np.ones(len(scaled)) @ scaled  # ≥ 1 where top was finite: the top term is exp(0)
     # Normalise by the sum itself, not by exp(log p): when log p is huge, their difference
     # loses every digit and the responsibilities would not sum to one.
     scaled /= total
+    if not lost.any():
+        return scaled.T, top + np.log(total)
     with np.errstate(divide="ignore"):
         return scaled.T, top + np.log(total)
 
