@@ -88,3 +88,15 @@ def test_threshold_does_not_move_with_the_outlier_share(separated: Mixture) -> N
     assert abs(thresholds[0] - thresholds[1]) < 0.15
     assert abs(thresholds[0] - model_of(separated, anomaly_rate=5e-3).anomaly_threshold_) < 0.15
     assert flagged[1] > flagged[0] + 0.03, "the outliers must actually be flagged"
+
+
+def test_newton_from_a_nearby_threshold_finds_the_bracketed_root() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        k, d = int(rng.integers(1, 20)), int(rng.integers(1, 40))
+        weights = rng.dirichlet(np.full(k, rng.uniform(0.1, 3.0)))
+        log_det, rate = rng.normal(0.0, 3.0, k), 10 ** rng.uniform(-5, -1)
+        bracketed = anomaly_threshold(weights, log_det, d, rate)
+        for start in (bracketed + rng.normal(0.0, 2.0), bracketed - 50.0, bracketed + 50.0):
+            assert anomaly_threshold(weights, log_det, d, rate, start=start) == pytest.approx(
+                bracketed, abs=2e-6)

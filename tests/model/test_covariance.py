@@ -167,3 +167,22 @@ def test_n_parameters_per_type() -> None:
     assert KINDS["full"].n_parameters(3, 4) == 3 * 10
     assert KINDS["diag"].n_parameters(3, 4) == 12
     assert KINDS["spherical"].n_parameters(3, 4) == 3
+
+
+@pytest.mark.parametrize("kind", ["full", "diag", "spherical"])
+def test_centred_points_are_shared_without_changing_the_e_step(kind: str) -> None:
+    from streamem.model.params import centred, e_step, make_params
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(50.0, 3.0, (40, 3))
+    full = np.stack([np.eye(3) * s for s in (1.0, 2.0)])
+    params = make_params(KINDS[kind], np.array([0.4, 0.6]), rng.normal(50.0, 3.0, (2, 3)),
+                         KINDS[kind].from_full(full))
+    Y = centred(X, params.center)
+    assert Y.shape == X.shape and Y.T.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(Y, X - params.center)
+    resp, log_lik = e_step(KINDS[kind], params, X)
+    shared = e_step(KINDS[kind], params, X, Y)
+    np.testing.assert_array_equal(shared[0], resp)
+    np.testing.assert_array_equal(shared[1], log_lik)
+    np.testing.assert_allclose(resp.sum(axis=1), 1.0, rtol=1e-12)

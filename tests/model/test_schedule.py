@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from streamem.model.covariance import KINDS
-from streamem.model.schedule import batch_weights, floor_for_halflife, step_sizes
+from streamem.model.schedule import batch_schedule, batch_weights, floor_for_halflife, step_sizes
 from streamem.model.statistics import batch_statistics
 
 SCHEDULES = [
@@ -101,3 +101,14 @@ def test_one_batch_blend_equals_single_point_blends(kind: str) -> None:
     np.testing.assert_allclose(batched.nk, one_by_one.nk, rtol=1e-12)
     np.testing.assert_allclose(batched.means, one_by_one.means, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(batched.scatter, one_by_one.scatter, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("start", [0, 500, 10_000, 10_050, 10**6])
+@pytest.mark.parametrize("n", [1, 7, 1000])
+def test_batch_schedule_is_batch_weights_of_the_step_sizes(start: int, n: int) -> None:
+    knobs = dict(learning_decay=1.0, learning_offset=10.0, floor=floor_for_halflife(1000.0))
+    gamma = step_sizes(start, n, **knobs)
+    decay, w = batch_weights(gamma)
+    got_decay, got_w, last = batch_schedule(start, n, **knobs)
+    assert got_decay == decay and last == gamma[-1]
+    np.testing.assert_array_equal(got_w, w)
