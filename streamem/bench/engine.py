@@ -106,7 +106,7 @@ def run(
     sizes: Sequence[tuple[int, int]] = SIZES,
     n_points: int = 100_000,
     batch: int = 1000,
-    repeats: int = 5,
+    repeats: int = 10,
 ) -> list[EngineResult]:
     """Measure every size; the matmul peak is measured once, in the same run."""
     peak = matmul_peak_gflops()

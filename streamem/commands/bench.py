@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     engine.add_argument("--points", type=int, default=100_000, help="points per pass")
-    engine.add_argument("--repeats", type=int, default=5, help="runs per measurement (best kept)")
+    engine.add_argument("--repeats", type=int, default=10, help="runs per measurement (best kept)")
     engine.add_argument("--sizes", default="8x8,16x32",
                         help="comma-separated KxD sizes (default: 8x8,16x32)")
     kafka = sub.add_parser("kafka", help="daemon throughput vs pass-through on the local broker",
