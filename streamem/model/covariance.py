@@ -74,8 +74,8 @@ def _maha_full(Y: np.ndarray, M: np.ndarray, prec_chol: np.ndarray) -> np.ndarra
     """Squared Mahalanobis distances, component-major (K, n), from one wide GEMM.
 
     [[P_1ᵀ … P_Kᵀ]ᵀ | −P_kᵀ m_k] (K·d, d+1) @ [Yᵀ; 1] (d+1, n) gives every P_kᵀ(y − m_k) at
-    once, with the points along the rows so that the squares and their sums per component run
-    over long contiguous memory.
+    once, with the points along the rows so that the sums of squares per component run over
+    long contiguous memory.
     """
     K, d, _ = prec_chol.shape
     n = len(Y)
@@ -85,9 +85,8 @@ def _maha_full(Y: np.ndarray, M: np.ndarray, prec_chol: np.ndarray) -> np.ndarra
     Y1 = np.empty((d + 1, n))
     Y1[:d] = Y.T
     Y1[d] = 1.0
-    Z = wide @ Y1
-    Z *= Z
-    return Z.reshape(K, d, n).sum(axis=1)
+    Z = (wide @ Y1).reshape(K, d, n)
+    return np.einsum("kdn,kdn->kn", Z, Z)
 
 
 def _maha_diag(Y: np.ndarray, M: np.ndarray, prec_chol: np.ndarray) -> np.ndarray:
