@@ -104,7 +104,7 @@ try:  # the ``fast`` extra: orjson parses a small message five times faster
     import orjson
 
     _parse_fast = orjson.loads
-except ImportError:  # pragma: no cover - exercised by the stdlib parametrisation of the tests
+except ImportError:  # pragma: no cover - without the extra (the tests run both parsers)
     _parse_fast = _parse_stdlib
 
 
@@ -194,9 +194,9 @@ def _decode_single_points(values: Sequence[bytes | None], n_features: int,
     """Fill ``out`` for the plainly valid single-point JSON messages; leave the rest None.
 
     Plainly valid: one JSON document (orjson's, or the stdlib scanner's with no surrounding
-    whitespace), no ``true``/``false`` anywhere (numpy
-    would read a boolean as a number), an object with a list ``x`` of ``n_features`` numbers
-    and a valid ``id``/``ts``, or a bare array of numbers.
+    whitespace), no ``true``/``false`` anywhere (numpy would read a boolean as a number), an
+    object with a list ``x`` of ``n_features`` numbers and a valid ``id``/``ts``, or a bare
+    array of numbers.
     """
     rows, ids, times, at = [], [], [], []
     joined = b"\n".join(v for v in values if v)

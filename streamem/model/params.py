@@ -105,19 +105,6 @@ def row_argmax(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a.T).argmax(axis=0)
 
 
-def row_sum(a: np.ndarray) -> np.ndarray:
-    """Sum of each row of a (n, K), as a GEMV."""
-    return a @ np.ones(a.shape[1])
-
-
-def log_sum_exp(a: np.ndarray) -> np.ndarray:
-    """log Σ_k exp(a_nk) per row of a (n, K), stable for rows of −inf or huge values."""
-    top = row_max(a)
-    top = np.where(np.isfinite(top), top, 0.0)
-    with np.errstate(divide="ignore"):
-        return top + np.log(row_sum(np.exp(a - top[:, None])))
-
-
 def e_step(
     kind: CovarianceKind, params: Params, X: np.ndarray, Y: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
