@@ -88,7 +88,7 @@ def _newton(
         inside = x > 0
         if not inside.any():
             return None
-        rate = float(w @ gammaincc(a, np.maximum(x, 0.0)))
+        rate = inlier_flag_rate(t, log_peak, w, n_features)
         xi = x[inside]
         slope = float(w[inside] @ np.exp((a - 1.0) * np.log(xi) - xi - log_gamma_a))
         if not (rate > 0.0 and slope > 0.0):
