@@ -10,7 +10,11 @@ Input formats (``input.format``):
 
 Each message is checked once here; a bad one raises :class:`~streamem.errors.DecodeError` whose
 ``reason`` is one of :data:`REASONS`. The checks cost a few vector operations per message, never a
-Python loop per float.
+Python loop per float. Every bound of :class:`Limits` is checked before the memory it guards is
+claimed: the byte length before parsing, the point and feature counts (a JSON list's length, a
+block header's n and d) before any array is built. In a multi-point message, bad points do not
+condemn the good ones: :class:`Points` holds the good rows, their positions in the message
+(``index``) and the bad ones (``rejected``); only a message without a good point raises.
 
 Output formats (``output.format``), one output message per input message:
 
@@ -42,11 +46,12 @@ Output formats (``output.format``), one output message per input message:
   The id column is present when every id of the input message is an integer in [0, 2**64)
   (always for ``block`` input); otherwise (string ids, missing ids) it is left out and a point
   is identified by (partition, offset, index). Without an index column, index is the row
-  number. Only the copies on ``kafka.anomaly_topic`` (anomalous rows only) carry one.
+  number. The copies on ``kafka.anomaly_topic`` (anomalous rows only) carry one, and so do
+  the answers of a message some of whose points were refused (see :class:`Points`).
   Log-likelihoods are float32: seven significant digits, more than the JSON's six decimals
-  for |log p| < 10, and half the bytes of float64; non-finite values stay IEEE (-inf, NaN)
-  where JSON writes null. The input topic is not repeated: it is the daemon's
-  ``kafka.input_topic``.
+  for |log p| < 10, and half the bytes of float64. In both formats they are clamped to
+  +-:data:`LOG_LIKELIHOOD_LIMIT` (1e30): an impossibly unlikely point reads -1e30, never -inf.
+  The input topic is not repeated: it is the daemon's ``kafka.input_topic``.
 
 >>> p = decode(b'{"id": "a", "x": [1, 2.5], "ts": 1700000000000}', "json", 2)
 >>> p.X, p.ids, p.multi
@@ -75,7 +80,16 @@ Headers = list[tuple[str, bytes]]
 
 FORMATS = ("json", "f32", "f64", "block")
 OUTPUT_FORMATS = ("json", "block")
-REASONS = ("bad_json", "bad_schema", "empty", "wrong_dimension", "non_finite", "bad_binary")
+REASONS = ("bad_json", "bad_schema", "empty", "wrong_dimension", "non_finite", "bad_binary",
+           "too_large", "too_many_points", "too_many_features", "out_of_range")
+#: Dead-letter reasons the runtime adds: the model refused the points (after its rollback), or
+#: decoding or encoding the message failed unexpectedly (a bug, logged with its traceback).
+RUNTIME_REASONS = ("model_rejected", "internal_error")
+#: Event times (epoch ms) outside [0, TS_MAX_MS) are refused (year 5138; keeps latencies finite).
+TS_MAX_MS = 1e14
+#: Log-likelihoods are written clamped to [-LOG_LIKELIHOOD_LIMIT, LOG_LIKELIHOOD_LIMIT] (float32
+#: holds it), so an impossibly unlikely point gets a finite, very negative number, never -inf.
+LOG_LIKELIHOOD_LIMIT = 1e30
 BLOCK_MAGIC = b"SEM1"
 _BLOCK_HEADER = struct.Struct("<4sc3sII")  # magic, dtype code, reserved, n, d
 _BLOCK_DTYPES: dict[bytes, np.dtype[Any]] = {b"f": np.dtype("<f4"), b"d": np.dtype("<f8")}
@@ -108,6 +122,25 @@ except ImportError:  # pragma: no cover - without the extra (the tests run both 
     _parse_fast = _parse_stdlib
 
 
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one message may claim (``input.max_*``); see the README.
+
+    max_bytes : the value's length. max_points : points per message. max_features : features
+    per point, also when ``n_features`` is not fixed yet. max_abs_value : largest magnitude of a
+    coordinate (``out_of_range`` above), so that sums of squares over d features and K
+    components stay far from float64's overflow.
+    """
+
+    max_bytes: int = 4 << 20
+    max_points: int = 10_000
+    max_features: int = 1024
+    max_abs_value: float = 1e15
+
+
+DEFAULT_LIMITS = Limits()
+
+
 @dataclass(frozen=True, init=False)
 class Points:
     """The points of one message.
@@ -117,54 +150,84 @@ class Points:
     ts_ms : (n,) float64 event times in epoch ms (NaN where a point of a batch had none), or
         None when the message carried no times.
     multi : the message was a batch, so it is answered with ONE output message (a JSON array).
+    index : (n,) each row's position in the message, or None when the rows are all its points,
+        in order (positions 0..n-1).
+    rejected : the message's bad points, ``(position, reason, detail)`` in position order
+        (only a multi-point message has some: a single bad point makes its message fail).
     """
 
     X: FloatArray
     ids: list[Any]
     ts_ms: FloatArray | None
     multi: bool
+    index: npt.NDArray[np.intp] | None
+    rejected: list[tuple[int, str, str]]
 
     def __init__(self, X: FloatArray, ids: list[Any], ts_ms: FloatArray | None,
-                 multi: bool) -> None:
-        # One per message: fill the fields at once, not by the frozen dataclass's four
+                 multi: bool, index: npt.NDArray[np.intp] | None = None,
+                 rejected: list[tuple[int, str, str]] | None = None) -> None:
+        # One per message: fill the fields at once, not by the frozen dataclass's
         # object.__setattr__ calls (a third of a single-point message's decoding).
-        self.__dict__.update(X=X, ids=ids, ts_ms=ts_ms, multi=multi)
+        self.__dict__.update(X=X, ids=ids, ts_ms=ts_ms, multi=multi, index=index,
+                             rejected=rejected or [])
+
+    def keep(self, good: npt.NDArray[np.bool_], reasons: Sequence[tuple[str, str]]) -> Points:
+        """These points with only the ``good`` rows (n,) kept; the others join ``rejected``.
+
+        ``reasons`` holds a ``(reason, detail)`` per dropped row, in row order.
+        """
+        position = self.positions()
+        rows = np.flatnonzero(good)
+        dropped = position[~good].tolist()
+        rejected = sorted(self.rejected + [(p, r, d) for p, (r, d) in
+                                           zip(dropped, reasons, strict=True)])
+        ts = None if self.ts_ms is None else self.ts_ms[rows]
+        return Points(self.X[rows], [self.ids[r] for r in rows.tolist()], ts, self.multi,
+                      position[rows], rejected)
+
+    def positions(self) -> npt.NDArray[np.intp]:
+        """(n,) each row's position in the message."""
+        return np.arange(len(self)) if self.index is None else self.index
 
     def __len__(self) -> int:
         return int(self.X.shape[0])
 
 
-def decode(value: bytes | None, fmt: str, n_features: int | None) -> Points:
+def decode(value: bytes | None, fmt: str, n_features: int | None,
+           limits: Limits = DEFAULT_LIMITS) -> Points:
     """Turn one message value into checked points.
 
     Parameters
     ----------
     value : the Kafka record value (None for a tombstone, which is ``empty``).
     fmt : one of :data:`FORMATS`.
-    n_features : required number of features, or None to accept any.
+    n_features : required number of features, or None to accept any (up to the limit).
+    limits : the bounds a message must respect.
 
     Raises
     ------
-    DecodeError : reason ``bad_json``, ``bad_schema``, ``empty``, ``wrong_dimension``,
-        ``non_finite`` or ``bad_binary``.
+    DecodeError : with a reason of :data:`REASONS`, when the message holds no good point.
     ValueError : ``fmt`` is not a known format (a programming error, not a bad message).
     """
     if not value:
         raise DecodeError("empty", "the message has no value")
+    if len(value) > limits.max_bytes:
+        raise DecodeError("too_large", f"{len(value)} bytes is more than input.max_bytes "
+                                       f"({limits.max_bytes})")
     if fmt == "json":
-        points = _decode_json(value)
+        points = _decode_json(value, n_features, limits)
     elif fmt in _DTYPE_CODES:
-        points = _decode_vector(value, np.dtype("<f4") if fmt == "f32" else np.dtype("<f8"))
+        points = _decode_vector(value, np.dtype("<f4") if fmt == "f32" else np.dtype("<f8"),
+                                limits)
     elif fmt == "block":
-        points = _decode_block(value)
+        points = _decode_block(value, limits)
     else:
         raise ValueError(f"unknown input format {fmt!r}; expected one of {FORMATS}")
-    _check_points(points.X, n_features)
-    return points
+    return _check_points(points, n_features, limits)
 
 
-def decode_all(values: Sequence[bytes | None], fmt: str,
-               n_features: int | None) -> list[Points | DecodeError]:
+def decode_all(values: Sequence[bytes | None], fmt: str, n_features: int | None,
+               limits: Limits = DEFAULT_LIMITS) -> list[Points | DecodeError]:
     """:func:`decode` every value of a poll batch: its Points, or the DecodeError it raised.
 
     With ``n_features`` None, the first value that decodes fixes it for the rest. Single-point
@@ -175,12 +238,12 @@ def decode_all(values: Sequence[bytes | None], fmt: str,
     """
     out: list[Points | DecodeError | None] = [None] * len(values)
     if fmt == "json" and n_features is not None:
-        _decode_single_points(values, n_features, out)
+        _decode_single_points(values, n_features, limits, out)
     for i, value in enumerate(values):
         if out[i] is not None:
             continue
         try:
-            points = decode(value, fmt, n_features)
+            points = decode(value, fmt, n_features, limits)
         except DecodeError as exc:
             out[i] = exc
             continue
@@ -189,21 +252,24 @@ def decode_all(values: Sequence[bytes | None], fmt: str,
     return out  # type: ignore[return-value]
 
 
-def _decode_single_points(values: Sequence[bytes | None], n_features: int,
+def _decode_single_points(values: Sequence[bytes | None], n_features: int, limits: Limits,
                           out: list[Points | DecodeError | None]) -> None:
     """Fill ``out`` for the plainly valid single-point JSON messages; leave the rest None.
 
-    Plainly valid: one JSON document (orjson's, or the stdlib scanner's with no surrounding
-    whitespace), no ``true``/``false`` anywhere (numpy would read a boolean as a number), an
-    object with a list ``x`` of ``n_features`` numbers and a valid ``id``/``ts``, or a bare
-    array of numbers.
+    Plainly valid: within ``max_bytes``, one JSON document (orjson's, or the stdlib scanner's
+    with no surrounding whitespace), no ``true``/``false`` anywhere (numpy would read a boolean
+    as a number), an object with a list ``x`` of ``n_features`` numbers within ``max_abs_value``
+    and a valid ``id``/``ts``, or a bare array of numbers.
     """
+    if n_features > limits.max_features:
+        return
     rows, ids, times, at = [], [], [], []
     joined = b"\n".join(v for v in values if v)
     maybe_bool = b"true" in joined or b"false" in joined
-    parse = _parse_fast
+    parse, max_bytes = _parse_fast, limits.max_bytes
     for i, value in enumerate(values):
-        if not value or maybe_bool and (b"true" in value or b"false" in value):
+        if not value or len(value) > max_bytes \
+                or maybe_bool and (b"true" in value or b"false" in value):
             continue
         try:
             doc = parse(value)
@@ -212,7 +278,7 @@ def _decode_single_points(values: Sequence[bytes | None], n_features: int,
         if type(doc) is dict:
             x, ident, ts = doc.get("x"), doc.get("id"), doc.get("ts")
             if type(x) is not list or not (ident is None or type(ident) in (str, int)) \
-                    or not (ts is None or _finite_number(ts)):
+                    or not (ts is None or _valid_ts(ts)):
                 continue
         elif type(doc) is list and doc and type(doc[0]) not in (list, dict):
             x, ident, ts = doc, None, None
@@ -232,50 +298,79 @@ def _decode_single_points(values: Sequence[bytes | None], n_features: int,
     if X.ndim != 2 or X.dtype.kind not in "iuf":
         return
     X = X.astype(np.float64, copy=False)
-    finite = np.isfinite(X).all(axis=1).tolist()
+    good = (np.abs(X) <= limits.max_abs_value).all(axis=1).tolist()  # False for NaN too
     stamps = np.array([np.nan if ts is None else ts for ts in times], dtype=np.float64)
     for r, (i, ident, ts) in enumerate(zip(at, ids, times, strict=True)):
-        if finite[r]:
+        if good[r]:
             out[i] = Points(X[r:r + 1], [ident], None if ts is None else stamps[r:r + 1],
                             multi=False)
 
 
-def _finite_number(v: Any) -> bool:
-    """A JSON number that float64 holds finitely (booleans are not numbers here)."""
-    return type(v) in (int, float) and -1e308 < v < 1e308
+def _valid_ts(v: Any) -> bool:
+    """An event time in epoch ms within [0, TS_MAX_MS) (booleans are not numbers here)."""
+    return type(v) in (int, float) and 0 <= v < TS_MAX_MS
 
 
 # --- checks shared by every format ------------------------------------------------------------
 
 
-def _check_points(X: FloatArray, n_features: int | None) -> None:
-    """Raise ``empty``, ``wrong_dimension`` or ``non_finite`` for a (n, d) array."""
+def _check_points(points: Points, n_features: int | None, limits: Limits) -> Points:
+    """The points whose values are finite and within ``max_abs_value``.
+
+    Raises ``empty``, ``too_many_points``, ``too_many_features`` or ``wrong_dimension`` for the
+    whole message, and ``non_finite`` / ``out_of_range`` when no good point is left (always for
+    a single-point message); a multi-point message keeps its good points.
+    """
+    X = points.X
     n, d = X.shape
     if n == 0:
         raise DecodeError("empty", "the message holds no points")
     if d == 0:
         raise DecodeError("empty", "the points have no features")
+    if n > limits.max_points:
+        raise DecodeError("too_many_points", f"{n} points is more than input.max_points "
+                                             f"({limits.max_points})")
+    if d > limits.max_features:
+        raise DecodeError("too_many_features", f"{d} features is more than "
+                                               f"input.max_features ({limits.max_features})")
     if n_features is not None and d != n_features:
         raise DecodeError("wrong_dimension", f"expected {n_features} features, got {d}")
-    if not np.isfinite(X).all():
-        bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
-        named = ", ".join(str(i) for i in bad[:_MAX_ROWS_NAMED])
-        more = f" and {bad.size - _MAX_ROWS_NAMED} more" if bad.size > _MAX_ROWS_NAMED else ""
-        raise DecodeError("non_finite", f"NaN or infinite values in rows {named}{more}")
+    lim = limits.max_abs_value
+    if X.max() <= lim and X.min() >= -lim:  # False when a NaN is present
+        return points
+    finite = np.isfinite(X).all(axis=1)
+    good = (np.abs(X) <= lim).all(axis=1)
+    bad = np.flatnonzero(~good)
+    reasons = [("non_finite", "a NaN or infinite value") if not finite[r] else
+               ("out_of_range", f"a value beyond +-{lim:g} (input.max_abs_value)")
+               for r in bad.tolist()]
+    if points.multi and good.any():
+        return points.keep(good, reasons)
+    position = points.positions()
+    first = reasons[0][0]
+    rows = position[bad[[r == first for r, _ in reasons]]]
+    named = ", ".join(str(i) for i in rows[:_MAX_ROWS_NAMED])
+    more = f" and {rows.size - _MAX_ROWS_NAMED} more" if rows.size > _MAX_ROWS_NAMED else ""
+    what = ("NaN or infinite values" if first == "non_finite" else
+            f"values beyond +-{lim:g} (input.max_abs_value)")
+    raise DecodeError(first, f"{what} in rows {named}{more}")
 
 
 # --- binary formats -------------------------------------------------------------------------
 
 
-def _decode_vector(value: bytes, dtype: np.dtype) -> Points:
+def _decode_vector(value: bytes, dtype: np.dtype, limits: Limits) -> Points:
     if len(value) % dtype.itemsize:
         raise DecodeError("bad_binary", f"{len(value)} bytes is not a whole number of "
                                         f"{dtype.itemsize}-byte floats")
+    if len(value) // dtype.itemsize > limits.max_features:
+        raise DecodeError("too_many_features", f"{len(value) // dtype.itemsize} features is more "
+                                               f"than input.max_features ({limits.max_features})")
     X = np.frombuffer(value, dtype=dtype).astype(np.float64).reshape(1, -1)
     return Points(X, [None], None, multi=False)
 
 
-def _decode_block(value: bytes) -> Points:
+def _decode_block(value: bytes, limits: Limits) -> Points:
     if len(value) < _BLOCK_HEADER.size:
         raise DecodeError("bad_binary", f"{len(value)} bytes is shorter than the "
                                         f"{_BLOCK_HEADER.size}-byte block header")
@@ -286,6 +381,12 @@ def _decode_block(value: bytes) -> Points:
         raise DecodeError("bad_binary", f"dtype code {code!r} is not b'f' or b'd'")
     if reserved != b"\0\0\0":
         raise DecodeError("bad_binary", f"reserved bytes {reserved!r} are not zero")
+    if n > limits.max_points:
+        raise DecodeError("too_many_points", f"n={n} points is more than input.max_points "
+                                             f"({limits.max_points})")
+    if d > limits.max_features:
+        raise DecodeError("too_many_features", f"d={d} features is more than "
+                                               f"input.max_features ({limits.max_features})")
     dtype = _BLOCK_DTYPES[code]
     expected = _BLOCK_HEADER.size + 8 * n + dtype.itemsize * n * d
     if len(value) != expected:
@@ -316,56 +417,87 @@ def encode_block(X: npt.ArrayLike, ids: Sequence[int] | None = None, dtype: str 
 # --- JSON -----------------------------------------------------------------------------------
 
 
-def _decode_json(value: bytes) -> Points:
+def _decode_json(value: bytes, n_features: int | None, limits: Limits) -> Points:
     try:
         doc = json.loads(value)
     except (ValueError, RecursionError) as exc:
         raise DecodeError("bad_json", str(exc)[:200]) from None
     if isinstance(doc, dict):
         if "x" in doc:
-            return _from_objects([doc], value, multi=False)
+            return _from_objects([doc], value, n_features, limits, multi=False)
         if "points" in doc:
-            return _from_batch(doc["points"], value)
+            return _from_batch(doc["points"], value, n_features, limits)
         raise DecodeError("bad_schema", 'expected an object with "x" or "points"')
     if isinstance(doc, list):
         if doc and isinstance(doc[0], (list, dict)):
-            return _from_batch(doc, value)
-        X = _to_array([doc], value, what="the array")
-        return Points(X, [None], None, multi=False)
+            return _from_batch(doc, value, n_features, limits)
+        return _from_rows([doc], [None], [None], None, [], value, n_features, limits,
+                          multi=False, what="the array")
     raise DecodeError("bad_schema", f"expected an object or an array, got {_kind(doc)}")
 
 
-def _from_batch(points: Any, value: bytes) -> Points:
+def _from_batch(points: Any, value: bytes, n_features: int | None, limits: Limits) -> Points:
     """A batch: a list of objects or a list of arrays."""
     if not isinstance(points, list):
         raise DecodeError("bad_schema", f'"points" must be an array, got {_kind(points)}')
     if not points:
         raise DecodeError("empty", "the batch holds no points")
+    if len(points) > limits.max_points:
+        raise DecodeError("too_many_points", f"{len(points)} points is more than "
+                                             f"input.max_points ({limits.max_points})")
     if isinstance(points[0], dict):
-        return _from_objects(points, value, multi=True)
-    X = _to_array(points, value, what="point")
-    return Points(X, [None] * len(points), None, multi=True)
+        return _from_objects(points, value, n_features, limits, multi=True)
+    return _from_rows(points, [None] * len(points), [None] * len(points), None, [], value,
+                      n_features, limits, multi=True, what="point")
 
 
-def _from_objects(objects: list[Any], value: bytes, *, multi: bool) -> Points:
-    rows, ids, times = [], [], []
+def _from_objects(objects: list[Any], value: bytes, n_features: int | None, limits: Limits, *,
+                  multi: bool) -> Points:
+    rows, ids, times, at, rejected = [], [], [], [], []
     for i, obj in enumerate(objects):
         if type(obj) is not dict:
-            raise DecodeError("bad_schema", f"point {i}: expected an object, got {_kind(obj)}")
+            rejected.append((i, "bad_schema", f"point {i}: expected an object, got {_kind(obj)}"))
+            continue
         if "x" not in obj:
-            raise DecodeError("bad_schema", f'point {i}: no "x"')
-        rows.append(obj["x"])
+            rejected.append((i, "bad_schema", f'point {i}: no "x"'))
+            continue
         ident, ts = obj.get("id"), obj.get("ts")
         if ident is not None and type(ident) not in (str, int):
-            raise DecodeError("bad_schema", f'point {i}: "id" must be a string or an integer, '
-                                            f"got {_kind(ident)}")
-        if ts is not None and not _finite_number(ts):
-            raise DecodeError("bad_schema", f'point {i}: "ts" must be a finite number (epoch ms), '
-                                            f"got {ts!r}")
+            rejected.append((i, "bad_schema", f'point {i}: "id" must be a string or an '
+                                              f"integer, got {_kind(ident)}"))
+            continue
+        if ts is not None and not _valid_ts(ts):
+            rejected.append((i, "bad_schema", f'point {i}: "ts" must be epoch ms in '
+                                              f"[0, {TS_MAX_MS:g}), got {_short(ts)}"))
+            continue
+        rows.append(obj["x"])
         ids.append(ident)
         times.append(ts)
-    X = _to_array(rows, value, what="point" if multi else '"x"')
-    return Points(X, ids, _times(times), multi=multi)
+        at.append(i)
+    return _from_rows(rows, ids, times, at if rejected else None, rejected, value, n_features,
+                      limits, multi=multi, what="point" if multi else '"x"')
+
+
+def _from_rows(rows: list[Any], ids: list[Any], times: list[Any], at: list[int] | None,
+               rejected: list[tuple[int, str, str]], value: bytes, n_features: int | None,
+               limits: Limits, *, multi: bool, what: str) -> Points:
+    """Points from the rows of a message's well-formed points.
+
+    ``at`` holds each row's position in the message (None: 0..n-1); ``rejected`` the points
+    already refused. A single-point message raises its point's error.
+    """
+    X, kept, bad = _to_array(rows, value, what, n_features, limits)
+    position = list(range(len(rows))) if at is None else at
+    rejected = rejected + [(position[r], reason, detail) for r, reason, detail in bad]
+    if rejected and (not multi or not kept):
+        rejected.sort()
+        more = f" ({len(rejected)} bad points, none good)" if multi else ""
+        raise DecodeError(rejected[0][1], rejected[0][2] + more)
+    if not rejected:
+        return Points(X, ids, _times(times), multi=multi)
+    index = np.asarray([position[r] for r in kept], dtype=np.intp)
+    return Points(X, [ids[r] for r in kept], _times([times[r] for r in kept]), multi,
+                  index, sorted(rejected))
 
 
 def _times(times: list[Any]) -> FloatArray | None:
@@ -374,42 +506,66 @@ def _times(times: list[Any]) -> FloatArray | None:
     return np.array([np.nan if t is None else t for t in times], dtype=np.float64)
 
 
-def _to_array(rows: list[Any], value: bytes, *, what: str) -> FloatArray:
-    """(n, d) float64 from n lists of numbers.
+def _to_array(rows: list[Any], value: bytes, what: str, n_features: int | None,
+              limits: Limits) -> tuple[FloatArray, list[int], list[tuple[int, str, str]]]:
+    """(m, d) float64 from the rows that are lists of numbers; the kept rows; the bad ones.
 
-    The fast path lets numpy infer the dtype: anything but a clean (n, d) int/float array, or a
-    message that may hide booleans (numpy would read ``true`` as 1), goes to :func:`_diagnose`.
+    The fast path lets numpy infer the dtype: anything but a clean (n, d) int/float array of
+    at most ``max_features`` columns, or a message that may hide booleans (numpy would read
+    ``true`` as 1), goes to :func:`_diagnose`. Row lengths are checked before any array is made.
     """
-    try:
-        arr = np.array(rows)
-    except (ValueError, TypeError, OverflowError):
-        arr = None
-    maybe_bool = b"true" in value or b"false" in value
-    if arr is None or arr.ndim != 2 or arr.dtype.kind not in "iuf" or maybe_bool:
-        return _diagnose(rows, what)
-    return arr.astype(np.float64, copy=False)
+    max_features = limits.max_features
+    arr = None
+    if not (b"true" in value or b"false" in value) \
+            and all([type(r) is list and len(r) <= max_features for r in rows]):
+        try:
+            arr = np.array(rows)
+        except (ValueError, TypeError, OverflowError):
+            arr = None
+    if arr is None or arr.ndim != 2 or arr.dtype.kind not in "iuf":
+        return _diagnose(rows, what, n_features, limits)
+    return arr.astype(np.float64, copy=False), list(range(len(rows))), []
 
 
-def _diagnose(rows: list[Any], what: str) -> FloatArray:
-    """The slow path: name the first bad row, or build the array if all are numbers after all."""
-    width = None
+def _diagnose(rows: list[Any], what: str, n_features: int | None,
+              limits: Limits) -> tuple[FloatArray, list[int], list[tuple[int, str, str]]]:
+    """The slow path: each row checked alone; the good rows as an array, the bad ones named."""
+    width, good, kept, bad = n_features, [], [], []
     for i, row in enumerate(rows):
         where = f"{what} {i}" if what == "point" else what
-        if not isinstance(row, list):
-            raise DecodeError("bad_schema", f"{where}: expected an array of numbers, "
-                                            f"got {_kind(row)}")
-        for j, v in enumerate(row):
-            if type(v) not in (int, float):
-                raise DecodeError("bad_schema", f"{where}, feature {j}: expected a number, "
-                                                f"got {_kind(v)}")
-        if width is not None and len(row) != width:
-            raise DecodeError("wrong_dimension", f"{where} has {len(row)} features, "
-                                                 f"point 0 has {width}")
+        wrong = _row_error(row, where, width, limits)
+        if wrong is None:
+            try:
+                good.append(np.array(row, dtype=np.float64))
+            except OverflowError:
+                wrong = ("out_of_range", f"{where}: a value is too large for float64")
+        if wrong is not None:
+            bad.append((i, *wrong))
+            continue
         width = len(row)
-    try:
-        return np.array(rows, dtype=np.float64).reshape(len(rows), width or 0)
-    except OverflowError:
-        raise DecodeError("non_finite", "a value is too large for float64") from None
+        kept.append(i)
+    X = np.array(good) if good else np.empty((0, width or 0))
+    return X, kept, bad
+
+
+def _row_error(row: Any, where: str, width: int | None, limits: Limits) -> tuple[str, str] | None:
+    if not isinstance(row, list):
+        return "bad_schema", f"{where}: expected an array of numbers, got {_kind(row)}"
+    if len(row) > limits.max_features:
+        return "too_many_features", (f"{where} has {len(row)} features, more than "
+                                     f"input.max_features ({limits.max_features})")
+    if not row:
+        return "empty", f"{where} has no features"
+    for j, v in enumerate(row):
+        if type(v) not in (int, float):
+            return "bad_schema", f"{where}, feature {j}: expected a number, got {_kind(v)}"
+    if width is not None and len(row) != width:
+        return "wrong_dimension", f"{where} has {len(row)} features, expected {width}"
+    return None
+
+
+def _short(v: Any) -> str:
+    return repr(v)[:40]
 
 
 def _kind(v: Any) -> str:
@@ -496,7 +652,7 @@ class _JsonColumns:
             pairs = [json.dumps(p, separators=(",", ":"))
                      for p in _top_k(result.responsibilities[rows], top_k)]
         return cls(result.labels[rows].tolist(), _json_numbers(result.probabilities[rows]),
-                   _json_numbers(result.log_likelihood[rows]),
+                   _json_numbers(finite_log_likelihood(result.log_likelihood[rows])),
                    [_BOOL[a] for a in result.anomaly[rows].tolist()],
                    [_BOOL[w] for w in result.warmup[rows].tolist()], pairs)
 
@@ -506,8 +662,10 @@ class _JsonColumns:
         if not points.multi:  # one point: no list to build and join
             return self.record(start, points.ids[0], 0, version, topic_json, partition,
                                offset).encode()
-        return ("[" + ",".join([self.record(start + i, ident, i, version, topic_json, partition,
-                                            offset) for i, ident in enumerate(points.ids)])
+        index = range(len(points.ids)) if points.index is None else points.index.tolist()
+        return ("[" + ",".join([self.record(start + i, ident, at, version, topic_json,
+                                            partition, offset)
+                                for i, (ident, at) in enumerate(zip(points.ids, index, strict=True))])
                 + "]").encode()
 
     def record(self, r: int, ident: Any, index: int, version: int, topic_json: str,
@@ -517,6 +675,16 @@ class _JsonColumns:
                           self.anomaly[r], self.warmup[r], version, topic_json, partition,
                           offset, index)
         return text + "}" if self.top_k is None else text + ',"top_k":' + self.top_k[r] + "}"
+
+
+def finite_log_likelihood(values: npt.NDArray[Any]) -> FloatArray:
+    """Log-likelihoods (m,) clamped to +-:data:`LOG_LIKELIHOOD_LIMIT`, NaN as the lower end."""
+    out = np.asarray(values, dtype=np.float64)
+    lo, hi = out.min(initial=0.0), out.max(initial=0.0)
+    if -LOG_LIKELIHOOD_LIMIT <= lo and hi <= LOG_LIKELIHOOD_LIMIT:  # False with a NaN
+        return out
+    out = np.nan_to_num(out, nan=-LOG_LIKELIHOOD_LIMIT)
+    return np.clip(out, -LOG_LIKELIHOOD_LIMIT, LOG_LIKELIHOOD_LIMIT)
 
 
 def _json_id(ident: Any) -> str:
@@ -591,7 +759,7 @@ def encode_result_block(points: Points, result: Any, rows: slice, *, top_k: int,
     if cols.n != len(points):
         raise ValueError(f"rows select {cols.n} results for {len(points)} points")
     return cols.message(0, cols.n, _id_column(points.ids), int(model_version), int(partition),
-                        int(offset))
+                        int(offset), points.index)
 
 
 def decode_result_block(value: bytes) -> dict[str, Any]:
@@ -683,20 +851,24 @@ class _BlockColumns:
         if k:
             comps, vals = _top_k_arrays(result.responsibilities[rows], k)
         arrays = [(labels, _I4), (result.probabilities[rows], _F4),
-                  (result.log_likelihood[rows], _F4), (comps, _I4), (vals, _F4),
+                  (finite_log_likelihood(result.log_likelihood[rows]), _F4),
+                  (comps, _I4), (vals, _F4),
                   (result.anomaly[rows], _U1), (result.warmup[rows], _U1)]
         columns = [(dtype.itemsize * (k if np.ndim(a) == 2 else 1),
                     np.ascontiguousarray(a, dtype=dtype).tobytes()) for a, dtype in arrays]
         return cls(len(labels), k, columns)
 
     def message(self, lo: int, hi: int, ids: npt.NDArray[np.uint64] | None, version: int,
-                partition: int, offset: int) -> bytes:
-        """Rows ``lo:hi`` as one message; ``ids`` (hi - lo,) uint64 or None."""
-        flags = _HAS_IDS if ids is not None else 0
+                partition: int, offset: int, index: npt.NDArray[Any] | None = None) -> bytes:
+        """Rows ``lo:hi`` as one message; ``ids`` (hi - lo,) uint64 or None; ``index``
+        (hi - lo,) the rows' positions in their input message, or None for 0..n-1."""
+        flags = (_HAS_IDS if ids is not None else 0) | (_HAS_INDEX if index is not None else 0)
         parts = [_RESULT_HEADER.pack(RESULT_MAGIC, RESULT_VERSION, flags, self.k, 0, hi - lo,
                                      partition, version, offset)]
         if ids is not None:
             parts.append(ids.tobytes())
+        if index is not None:
+            parts.append(np.ascontiguousarray(index, dtype=_U4).tobytes())
         parts.extend(column[lo * width:hi * width] for width, column in self.columns)
         return b"".join(parts)
 
@@ -709,7 +881,8 @@ def _encode_blocks(messages: Sequence[Points], result: Any, top_k: int, version:
     for points, (_, partition, offset) in zip(messages, sources, strict=True):
         stop = start + len(points)
         ids = all_ids[start:stop] if all_ids is not None else _id_column(points.ids)
-        out.append(cols.message(start, stop, ids, version, int(partition), int(offset)))
+        out.append(cols.message(start, stop, ids, version, int(partition), int(offset),
+                                points.index))
         start = stop
     return out
 

@@ -16,6 +16,7 @@ from hypothesis.extra import numpy as hnp
 from streamem import codec
 from streamem.codec import (
     REASONS,
+    Limits,
     Points,
     anomalous_rows_block,
     dead_letter_headers,
@@ -100,8 +101,12 @@ def test_extra_keys_are_ignored():
 
 
 def test_big_integers_become_floats():
-    p = decode(b'{"x": [1, 100000000000000000000000000000]}', "json", 2)
+    value = b'{"x": [1, 100000000000000000000000000000]}'
+    p = decode(value, "json", 2, Limits(max_abs_value=1e30))
     np.testing.assert_array_equal(p.X, [[1.0, 1e29]])
+    with pytest.raises(DecodeError) as err:
+        decode(value, "json", 2)
+    assert err.value.reason == "out_of_range"
 
 
 def test_strings_that_say_true_outside_x_do_not_break_decoding():
@@ -175,12 +180,47 @@ def test_bad_json(value):
     b'{"x": [1, 2], "id": 1.5}', b'{"x": [1, 2], "id": true}', b'{"x": [1, 2], "id": [1]}',
     b'{"x": [1, 2], "ts": "now"}', b'{"x": [1, 2], "ts": true}', b'{"x": [1, 2], "ts": NaN}',
     b'{"x": [1, 2], "ts": Infinity}',
-    b'{"points": 3}', b'{"points": {"x": [1, 2]}}', b'[{"x": [1, 2]}, [3, 4]]',
-    b'[[1, 2], {"x": [3, 4]}]', b'[{"x": [1, 2]}, {"id": 1}]', b'[[1, 2], [3, "4"]]',
-    b'[[1, 2], [3, true]]', b'[{"x": [1, 2]}, 5]',
+    b'{"x": [1, 2], "ts": -1}', b'{"x": [1, 2], "ts": -1e307}', b'{"x": [1, 2], "ts": 1e300}',
+    b'{"points": 3}', b'{"points": {"x": [1, 2]}}', b'[{"x": [1, "2"]}, [3, 4]]',
+    b'[{"id": 1}, {"x": [1, 2], "ts": -5}]', b'[[1, "a"], {"x": [3, 4]}]',
 ])
 def test_bad_schema(value):
     assert reason_of(value) == "bad_schema"
+
+
+@pytest.mark.parametrize(("value", "bad"), [
+    (b'[{"x": [1, 2]}, [3, 4]]', {1: "bad_schema"}),
+    (b'[[1, 2], {"x": [3, 4]}]', {1: "bad_schema"}),
+    (b'[{"x": [1, 2]}, {"id": 1}]', {1: "bad_schema"}),
+    (b'[[1, 2], [3, "4"]]', {1: "bad_schema"}),
+    (b'[[1, 2], [3, true]]', {1: "bad_schema"}),
+    (b'[{"x": [1, 2]}, 5]', {1: "bad_schema"}),
+    (b'[{"x": [1, 2], "ts": -1e307}, {"x": [3, 4], "ts": 5}]', {0: "bad_schema"}),
+    (b'[[1, 2], [3]]', {1: "wrong_dimension"}),
+    (b'{"points": [[1], [2, 3], [4, 5]]}', {0: "wrong_dimension"}),
+    (b'[[1, 2], [NaN, 1], [3, 4], [1e999, 0], [-Infinity, 5], [1e200, 0], [0, -2e15]]',
+     {1: "non_finite", 3: "non_finite", 4: "non_finite", 5: "out_of_range", 6: "out_of_range"}),
+    (b'[[1, 2], [' + b"0, " * 2000 + b"0]]", {1: "too_many_features"}),
+    (b'[[1, 2], [3, 1' + b"0" * 400 + b"]]", {1: "out_of_range"}),
+    (b'[[1, 2], []]', {1: "empty"}),
+])
+def test_a_multi_point_message_keeps_its_good_points(value, bad):
+    p = decode(value, "json", 2)
+    n = len(p) + len(bad)
+    assert [pos for pos, _, _ in p.rejected] == sorted(bad)
+    assert {pos: reason for pos, reason, _ in p.rejected} == bad
+    assert p.positions().tolist() == [i for i in range(n) if i not in bad]
+    assert p.X.shape == (len(p), 2) and len(p.ids) == len(p)
+    assert np.isfinite(p.X).all()
+
+
+def test_good_points_of_a_block_are_kept_with_their_positions():
+    X = np.arange(12, dtype=float).reshape(6, 2)
+    X[1, 0], X[4, 1] = np.nan, 1e16
+    p = decode(encode_block(X, ids=[10, 11, 12, 13, 14, 15], dtype="f64"), "block", 2)
+    assert p.ids == [10, 12, 13, 15] and p.positions().tolist() == [0, 2, 3, 5]
+    assert [(pos, reason) for pos, reason, _ in p.rejected] == [(1, "non_finite"),
+                                                                 (4, "out_of_range")]
 
 
 @pytest.mark.parametrize(("value", "fmt"), [
@@ -209,14 +249,19 @@ def test_wrong_dimension(value, fmt):
 @pytest.mark.parametrize("value", [b"[[1, 2], [3]]", b'[{"x": [1, 2]}, {"x": [3, 4, 5]}]',
                                    b'{"points": [[1], [2, 3]]}'])
 def test_ragged_rows_are_wrong_dimension_even_without_n_features(value):
-    assert reason_of(value, n_features=None) == "wrong_dimension"
+    p = decode(value, "json", None)
+    assert [reason for _, reason, _ in p.rejected] == ["wrong_dimension"]
 
 
 def test_non_finite_names_the_rows():
     with pytest.raises(DecodeError) as err:
-        decode(b"[[1, 2], [NaN, 1], [3, 4], [1e999, 0], [-Infinity, 5]]", "json", 2)
+        decode(b"[[1e300, 2], [NaN, 1], [3e15, 4], [1e999, 0], [-Infinity, 5]]", "json", 2)
+    assert err.value.reason == "out_of_range"
+    assert "rows 0, 2" in err.value.detail
+    with pytest.raises(DecodeError) as err:
+        decode(b"[[NaN, 1], [3e15, 4], [1e999, 0], [-Infinity, 5]]", "json", 2)
     assert err.value.reason == "non_finite"
-    assert "rows 1, 3, 4" in err.value.detail
+    assert "rows 0, 2, 3" in err.value.detail
 
 
 def test_non_finite_lists_at_most_ten_rows():
@@ -228,8 +273,7 @@ def test_non_finite_lists_at_most_ten_rows():
 
 
 @pytest.mark.parametrize(("value", "fmt"), [
-    (b'{"x": [1, NaN]}', "json"), (b"[Infinity, 1]", "json"),
-    (b'{"x": [1, 1' + b"0" * 400 + b"]}", "json"),
+    (b'{"x": [1, NaN]}', "json"), (b"[Infinity, 1]", "json"), (b"[1e999, 1]", "json"),
     (np.array([1, np.inf], "<f4").tobytes(), "f32"),
     (np.array([np.nan, 1]).tobytes(), "f64"),
 ])
@@ -248,11 +292,54 @@ def _block(magic=b"SEM1", code=b"f", reserved=b"\0\0\0", n=2, d=2, tail_delta=0)
     (_block(magic=b"SEM2"), "block"), (_block(magic=b'{"x"'), "block"),
     (_block(code=b"h"), "block"), (_block(reserved=b"\0\1\0"), "block"),
     (_block(tail_delta=-1), "block"), (_block(tail_delta=4), "block"),
-    (struct.pack("<4sc3sII", b"SEM1", b"d", bytes(3), 2**32 - 1, 2**32 - 1) + bytes(64), "block"),
     (_block(code=b"d")[:-8], "block"),
 ])
 def test_bad_binary(value, fmt):
     assert reason_of(value, fmt) == "bad_binary"
+
+
+# --- bounds: checked before the memory they guard is claimed --------------------------------
+
+
+def _huge_block(n: int, d: int) -> bytes:
+    return struct.pack("<4sc3sII", b"SEM1", b"d", bytes(3), n, d) + bytes(64)
+
+
+@pytest.mark.parametrize(("value", "fmt", "reason"), [
+    (_huge_block(2**32 - 1, 2), "block", "too_many_points"),
+    (_huge_block(2, 2**32 - 1), "block", "too_many_features"),
+    (_huge_block(10_001, 1), "block", "too_many_points"),
+    (_huge_block(1, 1025), "block", "too_many_features"),
+    (bytes(4 * 1025), "f32", "too_many_features"),
+    (b"[" + b"0," * 100_000 + b"0]", "json", "too_many_features"),
+    (b'{"x": [' + b"0," * 1024 + b"0]}", "json", "too_many_features"),
+    (b"[" + b"[0]," * 10_000 + b"[0]]", "json", "too_many_points"),
+    (b'{"points": [' + b'{"x": [0]},' * 10_000 + b'{"x": [0]}]}', "json", "too_many_points"),
+    (b"[" + b" " * (4 << 20) + b"0]", "json", "too_large"),
+    (bytes((4 << 20) + 8), "f64", "too_large"),
+    (b'{"x": [1, 1e16]}', "json", "out_of_range"),
+    (b'{"x": [1, -1e200]}', "json", "out_of_range"),
+    (b'{"x": [1, 1' + b"0" * 400 + b"]}", "json", "out_of_range"),
+    (np.array([1, 3e38], "<f4").tobytes(), "f32", "out_of_range"),
+])
+def test_bounds_without_n_features(value, fmt, reason):
+    with mock.patch("numpy.array", side_effect=AssertionError("no array may be built")) \
+            if reason.startswith("too_") else mock.patch("builtins.id"):
+        assert reason_of(value, fmt, n_features=None) == reason
+
+
+def test_limits_are_configurable():
+    limits = Limits(max_bytes=100, max_points=3, max_features=4, max_abs_value=10.0)
+    assert decode(b"[[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 1, 2]]", "json", None, limits).X.shape \
+        == (3, 4)
+    for value, reason in [(b"[1, 2, 3, 4, 5]", "too_many_features"),
+                          (b"[[1], [2], [3], [4]]", "too_many_points"),
+                          (b"[" + b" " * 100 + b"1]", "too_large"), (b"[10.5]", "out_of_range")]:
+        with pytest.raises(DecodeError) as err:
+            decode(value, "json", None, limits)
+        assert err.value.reason == reason
+    out = decode_all([b"[10.5]", b"[10]", b'{"x": [3], "ts": -1}'], "json", 1, limits)
+    assert [getattr(o, "reason", None) for o in out] == ["out_of_range", None, "bad_schema"]
 
 
 def test_block_whose_n_times_d_does_not_match_the_length():
@@ -271,6 +358,7 @@ def test_errors_carry_a_readable_detail():
 # --- round-trips -----------------------------------------------------------------------------
 
 finite = st.floats(allow_nan=False, allow_infinity=False, width=32)
+ANY_FINITE = Limits(max_abs_value=float(np.finfo(np.float64).max))  # the format, not the bounds
 
 
 @settings(max_examples=100, deadline=None)
@@ -279,7 +367,7 @@ finite = st.floats(allow_nan=False, allow_infinity=False, width=32)
        dtype=st.sampled_from(["f32", "f64"]), data=st.data())
 def test_block_round_trip(X, dtype, data):
     ids = data.draw(st.lists(st.integers(0, 2**64 - 1), min_size=len(X), max_size=len(X)))
-    p = decode(encode_block(X, ids=ids, dtype=dtype), "block", X.shape[1])
+    p = decode(encode_block(X, ids=ids, dtype=dtype), "block", X.shape[1], ANY_FINITE)
     np.testing.assert_array_equal(p.X, X)  # float32-representable elements survive either dtype
     assert p.ids == ids and p.multi
 
@@ -291,7 +379,7 @@ def test_block_round_trip(X, dtype, data):
                     min_size=20, max_size=20))
 def test_json_objects_round_trip(X, ids):
     doc = [{"x": row, "id": ident} for row, ident in zip(X.tolist(), ids, strict=False)]
-    p = decode(json.dumps(doc).encode(), "json", X.shape[1])
+    p = decode(json.dumps(doc).encode(), "json", X.shape[1], ANY_FINITE)
     np.testing.assert_array_equal(p.X, X)
     assert p.ids == ids[:len(X)]
 
@@ -299,7 +387,8 @@ def test_json_objects_round_trip(X, ids):
 @settings(max_examples=50, deadline=None)
 @given(x=st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=1, max_size=30))
 def test_bare_json_array_round_trip(x):
-    np.testing.assert_array_equal(decode(json.dumps(x).encode(), "json", len(x)).X, [x])
+    np.testing.assert_array_equal(decode(json.dumps(x).encode(), "json", len(x), ANY_FINITE).X,
+                                  [x])
 
 
 # --- output ----------------------------------------------------------------------------------
@@ -361,17 +450,45 @@ def test_floats_are_rounded():
     assert record["probability"] == 0.123457 and record["log_likelihood"] == -12.345679
 
 
+def strict_json(value: bytes):
+    """json.loads that refuses NaN and Infinity, which are not JSON."""
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+    return json.loads(value, parse_constant=refuse)
+
+
 @pytest.mark.parametrize("n", [2, 40])  # both the few-rows and the vectorised path
-def test_rounding_and_non_finite_log_likelihood_as_null(n):
+def test_rounding_and_unbounded_log_likelihoods_are_clamped(n):
     res = stand_in_result(n)
     res.log_likelihood = np.full(n, -12.3456789123)
     res.log_likelihood[0] = -np.inf
+    res.log_likelihood[1] = -1.7e308  # rounding to 6 decimals would overflow
     res.probabilities = np.full(n, 0.123456789)
     points = decode(encode_block(np.zeros((n, 1))), "block", 1)
-    records = json.loads(encode_result(points, res, slice(0, n), top_k=0, model_version=0,
-                                       topic="t", partition=0, offset=0))
-    assert [r["log_likelihood"] for r in records] == [None] + [-12.345679] * (n - 1)
+    records = strict_json(encode_result(points, res, slice(0, n), top_k=0, model_version=0,
+                                        topic="t", partition=0, offset=0))
+    assert [r["log_likelihood"] for r in records] == [-1e30, -1e30] + [-12.345679] * (n - 2)
     assert {r["probability"] for r in records} == {0.123457}
+    block = decode_result_block(encode_result_block(points, res, slice(0, n), top_k=0,
+                                                    model_version=0, partition=0, offset=0))
+    assert np.isfinite(block["log_likelihood"]).all()
+    assert block["log_likelihood"][:2].tolist() == [np.float32(-1e30)] * 2
+
+
+def test_answers_of_a_partly_refused_message_carry_each_point_index():
+    X = np.zeros((5, 1))
+    X[1], X[3] = np.nan, 1e20
+    points = decode(encode_block(X, ids=[50, 51, 52, 53, 54], dtype="f64"), "block", 1)
+    res = stand_in_result(3)
+    records = strict_json(encode_results([points], res, fmt="json", top_k=0, model_version=0,
+                                         sources=[("t", 0, 9)])[0])
+    assert [(r["id"], r["index"]) for r in records] == [(50, 0), (52, 2), (54, 4)]
+    block = decode_result_block(encode_results([points], res, fmt="block", top_k=0,
+                                               model_version=0, sources=[("t", 0, 9)])[0])
+    assert block["index"].tolist() == [0, 2, 4] and block["id"].tolist() == [50, 52, 54]
+    assert decode_result_block(anomalous_rows_block(encode_result_block(
+        points, res, slice(0, 3), top_k=0, model_version=0, partition=0, offset=9)))["index"] \
+        .tolist() == [i for i, a in zip([0, 2, 4], res.anomaly, strict=True) if a]
 
 
 @pytest.mark.parametrize("n", [1, 5, 30])
@@ -561,8 +678,8 @@ def assert_block_matches(doc: dict, res, rows: slice, ids, top_k: int) -> None:
     assert doc["cluster"].dtype == np.int32 and doc["probability"].dtype == np.float32
     np.testing.assert_array_equal(doc["cluster"], res.labels[rows])
     np.testing.assert_array_equal(doc["probability"], res.probabilities[rows].astype(np.float32))
-    np.testing.assert_array_equal(doc["log_likelihood"],
-                                  res.log_likelihood[rows].astype(np.float32))
+    clamped = codec.finite_log_likelihood(res.log_likelihood[rows])
+    np.testing.assert_array_equal(doc["log_likelihood"], clamped.astype(np.float32))
     np.testing.assert_array_equal(doc["anomaly"], res.anomaly[rows])
     np.testing.assert_array_equal(doc["warmup"], res.warmup[rows])
     np.testing.assert_array_equal(doc["index"], np.arange(n))
