@@ -663,9 +663,9 @@ class _JsonColumns:
             return self.record(start, points.ids[0], 0, version, topic_json, partition,
                                offset).encode()
         index = range(len(points.ids)) if points.index is None else points.index.tolist()
+        pairs = enumerate(zip(points.ids, index, strict=True))
         return ("[" + ",".join([self.record(start + i, ident, at, version, topic_json,
-                                            partition, offset)
-                                for i, (ident, at) in enumerate(zip(points.ids, index, strict=True))])
+                                            partition, offset) for i, (ident, at) in pairs])
                 + "]").encode()
 
     def record(self, r: int, ident: Any, index: int, version: int, topic_json: str,
