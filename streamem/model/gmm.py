@@ -37,6 +37,10 @@ DRIFT_SHARE = 0.25
 WARMUP_RESTARTS = 5
 
 
+class ModelRejected(ValueError):
+    """``partial_fit`` refused a batch that would make the model invalid; it was rolled back."""
+
+
 @dataclass(frozen=True)
 class BatchResult:
     """What ``partial_fit`` answers for each point of a batch (n points, K components).
@@ -277,11 +281,52 @@ class OnlineGMM:
         """
         if learning_rate is not None and not 0.0 < learning_rate <= 1.0:
             raise ValueError(f"learning_rate must be in (0, 1], got {learning_rate!r}")
+        saved = self._snapshot()
         X = self._check(X)
         if len(X) == 0:
             empty = np.zeros(0, dtype=bool)
             return _result(np.zeros((0, self.n_components)), np.zeros(0), empty, empty,
                            self.version_)
+        try:
+            result = self._learn(X, learning_rate)
+            problem = self._invalid_state(result)
+        except Exception as exc:  # numerical failures of any kind: nothing may be half-learned
+            self.__dict__.update(saved)
+            raise ModelRejected(f"the model refused the batch and is unchanged: {exc!r}") \
+                from exc
+        if problem:
+            self.__dict__.update(saved)
+            raise ModelRejected(f"the model refused the batch and is unchanged: {problem}")
+        return result
+
+    def _snapshot(self) -> dict[str, Any]:
+        """The state ``partial_fit`` may change: attributes, and copies of what it mutates."""
+        saved = dict(self.__dict__)
+        for name in ("_buffer", "_rewarm", "collapse_history_"):
+            saved[name] = list(saved[name])
+        saved["resets_"] = dict(self.resets_)
+        saved["_usage"] = self._usage.copy()
+        if self.stats_ is not None:
+            saved["stats_"] = self.stats_.copy()
+        return saved
+
+    def _invalid_state(self, result: BatchResult) -> str | None:
+        """What is wrong with the state after an update (non-finite, not positive definite)."""
+        arrays = {"responsibilities": result.responsibilities}
+        if self.stats_ is not None:
+            arrays.update(nk=self.stats_.nk, means=self.stats_.means, scatter=self.stats_.scatter)
+        if self._params is not None:  # a finite log det of the Cholesky factors: positive definite
+            arrays.update(precisions_cholesky=self._params.precisions_chol,
+                          log_det=self._params.log_det, weights=self._params.weights,
+                          covariances=self._params.covariances)
+        for name, value in arrays.items():
+            if not np.isfinite(value).all():
+                return f"{name} would not be finite"
+        if np.isnan(result.log_likelihood).any() or np.isnan(self.anomaly_threshold_):
+            return "log-likelihoods would be NaN"
+        return None
+
+    def _learn(self, X: np.ndarray, learning_rate: float | None) -> BatchResult:
         parts = []
         if not self.initialized_:
             head, X = X[: self.warmup_ - self._buffered()], X[self.warmup_ - self._buffered() :]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -51,7 +52,8 @@ def check_hyperparameters(params: dict[str, Any]) -> None:
 
 
 def check_points(X: Any, n_features: int | None) -> np.ndarray:
-    """X as a float64 (n, d) array; ``ValueError`` for a wrong shape or non-finite rows."""
+    """X as a float64 (n, d) array; ``ValueError`` for a wrong shape, non-finite rows, or
+    values beyond :func:`max_abs_value` (whose squares would overflow the statistics)."""
     try:
         X = np.asarray(X, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -65,11 +67,27 @@ def check_points(X: Any, n_features: int | None) -> np.ndarray:
         raise ValueError(f"expected {n_features} features per point, got {X.shape[1]}")
     if X.shape[1] == 0:
         raise ValueError("points must have at least one feature")
-    if np.isfinite(X).all():
+    limit = max_abs_value(X.shape[1])
+    if X.size == 0 or (X.max() <= limit and X.min() >= -limit):  # False with a NaN
         return X
-    bad = ~np.isfinite(X).all(axis=1)
-    if bad.any():
-        rows = np.flatnonzero(bad)
-        shown = ", ".join(map(str, rows[:10])) + (" …" if len(rows) > 10 else "")
-        raise ValueError(f"NaN or Inf in {len(rows)} row(s): {shown}; nothing was learned")
-    return X
+    finite = np.isfinite(X).all(axis=1)
+    if not finite.all():
+        rows = np.flatnonzero(~finite)
+        raise ValueError(f"NaN or Inf in {len(rows)} row(s): {_shown(rows)}; nothing was learned")
+    rows = np.flatnonzero((np.abs(X) > limit).any(axis=1))
+    raise ValueError(f"values beyond +-{limit:.3g} in {len(rows)} row(s): {_shown(rows)} (their "
+                     "squares summed over the features would overflow); nothing was learned")
+
+
+def max_abs_value(n_features: int) -> float:
+    """The largest magnitude a coordinate may have (about 1e144 / sqrt(d)).
+
+    The sum of d squares stays 1e20 below float64's overflow, room for the differences of two
+    points and precisions up to ~1e12 in the Mahalanobis distances (a component shrunk to the
+    covariance floor).
+    """
+    return 1e-10 * math.sqrt(float(np.finfo(np.float64).max) / n_features)
+
+
+def _shown(rows: np.ndarray) -> str:
+    return ", ".join(map(str, rows[:10])) + (" …" if len(rows) > 10 else "")
