@@ -338,8 +338,8 @@ def _check_points(points: Points, n_features: int | None, limits: Limits) -> Poi
     lim = limits.max_abs_value
     if X.max() <= lim and X.min() >= -lim:  # False when a NaN is present
         return points
-    finite = np.isfinite(X).all(axis=1)
-    good = (np.abs(X) <= lim).all(axis=1)
+    finite = np.asarray(np.isfinite(X).all(axis=1))
+    good = np.asarray((np.abs(X) <= lim).all(axis=1))
     bad = np.flatnonzero(~good)
     reasons = [("non_finite", "a NaN or infinite value") if not finite[r] else
                ("out_of_range", f"a value beyond +-{lim:g} (input.max_abs_value)")
@@ -903,15 +903,45 @@ def result_headers(model_version: int) -> Headers:
 
 
 def dead_letter_headers(reason: str, detail: str, topic: str, partition: int,
-                        offset: int) -> Headers:
-    """Headers of a dead-letter message; ``detail`` is cut to 1 KiB of UTF-8."""
-    return [
+                        offset: int, bad_points: Sequence[int] | None = None) -> Headers:
+    """Headers of a dead-letter message; ``detail`` is cut to 1 KiB of UTF-8.
+
+    ``bad_points``: the positions of the refused points of a message whose other points were
+    answered, written as ``streamem.bad_points`` ranges (``"1,4-6"``); None for a whole message.
+    """
+    headers = [
         ("streamem.reason", reason.encode()),
         ("streamem.detail", _cut_utf8(detail, _MAX_DETAIL_BYTES)),
         ("streamem.source.topic", topic.encode()),
         ("streamem.source.partition", str(int(partition)).encode()),
         ("streamem.source.offset", str(int(offset)).encode()),
     ]
+    if bad_points is not None:
+        headers.append(("streamem.bad_points", _ranges(bad_points).encode()))
+    return headers
+
+
+def _ranges(positions: Sequence[int]) -> str:
+    """Sorted positions as ranges: [1, 4, 5, 6] -> ``"1,4-6"``."""
+    out: list[str] = []
+    values = sorted(positions)
+    i = 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and values[j + 1] == values[j] + 1:
+            j += 1
+        out.append(str(values[i]) if i == j else f"{values[i]}-{values[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+def parse_ranges(text: str) -> list[int]:
+    """The positions of a ``streamem.bad_points`` header: ``"1,4-6"`` -> [1, 4, 5, 6]."""
+    out: list[int] = []
+    for part in filter(None, text.split(",")):
+        lo, _, hi = part.partition("-")
+        out.extend(range(int(lo), int(hi or lo) + 1))
+    return out
 
 
 def _cut_utf8(text: str, limit: int) -> bytes:

@@ -251,6 +251,10 @@ class InputConfig:
 
     format: str = _opt("json", _choice("json", "f32", "f64", "block"))
     n_features: int | None = _opt(None, _optional(_integer(1)))
+    max_bytes: int = _opt(4 << 20, _integer(1))
+    max_points: int = _opt(10_000, _integer(1))
+    max_features: int = _opt(1024, _integer(1))
+    max_abs_value: float = _opt(1e15, _number(0.0, 1e100, lo_open=True))
 
 
 @dataclass(frozen=True)
@@ -547,6 +551,10 @@ def _check_together(cfg: Config) -> None:
         raise _fail("runtime.retry_max_s",
                     f"a number >= runtime.retry_initial_s ({cfg.runtime.retry_initial_s:g})",
                     cfg.runtime.retry_max_s)
+    n_features = cfg.input.n_features
+    if n_features is not None and n_features > cfg.input.max_features:
+        raise _fail("input.n_features",
+                    f"an integer <= input.max_features ({cfg.input.max_features})", n_features)
     if cfg.output.top_k > cfg.model.n_components:
         raise _fail("output.top_k",
                     f"an integer <= model.n_components ({cfg.model.n_components})",

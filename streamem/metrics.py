@@ -37,7 +37,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
 
 import streamem
-from streamem.codec import REASONS
+from streamem.codec import REASONS, RUNTIME_REASONS
 
 if TYPE_CHECKING:
     from streamem.model import OnlineGMM
@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 #: Dead-letter reasons: the codec's DecodeError codes, plus the runtime's own. Others → "other".
-DEAD_LETTER_REASONS = (*REASONS, "too_large", "other")
+DEAD_LETTER_REASONS = (*REASONS, *RUNTIME_REASONS, "other")
 #: Kafka error kinds (where the error happened). Others → "other".
 KAFKA_ERROR_KINDS = (
     "connect",

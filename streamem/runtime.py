@@ -38,6 +38,7 @@ from streamem.errors import CheckpointError, ConfigError, DecodeError, Transport
 from streamem.io.base import Backoff, CommitFailed, Record, RecordTooLarge, Sink, Source
 from streamem.io.checkpoint import Checkpoint, CheckpointStore, load_latest
 from streamem.metrics import BatchReport, Metrics
+from streamem.model.gmm import BatchResult
 
 if TYPE_CHECKING:
     from streamem.config import Config
@@ -47,23 +48,50 @@ TP = tuple[str, int]
 
 
 @dataclass
+class _Dead:
+    """A dead letter to send: the message, why, and for a partly answered message its refused
+    points' positions (the other points were answered)."""
+
+    record: Record
+    reason: str
+    detail: str
+    bad_points: list[int] | None = None
+
+
+@dataclass
 class _Batch:
     """One poll batch after decoding: the answerable messages and their points stacked."""
 
     records: list[Record]
     answered: list[Record] = field(default_factory=list)
     points: list[codec.Points] = field(default_factory=list)
-    dead: list[tuple[Record, str, str]] = field(default_factory=list)  # record, reason, detail
+    dead: list[_Dead] = field(default_factory=list)
 
     def stacked(self) -> np.ndarray:
         """All points of all messages, (n_points, n_features), in message order."""
         return np.concatenate([p.X for p in self.points])
 
-    def drop_answers(self, reason: str, detail: str) -> None:
-        """Turn every answerable message into a dead letter."""
-        self.dead.extend((rec, reason, detail) for rec in self.answered)
-        self.answered.clear()
-        self.points.clear()
+    def starts(self) -> np.ndarray:
+        """(n_messages + 1,) the first row of each message in :meth:`stacked`, then the total."""
+        return np.cumsum([0] + [len(p) for p in self.points])
+
+    def refuse_rows(self, refused: dict[int, str]) -> None:
+        """Rows (of :meth:`stacked`) the model refused, with its error: a message that lost all
+        its points becomes a ``model_rejected`` dead letter, the others keep their good rows."""
+        starts = self.starts()
+        answered, points = [], []
+        for rec, p, lo in zip(self.answered, self.points, starts[:-1].tolist(), strict=True):
+            errors = [refused.get(r) for r in range(lo, lo + len(p))]
+            bad = [e for e in errors if e is not None]
+            if len(bad) == len(p):
+                self.dead.append(_Dead(rec, "model_rejected", bad[0]))
+                continue
+            if bad:
+                good = np.array([e is None for e in errors])
+                p = p.keep(good, [("model_rejected", e) for e in bad])
+            answered.append(rec)
+            points.append(p)
+        self.answered, self.points = answered, points
 
     def next_offsets(self, assigned: set[TP]) -> dict[TP, int]:
         """Per assigned partition, the offset after the last record of this batch."""
@@ -110,6 +138,8 @@ class Runtime:
         self._backoff = Backoff(cfg.runtime.retry_initial_s, cfg.runtime.retry_max_s)
         self.offsets: dict[TP, int] = dict(resume.offsets) if resume else {}
         self.n_features = cfg.input.n_features or (resume.n_features if resume else None)
+        i = cfg.input
+        self.limits = codec.Limits(i.max_bytes, i.max_points, i.max_features, i.max_abs_value)
         self._dirty = False  # offsets committed since the last checkpoint
         self._last_checkpoint = self._last_publish = time.monotonic()
 
@@ -158,19 +188,29 @@ class Runtime:
             return
         acked_at = time.time()
         self.metrics.set_kafka_up(True)
-        for _, reason, _ in batch.dead:
-            self.metrics.dead_letter(reason)
+        for dead in batch.dead:
+            self.metrics.dead_letter(dead.reason)
         self._commit(batch.next_offsets(self.source.assignment()))
         self._report(batch, result, polled_at, acked_at, time.perf_counter() - started)
         self._maybe_checkpoint()
 
     def _decode(self, records: list[Record]) -> _Batch:
         batch = _Batch(records)
-        decoded = codec.decode_all([r.value for r in records], self.cfg.input.format,
-                                   self.n_features)
+        values = [r.value for r in records]
+        fmt = self.cfg.input.format
+        try:
+            decoded = codec.decode_all(values, fmt, self.n_features, self.limits)
+        except Exception:  # a bug, not a bad message: decode each message alone
+            self.log.exception("decode_failed", extra={"messages": len(values)})
+            decoded, n_features = [], self.n_features
+            for value in values:
+                one = self._decode_one(value, fmt, n_features)
+                n_features = n_features or (one.X.shape[1] if isinstance(one, codec.Points)
+                                            else None)
+                decoded.append(one)
         for rec, points in zip(records, decoded, strict=True):
             if isinstance(points, DecodeError):
-                batch.dead.append((rec, points.reason, points.detail))
+                batch.dead.append(_Dead(rec, points.reason, points.detail))
                 continue
             batch.answered.append(rec)
             batch.points.append(points)
@@ -179,41 +219,103 @@ class Runtime:
             self.log.info("n_features_fixed", extra={"n_features": self.n_features})
         return batch
 
-    def _fit(self, batch: _Batch) -> Any:
-        """One ``partial_fit`` over the whole batch; if the model refuses it, dead-letter all."""
+    def _decode_one(self, value: bytes | None, fmt: str,
+                    n_features: int | None) -> codec.Points | DecodeError:
+        try:
+            return codec.decode(value, fmt, n_features, self.limits)
+        except DecodeError as exc:
+            return exc
+        except Exception as exc:
+            self.log.exception("message_decode_failed")
+            return DecodeError("internal_error", f"decoding failed: {exc!r}")
+
+    def _fit(self, batch: _Batch) -> BatchResult | None:
+        """One ``partial_fit`` over the whole batch.
+
+        If the model refuses it (it then rolls back), the batch is bisected — at message
+        boundaries, then within a message — until the refused points are found: they become
+        ``model_rejected`` dead letters, every other point is learned and answered.
+        """
         if not batch.points:
             return None
+        X = batch.stacked()
         try:
-            return self.model.partial_fit(batch.stacked())
-        except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
-            self.log.error("batch_rejected_by_model", extra={"error": str(exc)})
-            batch.drop_answers("other", f"model rejected the batch: {exc}")
-            return None
+            return self.model.partial_fit(X)
+        except Exception as exc:
+            parts: list[BatchResult] = []
+            refused: dict[int, str] = {}
+            self._bisect(X, batch.starts(), 0, len(X), exc, parts, refused)
+        self.log.warning("points_refused_by_model", extra={
+            "points": len(refused), "error": next(iter(refused.values()), "")})
+        batch.refuse_rows(refused)
+        return _joined(parts) if parts else None
 
-    def _publish(self, batch: _Batch, result: Any) -> None:
+    def _bisect(self, X: np.ndarray, starts: np.ndarray, lo: int, hi: int, error: Exception,
+                parts: list[BatchResult], refused: dict[int, str]) -> None:
+        """Rows ``lo:hi`` were refused (``error``): fit each half, recursing into refused ones."""
+        if hi - lo == 1:
+            refused[lo] = f"the model refused the point: {error}"
+            return
+        inner = starts[(starts > lo) & (starts < hi)]
+        mid = int(inner[len(inner) // 2]) if len(inner) else (lo + hi) // 2
+        for a, b in ((lo, mid), (mid, hi)):
+            try:
+                parts.append(self.model.partial_fit(X[a:b]))
+            except Exception as exc:
+                self._bisect(X, starts, a, b, exc, parts, refused)
+
+    def _encode(self, batch: _Batch, result: BatchResult | None) -> list[bytes | None]:
+        """The output message of each answered message; None where encoding failed (a bug)."""
+        if not batch.points or result is None:
+            return []
+        fmt, top_k, version = self.cfg.output.format, self.cfg.output.top_k, self.model.version_
+        sources = [(r.topic, r.partition, r.offset) for r in batch.answered]
+        try:
+            return codec.encode_results(batch.points, result, fmt=fmt, top_k=top_k,  # type: ignore[return-value]
+                                        model_version=version, sources=sources)
+        except Exception:
+            self.log.exception("encode_failed", extra={"messages": len(batch.points)})
+        out: list[bytes | None] = []
+        starts = batch.starts().tolist()
+        for i, (points, source) in enumerate(zip(batch.points, sources, strict=True)):
+            try:
+                rows = _rows(result, starts[i], starts[i + 1])
+                out.extend(codec.encode_results([points], rows, fmt=fmt, top_k=top_k,
+                                                model_version=version, sources=[source]))
+            except Exception:
+                self.log.exception("message_encode_failed", extra={"offset": source[2]})
+                out.append(None)
+        return out
+
+    def _publish(self, batch: _Batch, result: BatchResult | None) -> None:
         k = self.cfg.kafka
         fmt = self.cfg.output.format
-        version = int(self.model.version_)
-        headers = codec.result_headers(version)
-        values = codec.encode_results(
-            batch.points, result, fmt=fmt, top_k=self.cfg.output.top_k, model_version=version,
-            sources=[(r.topic, r.partition, r.offset) for r in batch.answered]) \
-            if batch.points else []
+        headers = codec.result_headers(int(self.model.version_))
+        values = self._encode(batch, result)
         anomalous = _anomalous_messages(batch.points, result) if k.anomaly_topic else ()
         send = self.sink.send
         for i, (rec, value) in enumerate(zip(batch.answered, values, strict=True)):
+            points = batch.points[i]
+            if value is None:
+                batch.dead.append(_Dead(rec, "internal_error", "encoding the answer failed"))
+                continue
             try:
                 send(k.output_topic, rec.key, value, headers)
                 if i in anomalous:
                     send(k.anomaly_topic, rec.key,  # type: ignore[arg-type]
-                         _anomalous_only(value, batch.points[i].multi, fmt), headers)
+                         _anomalous_only(value, points.multi, fmt), headers)
             except RecordTooLarge as exc:
-                batch.dead.append((rec, "too_large", str(exc)))
-        for rec, reason, detail in batch.dead:
-            self._send_dead_letter(rec, reason, detail)
+                batch.dead.append(_Dead(rec, "too_large", str(exc)))
+                continue
+            if points.rejected:
+                batch.dead.append(_partial_dead_letter(rec, points))
+        for dead in batch.dead:
+            self._send_dead_letter(dead)
 
-    def _send_dead_letter(self, rec: Record, reason: str, detail: str) -> None:
-        headers = codec.dead_letter_headers(reason, detail, rec.topic, rec.partition, rec.offset)
+    def _send_dead_letter(self, dead: _Dead) -> None:
+        rec = dead.record
+        headers = codec.dead_letter_headers(dead.reason, dead.detail, rec.topic, rec.partition,
+                                            rec.offset, dead.bad_points)
         try:
             self.sink.send(self.cfg.kafka.dead_letter_topic, rec.key, rec.value, headers)
         except RecordTooLarge:
@@ -341,6 +443,32 @@ def _latencies(messages: list[codec.Points], n_points: int, polled_at: float,
         return np.full(n_points, waited)
     lat = acked_at - np.concatenate(times) / 1000.0
     return np.where(np.isnan(lat), waited, lat)
+
+
+def _partial_dead_letter(rec: Record, points: codec.Points) -> _Dead:
+    """The dead letter of a message whose good points were answered: its refused points."""
+    bad = points.rejected
+    listed = "; ".join(f"point {pos}: {reason}: {detail}" for pos, reason, detail in bad[:10])
+    detail = (f"{len(bad)} of {len(bad) + len(points)} points refused, the others answered; "
+              f"{listed}")
+    return _Dead(rec, bad[0][1], detail, [pos for pos, _, _ in bad])
+
+
+def _rows(result: BatchResult, lo: int, hi: int) -> BatchResult:
+    """Rows ``lo:hi`` of a result."""
+    return BatchResult(result.labels[lo:hi], result.probabilities[lo:hi],
+                       result.responsibilities[lo:hi], result.log_likelihood[lo:hi],
+                       result.anomaly[lo:hi], result.warmup[lo:hi], result.model_version)
+
+
+def _joined(parts: list[BatchResult]) -> BatchResult:
+    """Results of consecutive row ranges as one."""
+    if len(parts) == 1:
+        return parts[0]
+    names = ("labels", "probabilities", "responsibilities", "log_likelihood", "anomaly",
+             "warmup")
+    arrays = {name: np.concatenate([getattr(p, name) for p in parts]) for name in names}
+    return BatchResult(**arrays, model_version=parts[0].model_version)
 
 
 def _anomalous_messages(messages: list[codec.Points], result: Any) -> set[int]:

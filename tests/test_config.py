@@ -227,6 +227,7 @@ def test_an_invalid_secret_is_not_echoed_in_the_error(tmp_path):
     ("kafka.client_options=[1]", "kafka.client_options: expected a mapping"),
     ("input.format=csv", "input.format: expected one of 'json', 'f32', 'f64', 'block'"),
     ("input.n_features=0", "input.n_features: expected an integer >= 1 or null, got 0"),
+    ("input.max_abs_value=1e200", "input.max_abs_value: expected a number > 0 and <= 1e+100"),
     ("output.top_k=-1", "output.top_k: expected an integer >= 0, got -1"),
     ("output.format=avro", "output.format: expected one of 'json', 'block', got 'avro'"),
     ("logging.format=xml", "logging.format: expected one of 'json', 'kv', got 'xml'"),
@@ -249,6 +250,8 @@ def test_bad_values_name_the_key_and_what_was_expected(override, message):
      "runtime.retry_max_s: expected a number >= runtime.retry_initial_s (10), got 5.0"),
     (["output.top_k=3", "model.n_components=2"],
      "output.top_k: expected an integer <= model.n_components (2), got 3"),
+    (["input.n_features=2000"],
+     "input.n_features: expected an integer <= input.max_features (1024), got 2000"),
 ])
 def test_rules_between_keys(overrides, message):
     with pytest.raises(ConfigError) as err:
@@ -413,7 +416,7 @@ def test_to_dict_written_as_yaml_loads_back_equal(tmp_path_factory, cfg):
 @settings(max_examples=60, deadline=None)
 @given(n=st.integers(1, 10**9), topic=topics, rate=st.floats(1e-9, 1 - 1e-9))
 def test_cli_values_round_trip(n, topic, rate):
-    cfg = load([f"input.n_features={n}", f"kafka.output_topic={topic}",
+    cfg = load([f"input.n_features={n}", f"input.max_features={n}", f"kafka.output_topic={topic}",
                 f"model.anomaly_rate={rate!r}"])
     got = (cfg.input.n_features, cfg.kafka.output_topic, cfg.model.anomaly_rate)
     assert got == (n, topic, rate)
