@@ -347,6 +347,10 @@ def _check_points(points: Points, n_features: int | None, limits: Limits) -> Poi
     if points.multi and good.any():
         return points.keep(good, reasons)
     position = points.positions()
+    if points.rejected and points.rejected[0][0] < position[bad[0]]:
+        _, reason, detail = points.rejected[0]  # an earlier point was refused first
+        raise DecodeError(reason, f"{detail} ({len(points.rejected) + len(bad)} bad points, "
+                                  "none good)")
     first = reasons[0][0]
     rows = position[bad[[r == first for r, _ in reasons]]]
     named = ", ".join(str(i) for i in rows[:_MAX_ROWS_NAMED])
