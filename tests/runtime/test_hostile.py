@@ -37,8 +37,8 @@ DOCUMENTED = set(re.findall(r"^\| `([a-z_]+)` \| ", README.read_text(), flags=re
 
 def make_config(*overrides: str) -> Config:
     return load_config(None, ["model.n_components=3", "model.random_state=0", "model.warmup=300",
-                              "checkpoint.path=null", "input.max_bytes=65536", "input.max_points=500",
-                              *overrides],
+                              "checkpoint.path=null", "input.max_bytes=65536",
+                              "input.max_points=500", *overrides],
                        environ={})
 
 
