@@ -317,8 +317,7 @@ class OnlineGMM:
             arrays.update(nk=self.stats_.nk, means=self.stats_.means, scatter=self.stats_.scatter)
         if self._params is not None:  # a finite log det of the Cholesky factors: positive definite
             arrays.update(precisions_cholesky=self._params.precisions_chol,
-                          log_det=self._params.log_det, weights=self._params.weights,
-                          covariances=self._params.covariances)
+                          log_det=self._params.log_det)
         for name, value in arrays.items():
             if not np.isfinite(value).all():
                 return f"{name} would not be finite"
