@@ -16,6 +16,12 @@ after its answer has been acknowledged by the sink. What breaks "exactly once":
 
 A clean stop (SIGTERM, SIGINT) finishes the batch in hand, flushes, commits, writes a final
 checkpoint whose offsets equal the committed ones, and closes everything.
+
+Failures stay with the message that caused them: decoding enforces ``input.max_*`` before
+allocating, a multi-point message keeps its good points, a batch the model refuses (it rolls
+back) is bisected down to the refused points, and an unexpected exception while decoding or
+encoding one message makes that message an ``internal_error`` dead letter (logged with its
+traceback). Nothing that arrives stops the loop.
 """
 
 from __future__ import annotations

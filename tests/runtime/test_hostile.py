@@ -140,8 +140,14 @@ def run(cfg: Config, values: list[bytes], batch_size: int = 7) -> tuple[Runtime,
                                                                          MemorySource]:
     source, sink = MemorySource(values, batch_size=batch_size), MemorySink()
     model, resume = restore_model(cfg, ())
-    runtime = Runtime(cfg, source, sink, model, Metrics(CollectorRegistry()), resume=resume)
+    registry = CollectorRegistry()
+    runtime = Runtime(cfg, source, sink, model, Metrics(registry), resume=resume)
     assert runtime.run() == 0
+    for name in ("streamem_end_to_end_latency_seconds_sum",  # a bad ts used to make it +Inf
+                 "streamem_end_to_end_latency_seconds_count"):
+        assert np.isfinite(registry.get_sample_value(name))
+    assert "other" not in {dict(h)["streamem.reason"].decode()
+                           for _, _, _, h in sink.on(cfg.kafka.dead_letter_topic)}
     return runtime, sink, source
 
 
