@@ -391,10 +391,10 @@ class Runtime:
         if not self.model.initialized_:
             return
         self._last_publish = now
-        value = json.dumps(self.model.params_dict()).encode()
         try:
+            value = json.dumps(self.model.params_dict(), allow_nan=False).encode()
             self.sink.send(topic, self.cfg.kafka.group_id.encode(), value, ())
-        except RecordTooLarge as exc:
+        except (RecordTooLarge, ValueError) as exc:  # ValueError: a non-finite number, not JSON
             self.log.warning("model_not_published", extra={"error": str(exc)})
 
     def _maybe_checkpoint(self, force: bool = False) -> None:
