@@ -85,16 +85,18 @@ class _Batch:
         """Rows (of :meth:`stacked`) the model refused, with its error: a message that lost all
         its points becomes a ``model_rejected`` dead letter, the others keep their good rows."""
         starts = self.starts()
+        good = np.ones(starts[-1], dtype=bool)
+        good[list(refused)] = False
         answered, points = [], []
-        for rec, p, lo in zip(self.answered, self.points, starts[:-1].tolist(), strict=True):
-            errors = [refused.get(r) for r in range(lo, lo + len(p))]
-            bad = [e for e in errors if e is not None]
-            if len(bad) == len(p):
-                self.dead.append(_Dead(rec, "model_rejected", bad[0]))
+        for rec, p, lo, hi in zip(self.answered, self.points, starts[:-1].tolist(),
+                                  starts[1:].tolist(), strict=True):
+            kept = good[lo:hi]
+            if not kept.any():
+                self.dead.append(_Dead(rec, "model_rejected", refused[lo]))
                 continue
-            if bad:
-                good = np.array([e is None for e in errors])
-                p = p.keep(good, [("model_rejected", e) for e in bad])
+            if not kept.all():
+                rows = (lo + np.flatnonzero(~kept)).tolist()
+                p = p.keep(kept, [("model_rejected", refused[r]) for r in rows])
             answered.append(rec)
             points.append(p)
         self.answered, self.points = answered, points
@@ -277,8 +279,8 @@ class Runtime:
         fmt, top_k, version = self.cfg.output.format, self.cfg.output.top_k, self.model.version_
         sources = [(r.topic, r.partition, r.offset) for r in batch.answered]
         try:
-            return codec.encode_results(batch.points, result, fmt=fmt, top_k=top_k,  # type: ignore[return-value]
-                                        model_version=version, sources=sources)
+            return list(codec.encode_results(batch.points, result, fmt=fmt, top_k=top_k,
+                                             model_version=version, sources=sources))
         except Exception:
             self.log.exception("encode_failed", extra={"messages": len(batch.points)})
         out: list[bytes | None] = []
