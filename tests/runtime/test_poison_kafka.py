@@ -63,7 +63,10 @@ def test_a_poison_corpus_is_dead_lettered_once_and_survives_a_restart(
         kafka_bootstrap, topic_factory, tmp_path) -> None:
     X, _ = MIX.sample(3_000, random_state=1)
     topics = make_topics(topic_factory, partitions=1)
-    settings = daemon_settings(kafka_bootstrap, tmp_path, topics, model__n_components=4)
+    # The first daemon stops mid warm-up: its checkpoint holds the warm-up buffer, where the
+    # poison pill used to sit and crash every restart.
+    settings = daemon_settings(kafka_bootstrap, tmp_path, topics, model__n_components=4,
+                               model__warmup=2_000)
     first, poison_1 = corpus(X[:1_500], 0, wide_first=True)
     second, poison_2 = corpus(X[1_500:], 1_500, wide_first=False)
     outputs = Reader(kafka_bootstrap, topics["output"])
@@ -83,7 +86,9 @@ def test_a_poison_corpus_is_dead_lettered_once_and_survives_a_restart(
         daemon.proc.kill()
     checkpoint = FileCheckpointStore(tmp_path / "checkpoint.npz").load()
     assert checkpoint is not None and checkpoint.n_features == D
-    assert np.isfinite(OnlineGMM.from_bytes(checkpoint.model).covariances_).all()
+    warming = OnlineGMM.from_bytes(checkpoint.model)
+    assert not warming.initialized_ and warming.n_seen_ == 1_504
+    assert np.isfinite(warming.covariances_).all()
 
     produce(kafka_bootstrap, topics["input"], second)
     daemon = start_daemon(tmp_path, "second", settings)
@@ -116,5 +121,5 @@ def test_a_poison_corpus_is_dead_lettered_once_and_survives_a_restart(
     assert daemon.events("runtime_stopped")
     final = FileCheckpointStore(tmp_path / "checkpoint.npz").load()
     model = OnlineGMM.from_bytes(final.model)
-    assert model.n_seen_ == 3_000 + 8
+    assert model.initialized_ and model.n_seen_ == 3_000 + 8
     assert np.all(np.linalg.eigvalsh(model.covariances_) > 0)
