@@ -312,3 +312,74 @@ def test_a_bug_in_decoding_or_encoding_one_message_spares_its_neighbours():
     expects[3] = Expect(reason="internal_error")
     expects[11] = Expect(reason="internal_error")
     check(cfg, runtime, sink, source, expects)
+
+
+def _header(n: int, d: int, code: bytes = b"d") -> bytes:
+    return b"SEM1" + code + b"\0\0\0" + n.to_bytes(4, "little") + d.to_bytes(4, "little")
+
+
+HOSTILE_BLOCKS = {  # whole block messages: (value, reason)
+    "huge_n": (_header(2**32 - 1, 3) + bytes(64), "too_many_points"),
+    "huge_d": (_header(2, 2**32 - 1) + bytes(64), "too_many_features"),
+    "wide": (_header(1, 5000) + bytes(8 + 8 * 5000), "too_many_features"),
+    "truncated": (_header(4, 3) + bytes(8 * 4 + 8 * 12 - 1), "bad_binary"),
+    "magic": (b"SEM2" + bytes(20), "bad_binary"),
+    "short": (b"SEM1d", "bad_binary"),
+    "empty": (b"", "empty"),
+    "no_points": (_header(0, 3), "empty"),
+    "wrong_dim": (codec.encode_block(np.zeros((2, 4)), dtype="f64"), "wrong_dimension"),
+    "all_nan": (codec.encode_block(np.full((3, 3), np.nan), dtype="f64"), "non_finite"),
+    "all_huge": (codec.encode_block(np.full((2, 3), 1e200), dtype="f64"), "out_of_range"),
+}
+
+
+@st.composite
+def block_streams(draw) -> tuple[list[bytes], list[Expect]]:
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    values, expects = [], []
+    for kind in draw(st.lists(st.sampled_from(["good", "good", "hostile"]), min_size=3,
+                              max_size=25)):
+        if kind == "hostile":
+            value, reason = HOSTILE_BLOCKS[draw(st.sampled_from(sorted(HOSTILE_BLOCKS)))]
+            values.append(value)
+            expects.append(Expect(reason=reason))
+            continue
+        n = draw(st.integers(1, 60))
+        X = MIX.sample(n, random_state=int(rng.integers(2**31)))[0]
+        bad = draw(st.dictionaries(st.integers(0, n - 1),
+                                   st.sampled_from([np.nan, np.inf, 1e200, -3e15, 1e300]),
+                                   max_size=n))
+        for i, v in bad.items():
+            X[i, int(rng.integers(3))] = v
+        values.append(codec.encode_block(X, dtype="f64"))
+        reasons = {i: "non_finite" if not np.isfinite(v) else "out_of_range"
+                   for i, v in bad.items()}
+        good = [i for i in range(n) if i not in bad]
+        expects.append(Expect(good=good, reason=reasons[min(reasons)] if reasons else None,
+                              bad=sorted(bad) if good and bad else None))
+    return values, expects
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stream=block_streams(), batch_size=st.integers(1, 6))
+def test_hostile_block_mixes_never_stop_the_loop_nor_poison_the_model(stream, batch_size):
+    head = codec.encode_block(MIX.sample(400, random_state=8)[0], dtype="f64")
+    values, expects = stream
+    cfg = make_config("input.format=block", "output.format=block", "input.max_bytes=1048576")
+    runtime, sink, source = run(cfg, [head, *values], batch_size)
+    answered: dict[int, list[int]] = {}
+    for _, _, value, _ in sink.on(cfg.kafka.output_topic):
+        doc = codec.decode_result_block(value)
+        assert np.isfinite(doc["log_likelihood"]).all() and np.isfinite(doc["probability"]).all()
+        answered[doc["offset"]] = doc["index"].tolist()
+    dead = {}
+    for _, _, _, headers in sink.on(cfg.kafka.dead_letter_topic):
+        h = dict(headers)
+        bad = h.get("streamem.bad_points")
+        dead[int(h["streamem.source.offset"])] = (
+            h["streamem.reason"].decode(), None if bad is None else parse_ranges(bad.decode()))
+    for offset, want in enumerate([Expect(good=list(range(400))), *expects]):
+        assert answered.get(offset, []) == want.good, f"answers of message {offset}"
+        assert dead.get(offset) == (None if want.reason is None else (want.reason, want.bad))
+    assert source.commits[-1] == {("memory", 0): len(values) + 1}
+    assert_valid(runtime.model)
