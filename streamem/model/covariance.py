@@ -56,13 +56,13 @@ def _cholesky_diag(cov: np.ndarray) -> np.ndarray:
     return 1.0 / np.sqrt(cov)
 
 
-def _log_det_full(prec_chol: np.ndarray) -> np.ndarray:
+def _log_det_full(prec_chol: np.ndarray, n_features: int) -> np.ndarray:
     """log det of each precision Cholesky factor, (K,) — i.e. −½ log det Σ_k."""
     K, d, _ = prec_chol.shape
     return np.log(prec_chol.reshape(K, d * d)[:, :: d + 1]).sum(axis=1)
 
 
-def _log_det_diag(prec_chol: np.ndarray) -> np.ndarray:
+def _log_det_diag(prec_chol: np.ndarray, n_features: int) -> np.ndarray:
     return np.log(prec_chol).sum(axis=1)
 
 
@@ -271,21 +271,34 @@ class CovarianceKind:
         }[self.name]
 
 
+def _n_parameters_full(n_components: int, n_features: int) -> int:
+    return n_components * n_features * (n_features + 1) // 2
+
+
+def _n_parameters_diag(n_components: int, n_features: int) -> int:
+    return n_components * n_features
+
+
+def _n_parameters_spherical(n_components: int, n_features: int) -> int:
+    return n_components
+
+
+# Module-level functions only (no lambdas): the table is pickled with the model by reference.
 KINDS: dict[str, CovarianceKind] = {
     "full": CovarianceKind(
-        "full", _cholesky_full, lambda p, d: _log_det_full(p), _maha_full, _moment_full,
+        "full", _cholesky_full, _log_det_full, _maha_full, _moment_full,
         _outer_full, _add_floor_full, _variances_full, _to_full_full, _from_full_full,
-        lambda k, d: k * d * (d + 1) // 2,
+        _n_parameters_full,
     ),
     "diag": CovarianceKind(
-        "diag", _cholesky_diag, lambda p, d: _log_det_diag(p), _maha_diag, _moment_diag,
+        "diag", _cholesky_diag, _log_det_diag, _maha_diag, _moment_diag,
         _outer_diag, _add_floor_diag, _variances_diag, _to_full_diag, _from_full_diag,
-        lambda k, d: k * d,
+        _n_parameters_diag,
     ),
     "spherical": CovarianceKind(
         "spherical", _cholesky_diag, _log_det_spherical, _maha_spherical, _moment_spherical,
         _outer_spherical, _add_floor_diag, _variances_spherical, _to_full_spherical,
-        _from_full_spherical, lambda k, d: k,
+        _from_full_spherical, _n_parameters_spherical,
     ),
 }
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
 from streamem.model import collapse, persistence
 from streamem.model.anomaly import anomaly_threshold
-from streamem.model.covariance import KINDS
+from streamem.model.covariance import KINDS, CovarianceKind
+from streamem.model.estimator import Estimator, not_fitted, sklearn_tags
 from streamem.model.params import (
     Params,
     centred,
@@ -35,6 +37,9 @@ HISTORY_LENGTH = 100
 DRIFT_SHARE = 0.25
 #: Seeding restarts of the warm-up fit; the best on the buffer is kept.
 WARMUP_RESTARTS = 5
+#: Points per online-EM step in ``fit``'s passes.
+FIT_BATCH = 256
+RESET_REASONS = ("weight", "singular", "stranded", "drift")
 
 
 @dataclass(frozen=True)
@@ -60,8 +65,11 @@ class BatchResult:
         return len(self.labels)
 
 
-class OnlineGMM:
+class OnlineGMM(Estimator):
     """Gaussian mixture fitted one pass over a stream by stepwise online EM.
+
+    A scikit-learn density estimator (``get_params``/``set_params``, ``fit``, ``score``,
+    ``clone``, pipelines, grid search, pickling) whose main use is ``partial_fit`` on a stream.
 
     Parameters
     ----------
@@ -77,7 +85,14 @@ class OnlineGMM:
     anomaly_rate : share of the model's own inliers flagged as anomalies.
     update_on_anomaly : whether flagged points always update the statistics; by default they do
         not while flags are as rare as anomalies should be (see ``protecting_``).
-    random_state : seed of the seeding; ``None`` draws one (kept in checkpoints).
+    random_state : seed of the seeding; ``None`` draws one when learning starts (kept in
+        checkpoints).
+    max_iter, tol : ``fit`` only: at most ``max_iter`` passes over its data, stopping once the
+        mean log-likelihood per point changes by less than ``tol`` between passes.
+
+    Hyperparameters are checked when learning starts (``fit``, the first ``partial_fit``, or
+    the first one after ``set_params``), as scikit-learn requires. ``n_components`` and
+    ``covariance_type`` describe the learning state: changing them takes a new ``fit``.
 
     Warm-up: until ``warmup`` points have arrived, points are answered by a provisional model
     fitted to the warm-up buffer (refitted each time the buffer doubles, and including the points
@@ -94,6 +109,21 @@ class OnlineGMM:
     ((3000, 3), 3000, 1.0)
     """
 
+    # What a model that has learned nothing reads as. Class attributes, so that ``__init__``
+    # stores parameters only; ``_begin`` gives each model its own learning state.
+    n_seen_ = 0
+    version_ = 0
+    anomaly_threshold_ = -math.inf
+    learning_rate_ = 0.0
+    # Read-only stand-ins for the dict and list that ``_begin`` creates.
+    resets_: dict[str, int] = MappingProxyType(dict.fromkeys(RESET_REASONS, 0))  # type: ignore
+    collapse_history_: list[tuple[int, int, str]] = ()  # type: ignore[assignment]
+    stats_: SufficientStatistics | None = None
+    _params: Params | None = None
+    _n_features: int | None = None
+    _conditioning: tuple[int, np.ndarray] | None = None
+    _checked = False  # hyperparameters checked since the last set_params
+
     def __init__(
         self,
         n_components: int = 8,
@@ -108,6 +138,8 @@ class OnlineGMM:
         anomaly_rate: float = 1e-3,
         update_on_anomaly: bool = False,
         random_state: int | None = None,
+        max_iter: int = 10,
+        tol: float = 1e-3,
     ) -> None:
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -121,38 +153,125 @@ class OnlineGMM:
         self.anomaly_rate = anomaly_rate
         self.update_on_anomaly = update_on_anomaly
         self.random_state = random_state
-        check_hyperparameters(self.get_params())
-        self._kind = KINDS[covariance_type]
-        seed = random_state if random_state is not None else np.random.SeedSequence().entropy
+        self.max_iter = max_iter
+        self.tol = tol
+
+    # ------------------------------------------------------------------ learning state
+    def _params_changed(self) -> None:
+        self._checked = False
+
+    def _ready(self, restart: bool = False) -> None:
+        """Check the hyperparameters if they changed; create the learning state if needed."""
+        started = "n_seen_" in vars(self)
+        if not self._checked or restart:
+            check_hyperparameters(self.get_params())
+            if started and not restart and not self._state_fits():
+                raise ValueError("n_components or covariance_type changed since this model "
+                                 "started learning; call fit to start over")
+            self._checked = True
+        if restart or not started:
+            self._begin()
+
+    def _state_fits(self) -> bool:
+        covs = None if self._params is None else self._params.covariances
+        return len(self._usage) == self.n_components and (
+            covs is None or covs.ndim == len(self._kind.scatter_shape(1, 1)))
+
+    def _begin(self) -> None:
+        """A fresh learning state: nothing seen, a seed drawn from ``random_state``."""
+        seed: Any = self.random_state
+        if seed is None:
+            seed = np.random.SeedSequence().entropy
         self._state: dict[str, Any] = {"seed": int(seed)}  # type: ignore[arg-type]
-        self.n_features_in_: int | None = None
+        self._n_features = None
         self.n_seen_ = 0
         self.version_ = 0
-        self.resets_: dict[str, int] = {"weight": 0, "singular": 0, "stranded": 0, "drift": 0}
-        self.collapse_history_: list[tuple[int, int, str]] = []
+        self.resets_ = dict.fromkeys(RESET_REASONS, 0)
+        self.collapse_history_ = []
         self.anomaly_threshold_ = -np.inf
         self.learning_rate_ = 0.0
-        self.stats_: SufficientStatistics | None = None
-        self._params: Params | None = None
+        self.stats_ = None
+        self._params = None
         self._buffer: list[np.ndarray] = []
         self._rewarm: list[np.ndarray] = []
         self._provisional_size = 0
         self._n_steps = 0
         self._sum_sq_weights = 0.0
         self._since_check = 0
-        self._usage = np.zeros(n_components)
+        self._usage = np.zeros(self.n_components)
         self._flag_share = 0.0
         self._flagged = np.empty((0, 0))
         self._flagged_at = np.empty(0, dtype=np.int64)
-        self._conditioning: tuple[int, np.ndarray] | None = None
+        self._conditioning = None
+
+    @property
+    def _kind(self) -> CovarianceKind:
+        return KINDS[self.covariance_type]
 
     # ------------------------------------------------------------------ scikit-learn surface
-    def get_params(self) -> dict[str, Any]:
-        names = (
-            "n_components covariance_type reg_covar learning_decay learning_offset halflife "
-            "warmup init assignment anomaly_rate update_on_anomaly random_state"
-        ).split()
-        return {name: getattr(self, name) for name in names}
+    def __sklearn_tags__(self) -> Any:
+        return sklearn_tags("density_estimator")
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return self._params is not None
+
+    @property
+    def n_features_in_(self) -> int:
+        """d, fixed by the first points learned from."""
+        if self._n_features is None:
+            raise not_fitted("this OnlineGMM has seen no points yet")
+        return self._n_features
+
+    @n_features_in_.setter
+    def n_features_in_(self, value: int | None) -> None:
+        self._n_features = None if value is None else int(value)
+
+    def fit(self, X: Any, y: Any = None) -> OnlineGMM:
+        """Fit to a finite data set X (n, d) from scratch; returns ``self``. ``y`` is ignored.
+
+        Everything learned before is forgotten. The first min(n, ``warmup_``) points initialise
+        the mixture as a stream's warm-up does (seeding with restarts, then batch EM); the
+        remaining points are then streamed through stepwise online EM in batches of
+        ``FIT_BATCH``, and so are all n points on each further pass, up to ``max_iter``
+        passes in all. It stops early (``converged_``) once the mean log-likelihood of X
+        changes by less than ``tol`` between passes; ``n_iter_`` counts the passes made.
+        """
+        X = check_points(X, None)
+        self._ready(restart=True)
+        self._n_features = X.shape[1]
+        head = min(len(X), self.warmup_)
+        self._initialise(X[:head])
+        self.n_seen_ = head
+        rest, previous = X[head:], -np.inf
+        self.n_iter_, self.converged_ = 0, False
+        while self.n_iter_ < self.max_iter:
+            for i in range(0, len(rest), FIT_BATCH):
+                self._online_step(rest[i : i + FIT_BATCH], None)
+            self.n_iter_ += 1
+            current = self.score(X)
+            if abs(current - previous) < self.tol:
+                self.converged_ = True
+                break
+            rest, previous = X, current
+        return self
+
+    def fit_predict(self, X: Any, y: Any = None) -> np.ndarray:
+        """``fit(X)``, then the most responsible component of each point of X, (n,)."""
+        return self.fit(X).predict(X)
+
+    def bic(self, X: Any) -> float:
+        """Bayesian information criterion on X (lower is better)."""
+        n = len(self._points(X))
+        return -2.0 * self.score(X) * n + self._n_parameters() * math.log(n)
+
+    def aic(self, X: Any) -> float:
+        """Akaike information criterion on X (lower is better)."""
+        return -2.0 * self.score(X) * len(self._points(X)) + 2.0 * self._n_parameters()
+
+    def _n_parameters(self) -> int:
+        """Free parameters: covariances, means and K − 1 weights."""
+        K, d = self.n_components, self.n_features_in_
+        return int(self._kind.n_parameters(K, d)) + K * d + K - 1
 
     @classmethod
     def from_params(
@@ -171,6 +290,7 @@ class OnlineGMM:
         weights = np.asarray(weights, dtype=np.float64)
         means = np.atleast_2d(np.asarray(means, dtype=np.float64))
         model = cls(len(weights), covariance_type, **kwargs)
+        model._ready()
         covs = np.array(covariances, dtype=np.float64)
         d = means.shape[1]
         # The given covariances already include the floor, as ``covariances_`` do.
@@ -181,7 +301,7 @@ class OnlineGMM:
         nk = weights / weights.sum()
         shape = (-1,) + (1,) * (covs.ndim - 1)
         stats = SufficientStatistics(nk, means.copy(), nk.reshape(shape) * covs)
-        model.n_features_in_ = means.shape[1]
+        model._n_features = means.shape[1]
         model._start(stats, model.warmup_)
         return model
 
@@ -194,7 +314,7 @@ class OnlineGMM:
         """The resolved warm-up length, in points."""
         if self.warmup is not None:
             return int(self.warmup)
-        d = self.n_features_in_ or 1
+        d = self._n_features or 1
         return max(1000, 10 * self.n_components * d)
 
     @property
@@ -245,15 +365,21 @@ class OnlineGMM:
         return self._conditioning[1]
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        return e_step(self._kind, self._fitted(), self._check(X))[0]
+        """Responsibilities (n, K) of each component for each point."""
+        params = self._fitted()
+        return e_step(self._kind, params, self._points(X))[0]
 
     def predict(self, X: Any) -> np.ndarray:
-        return self.predict_proba(X).argmax(axis=1)
+        """The most responsible component of each point, (n,)."""
+        return row_argmax(self.predict_proba(X))
 
     def score_samples(self, X: Any) -> np.ndarray:
-        return e_step(self._kind, self._fitted(), self._check(X))[1]
+        """log p(x) of each point, (n,)."""
+        params = self._fitted()
+        return e_step(self._kind, params, self._points(X))[1]
 
-    def score(self, X: Any) -> float:
+    def score(self, X: Any, y: Any = None) -> float:
+        """Mean log-likelihood per point of X (higher is better); ``y`` is ignored."""
         return float(self.score_samples(X).mean())
 
     def sample(
@@ -269,14 +395,18 @@ class OnlineGMM:
         return params.means[labels] + np.einsum("nij,nj->ni", chol[labels], z), labels
 
     # ------------------------------------------------------------------ learning
-    def partial_fit(self, X: Any, learning_rate: float | None = None) -> BatchResult:
+    def partial_fit(
+        self, X: Any, y: Any = None, *, learning_rate: float | None = None
+    ) -> BatchResult:
         """Answer a batch (n, d) with the current parameters, then learn from it.
 
-        ``learning_rate`` overrides the schedule with one step for the whole batch; ``1.0``
-        replaces the statistics with the batch's own (one exact batch M-step).
+        Returns the answers (unlike scikit-learn's ``partial_fit``, which returns ``self``);
+        ``y`` is ignored. ``learning_rate`` overrides the schedule with one step for the whole
+        batch; ``1.0`` replaces the statistics with the batch's own (one exact batch M-step).
         """
         if learning_rate is not None and not 0.0 < learning_rate <= 1.0:
             raise ValueError(f"learning_rate must be in (0, 1], got {learning_rate!r}")
+        self._ready()
         X = self._check(X)
         if len(X) == 0:
             empty = np.zeros(0, dtype=bool)
@@ -294,23 +424,28 @@ class OnlineGMM:
     def _warm_up(self, X: np.ndarray) -> BatchResult:
         self._buffer.append(X.copy())
         buffered = np.concatenate(self._buffer)
-        hard = self.assignment == "hard"
         if len(buffered) >= self.warmup_:
-            rng = np.random.default_rng([self._state["seed"], 0])
-            stats = fit_batch(buffered, self.n_components, self._kind, reg_covar=self.reg_covar,
-                              init=self.init, hard=hard, rng=rng, n_init=WARMUP_RESTARTS)
-            self._buffer = []
-            self._start(stats, len(buffered))
+            self._initialise(buffered)
         elif self._params is None or len(buffered) >= 2 * self._provisional_size:
             rng = np.random.default_rng([self._state["seed"], 1, len(buffered)])
             stats = fit_batch(buffered, self.n_components, self._kind, reg_covar=self.reg_covar,
-                              init=self.init, hard=hard, rng=rng, max_iter=5)
+                              init=self.init, hard=self.assignment == "hard", rng=rng,
+                              max_iter=5)
             self._params = params_from_statistics(stats, self._kind, self.reg_covar)
             self._provisional_size = len(buffered)
         self.n_seen_ += len(X)
         resp, log_lik = e_step(self._kind, self._fitted(), X)
         ones = np.ones(len(X), dtype=bool)
         return _result(resp, log_lik, ~ones, ones, self.version_)
+
+    def _initialise(self, buffered: np.ndarray) -> None:
+        """The end of the warm-up: the mixture fitted to the buffered points (n, d)."""
+        rng = np.random.default_rng([self._state["seed"], 0])
+        stats = fit_batch(buffered, self.n_components, self._kind, reg_covar=self.reg_covar,
+                          init=self.init, hard=self.assignment == "hard", rng=rng,
+                          n_init=WARMUP_RESTARTS)
+        self._buffer = []
+        self._start(stats, len(buffered))
 
     def _start(self, stats: SufficientStatistics, n_points: int) -> None:
         self.stats_ = stats
@@ -472,19 +607,26 @@ class OnlineGMM:
         return sum(len(b) for b in self._buffer)
 
     def _check(self, X: Any) -> np.ndarray:
-        X = check_points(X, self.n_features_in_)
-        if self.n_features_in_ is None:
-            self.n_features_in_ = X.shape[1]
+        """Points to learn from (a stream's batch may be empty); the first fix d."""
+        X = check_points(X, self._n_features, allow_empty=True)
+        if self._n_features is None:
+            self._n_features = X.shape[1]
         return X
+
+    def _points(self, X: Any) -> np.ndarray:
+        """Points to answer, with as many features as the model."""
+        return check_points(X, self.n_features_in_)
 
     def _fitted(self) -> Params:
         if self._params is None:
-            raise RuntimeError("this OnlineGMM has seen no points yet; call partial_fit first")
+            raise not_fitted("this OnlineGMM is not fitted yet: call fit or partial_fit "
+                             "with some points first")
         return self._params
 
     def log_prob_components(self, X: Any) -> np.ndarray:
         """log π_k + log N(x | k), (n, K)."""
-        return estimate_weighted_log_prob(self._kind, self._fitted(), self._check(X))
+        params = self._fitted()
+        return estimate_weighted_log_prob(self._kind, params, self._points(X))
 
     # ------------------------------------------------------------------ persistence
     def params_dict(self) -> dict[str, Any]:
@@ -500,6 +642,7 @@ class OnlineGMM:
         }
 
     def to_bytes(self) -> bytes:
+        self._ready()
         return persistence.dumps(self)
 
     @classmethod
