@@ -40,6 +40,7 @@ WARMUP_RESTARTS = 5
 #: Points per online-EM step in ``fit``'s passes.
 FIT_BATCH = 256
 RESET_REASONS = ("weight", "singular", "stranded", "drift")
+NOT_FITTED = "this OnlineGMM is not fitted yet: call fit or partial_fit with some points first"
 
 
 @dataclass(frozen=True)
@@ -219,7 +220,7 @@ class OnlineGMM(Estimator):
     def n_features_in_(self) -> int:
         """d, fixed by the first points learned from."""
         if self._n_features is None:
-            raise not_fitted("this OnlineGMM has seen no points yet")
+            raise not_fitted(NOT_FITTED)
         return self._n_features
 
     @n_features_in_.setter
@@ -619,8 +620,7 @@ class OnlineGMM(Estimator):
 
     def _fitted(self) -> Params:
         if self._params is None:
-            raise not_fitted("this OnlineGMM is not fitted yet: call fit or partial_fit "
-                             "with some points first")
+            raise not_fitted(NOT_FITTED)
         return self._params
 
     def log_prob_components(self, X: Any) -> np.ndarray:
