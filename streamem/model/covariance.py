@@ -101,6 +101,21 @@ def _maha_spherical(Y: np.ndarray, M: np.ndarray, prec_chol: np.ndarray) -> np.n
     return np.maximum(maha * prec[:, None], 0.0)
 
 
+def _point_maha_full(D: np.ndarray, prec_chol: np.ndarray) -> np.ndarray:
+    """Squared Mahalanobis distances (K,) of one point from each mean, D = x − μ_k (K, d)."""
+    Z = np.matmul(D[:, None, :], prec_chol)
+    return np.einsum("kij,kij->k", Z, Z)
+
+
+def _point_maha_diag(D: np.ndarray, prec_chol: np.ndarray) -> np.ndarray:
+    Z = D * prec_chol
+    return np.einsum("kd,kd->k", Z, Z)
+
+
+def _point_maha_spherical(D: np.ndarray, prec_chol: np.ndarray) -> np.ndarray:
+    return np.einsum("kd,kd->k", D, D) * prec_chol**2
+
+
 def _moment_full(Y: np.ndarray, R: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
     """Σ_i R_ik y_i y_iᵀ for every k, (K, d, d), over the points ``active`` (n, K) for k.
 
@@ -242,6 +257,7 @@ class CovarianceKind:
     precision_cholesky : covariances -> precision Cholesky factors
     log_det : (precisions_chol, n_features) -> (K,) log det of the factors (= −½ log det Σ)
     mahalanobis : (Y (n, d), M (K, d), precisions_chol) -> (K, n) squared distances
+    point_mahalanobis : (D (K, d) = x − μ_k, precisions_chol) -> (K,) for one point x
     moment : (Y (n, d), R (n, K)[, active (n, K) bool]) -> Σ_i R_ik (second moment of y_i) per
         component; pairs outside ``active`` may be skipped
     outer : (a (K, d), b (K, d)) -> per-component a bᵀ in this type's scatter shape
@@ -255,6 +271,7 @@ class CovarianceKind:
     precision_cholesky: Callable[[np.ndarray], np.ndarray]
     log_det: Callable[[np.ndarray, int], np.ndarray]
     mahalanobis: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+    point_mahalanobis: Callable[[np.ndarray, np.ndarray], np.ndarray]
     moment: Callable[..., np.ndarray]
     outer: Callable[[np.ndarray, np.ndarray], np.ndarray]
     add_floor: Callable[[np.ndarray, float], np.ndarray]
@@ -286,17 +303,18 @@ def _n_parameters_spherical(n_components: int, n_features: int) -> int:
 # Module-level functions only (no lambdas): the table is pickled with the model by reference.
 KINDS: dict[str, CovarianceKind] = {
     "full": CovarianceKind(
-        "full", _cholesky_full, _log_det_full, _maha_full, _moment_full,
+        "full", _cholesky_full, _log_det_full, _maha_full, _point_maha_full, _moment_full,
         _outer_full, _add_floor_full, _variances_full, _to_full_full, _from_full_full,
         _n_parameters_full,
     ),
     "diag": CovarianceKind(
-        "diag", _cholesky_diag, _log_det_diag, _maha_diag, _moment_diag,
+        "diag", _cholesky_diag, _log_det_diag, _maha_diag, _point_maha_diag, _moment_diag,
         _outer_diag, _add_floor_diag, _variances_diag, _to_full_diag, _from_full_diag,
         _n_parameters_diag,
     ),
     "spherical": CovarianceKind(
-        "spherical", _cholesky_diag, _log_det_spherical, _maha_spherical, _moment_spherical,
+        "spherical", _cholesky_diag, _log_det_spherical, _maha_spherical, _point_maha_spherical,
+        _moment_spherical,
         _outer_spherical, _add_floor_diag, _variances_spherical, _to_full_spherical,
         _from_full_spherical, _n_parameters_spherical,
     ),

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from streamem.model import collapse, persistence
+from streamem.model import collapse, persistence, point
 from streamem.model.anomaly import anomaly_threshold
 from streamem.model.covariance import KINDS, CovarianceKind
 from streamem.model.estimator import Estimator, not_fitted, sklearn_tags
@@ -19,7 +19,9 @@ from streamem.model.params import (
     e_step,
     estimate_weighted_log_prob,
     hard_responsibilities,
+    make_params,
     params_from_statistics,
+    refresh_params,
     row_argmax,
     row_max,
 )
@@ -123,6 +125,7 @@ class OnlineGMM(Estimator):
     _params: Params | None = None
     _n_features: int | None = None
     _conditioning: tuple[int, np.ndarray] | None = None
+    _factored: np.ndarray | None = None  # what lazily kept factors were computed from
     _checked = False  # hyperparameters checked since the last set_params
 
     def __init__(
@@ -204,6 +207,7 @@ class OnlineGMM(Estimator):
         self._flagged = np.empty((0, 0))
         self._flagged_at = np.empty(0, dtype=np.int64)
         self._conditioning = None
+        self._factored = None
 
     @property
     def _kind(self) -> CovarianceKind:
@@ -367,17 +371,24 @@ class OnlineGMM(Estimator):
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Responsibilities (n, K) of each component for each point."""
-        params = self._fitted()
-        return e_step(self._kind, params, self._points(X))[0]
+        return self._e_step(X)[0]
 
     def predict(self, X: Any) -> np.ndarray:
         """The most responsible component of each point, (n,)."""
-        return row_argmax(self.predict_proba(X))
+        return row_argmax(self._e_step(X)[0])
 
     def score_samples(self, X: Any) -> np.ndarray:
         """log p(x) of each point, (n,)."""
+        return self._e_step(X)[1]
+
+    def _e_step(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Responsibilities (n, K) and log p(x) (n,); one point takes ``point.e_step``."""
         params = self._fitted()
-        return e_step(self._kind, params, self._points(X))[1]
+        X = self._points(X)
+        one = point.e_step(self._kind, params, X[0]) if len(X) == 1 else None
+        if one is not None:
+            return one[0][None], np.array([one[1]])
+        return e_step(self._kind, params, X)
 
     def score(self, X: Any, y: Any = None) -> float:
         """Mean log-likelihood per point of X (higher is better); ``y`` is ignored."""
@@ -459,7 +470,11 @@ class OnlineGMM(Estimator):
         assert self.stats_ is not None and self._params is not None
         version = self.version_
         Y = centred(X, self._params.center)
-        resp, log_lik = e_step(self._kind, self._params, X, Y)
+        one = point.e_step(self._kind, self._params, X[0]) if len(X) == 1 else None
+        if one is not None:  # one point: the same answers in fewer numpy calls
+            resp, log_lik = one[0][None], np.array([one[1]])
+        else:
+            resp, log_lik = e_step(self._kind, self._params, X, Y)
         anomaly = log_lik < self.anomaly_threshold_
         n_flagged = int(np.count_nonzero(anomaly))
         if n_flagged and self.protecting_:
@@ -477,7 +492,7 @@ class OnlineGMM(Estimator):
             self._since_check = 0
             self._reset_components()
         if len(X):
-            self._refresh(threshold=checked)
+            self._refresh(threshold=checked, lazy=len(X) == 1)
         return _result(resp, log_lik, anomaly, np.zeros(len(X), dtype=bool), version)
 
     def _collect_rewarm(self, X: np.ndarray) -> None:
@@ -515,9 +530,13 @@ class OnlineGMM(Estimator):
             self.learning_rate_ = float(learning_rate)
         if self.assignment == "hard":
             resp = hard_responsibilities(resp)
-        batch = batch_statistics(self._kind, Y, resp * w[:, None], self._params.center)
-        self.stats_.blend(batch, decay, self._kind)
-        self.stats_.normalise()
+        if m == 1:
+            point.blend(self._kind, self.stats_, Y[0], resp[0] * w[0], decay,
+                        self._params.center)
+        else:
+            batch = batch_statistics(self._kind, Y, resp * w[:, None], self._params.center)
+            self.stats_.blend(batch, decay, self._kind)
+            self.stats_.normalise()
         self._n_steps += m
         self._sum_sq_weights = decay**2 * self._sum_sq_weights + float(w @ w)
 
@@ -591,10 +610,20 @@ class OnlineGMM(Estimator):
             -HISTORY_LENGTH:
         ]
 
-    def _refresh(self, threshold: bool) -> None:
-        """The M-step: parameters from the statistics; optionally the anomaly threshold too."""
+    def _refresh(self, threshold: bool, lazy: bool = False) -> None:
+        """The M-step: parameters from the statistics; optionally the anomaly threshold too.
+
+        ``lazy`` (after one point) factorises again only the covariances that moved by more
+        than rounding (``params.refresh_params``); the others keep their factors.
+        """
         assert self.stats_ is not None
-        self._params = params_from_statistics(self.stats_, self._kind, self.reg_covar)
+        if lazy and not threshold and self._params is not None:
+            factored = self._params.covariances if self._factored is None else self._factored
+            self._params, self._factored = refresh_params(
+                self.stats_, self._kind, self.reg_covar, self._params, factored)
+        else:
+            self._params = params_from_statistics(self.stats_, self._kind, self.reg_covar)
+            self._factored = None
         self.version_ += 1
         if threshold or not np.isfinite(self.anomaly_threshold_):
             d = self._params.means.shape[1]
@@ -604,6 +633,13 @@ class OnlineGMM(Estimator):
             )
 
     # ------------------------------------------------------------------ helpers
+    def _settle(self) -> None:
+        """Factorise every covariance afresh, as loading a saved model will (bit for bit)."""
+        if self._factored is not None and self._params is not None:
+            p = self._params
+            self._params = make_params(self._kind, p.weights, p.means, p.covariances, p.center)
+            self._factored = None
+
     def _buffered(self) -> int:
         return sum(len(b) for b in self._buffer)
 
@@ -643,6 +679,7 @@ class OnlineGMM(Estimator):
 
     def to_bytes(self) -> bytes:
         self._ready()
+        self._settle()
         return persistence.dumps(self)
 
     @classmethod
