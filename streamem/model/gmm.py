@@ -375,7 +375,11 @@ class OnlineGMM(Estimator):
 
     def predict(self, X: Any) -> np.ndarray:
         """The most responsible component of each point, (n,)."""
-        return row_argmax(self._e_step(X)[0])
+        params = self._fitted()
+        X = self._points(X)
+        if len(X) == 1:  # the most responsible is the most probable: no normalisation needed
+            return np.array([point.weighted_log_prob(self._kind, params, X[0]).argmax()])
+        return row_argmax(e_step(self._kind, params, X)[0])
 
     def score_samples(self, X: Any) -> np.ndarray:
         """log p(x) of each point, (n,)."""

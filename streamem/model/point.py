@@ -18,6 +18,12 @@ from streamem.model.params import Params
 from streamem.model.statistics import TINY, SufficientStatistics
 
 
+def weighted_log_prob(kind: CovarianceKind, params: Params, x: np.ndarray) -> np.ndarray:
+    """log π_k + log N(x | μ_k, Σ_k) of one point x (d,), (K,)."""
+    maha = kind.point_mahalanobis(x - params.means, params.precisions_chol)
+    return params.log_norm - 0.5 * maha
+
+
 def e_step(
     kind: CovarianceKind, params: Params, x: np.ndarray
 ) -> tuple[np.ndarray, float] | None:
@@ -25,8 +31,7 @@ def e_step(
 
     ``None`` when no component gives x a finite density: the batch E-step handles that case.
     """
-    maha = kind.point_mahalanobis(x - params.means, params.precisions_chol)
-    weighted = params.log_norm - 0.5 * maha
+    weighted = weighted_log_prob(kind, params, x)
     top = weighted.max()
     if not math.isfinite(top):
         return None
