@@ -25,6 +25,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from streamem.errors import NotFittedError
 from streamem.model import OnlineGMM
+from streamem.model.covariance import KINDS
 from streamem.model.estimator import sklearn_tags
 from streamem.synthetic import Mixture
 
@@ -216,6 +217,12 @@ def test_pickle_and_joblib_continue_the_same_trajectory(covariance_type: str, se
         assert copy.get_params() == original.get_params()
         for got, want in zip(_continuation(copy, rest), expected, strict=True):
             np.testing.assert_array_equal(got, want)
+
+
+def test_the_covariance_kinds_pickle() -> None:
+    """Every function in the table is module-level: a kind pickles by reference."""
+    for name, kind in KINDS.items():
+        assert pickle.loads(pickle.dumps(kind)) == kind, name
 
 
 # ---------------------------------------------------------------- before fitting, bad input
