@@ -7,6 +7,8 @@ one-point kernels for it.
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 
@@ -148,11 +150,16 @@ def test_a_stream_of_single_points_follows_the_batch_path(
     assert fast.n_seen_ == slow.n_seen_ and fast.resets_ == slow.resets_
 
 
-def test_saving_after_single_points_continues_bit_for_bit() -> None:
-    """Factors kept lazily are settled before saving, as loading computes them."""
+@pytest.mark.parametrize("how", ["to_bytes", "pickle"])
+def test_a_copy_after_single_points_continues_bit_for_bit(how: str) -> None:
+    """Factors kept lazily are settled before saving, as loading computes them; a pickle
+    carries them as they are."""
     X, _ = Mixture.random(4, 3, random_state=3).sample(1500, random_state=4)
     gmm, _ = stream_one_by_one({}, X[:700])
-    copy = OnlineGMM.from_bytes(gmm.to_bytes())
+    if how == "to_bytes":
+        copy = OnlineGMM.from_bytes(gmm.to_bytes())
+    else:
+        copy = pickle.loads(pickle.dumps(gmm))
     for i in range(700, 1500):
         a, b = gmm.partial_fit(X[i : i + 1]), copy.partial_fit(X[i : i + 1])
         np.testing.assert_array_equal(a.responsibilities, b.responsibilities)
