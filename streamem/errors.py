@@ -4,6 +4,7 @@
 * :class:`DecodeError` — one bad message; it goes to the dead-letter topic, the loop goes on.
 * :class:`TransportError` — the broker or a sink failed; the loop backs off and retries.
 * :class:`CheckpointError` — a checkpoint could not be written or read.
+* :class:`NotFittedError` — a model was asked for answers before it saw any point.
 """
 
 
@@ -30,3 +31,11 @@ class TransportError(StreamemError):
 
 class CheckpointError(StreamemError):
     """A checkpoint could not be saved or restored."""
+
+
+class NotFittedError(StreamemError, ValueError, AttributeError, RuntimeError):
+    """A model was used before ``fit`` or ``partial_fit`` gave it parameters.
+
+    A ``ValueError`` and an ``AttributeError`` like scikit-learn's own ``NotFittedError``, so
+    ``hasattr(model, "means_")`` is false before fitting; still the ``RuntimeError`` it was.
+    """

@@ -5,7 +5,10 @@ For each (K, d) it measures, on the same points and the same BLAS thread count:
 * streamem: ``partial_fit`` in batches of 1000 (full covariance), after warm-up;
 * scikit-learn: one E-step + M-step of ``GaussianMixture`` over all points
   (point-iterations/s — the cost of a batch EM pass);
-* the flop limit: the machine's float64 matmul peak (measured now) over ~4·K·d² flops per point.
+* the flop limit: the machine's float64 matmul peak (measured now) over ~4·K·d² flops per point;
+* one point per call (an event handler's pattern), after warm-up: µs per ``partial_fit`` and per
+  ``predict`` of a 1×d array, beside River's ``KMeans`` ``learn_one`` + ``predict_one`` on the
+  same points as dicts (River is a development dependency; without it that column is empty).
 
 Times are the best of ``repeats`` runs, the two sides taking turns so that both meet the same
 load; the ratios are what to compare across machines.
@@ -23,6 +26,8 @@ from streamem.model import OnlineGMM
 from streamem.synthetic import Mixture
 
 SIZES: tuple[tuple[int, int], ...] = ((8, 8), (16, 32))
+#: Single-point calls per round of the one-point rows.
+POINT_CALLS = 2000
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,9 @@ class EngineResult:
     sklearn_point_iterations_s: float
     peak_gflops: float
     state_bytes: tuple[int, int]  # the model's saved state after 20 000 and after all points
+    point_fit_us: float  # one-point partial_fit, µs per call
+    point_predict_us: float  # one-point predict, µs per call
+    river_us: float | None  # River KMeans learn_one + predict_one, µs per point
 
     @property
     def speedup(self) -> float:
@@ -96,10 +104,53 @@ def bench_size(
         reference._m_step(X, log_resp)
 
     ours, theirs = best_times([streamem_pass, sklearn_iteration], repeats)
+    point_fit, point_predict, river = bench_one_point(state, X[:POINT_CALLS], warm, repeats)
     return EngineResult(
         n_components, n_features, n_points / ours, n_points / theirs, peak,
-        (len(state), after[-1]),
+        (len(state), after[-1]), point_fit, point_predict, river,
     )
+
+
+def bench_one_point(
+    state: bytes, X: np.ndarray, warm: np.ndarray, repeats: int
+) -> tuple[float, float, float | None]:
+    """µs per call of one-point ``partial_fit`` and ``predict``, and of River's KMeans.
+
+    Each round's ``partial_fit`` starts from the same warm model (restored before the clock
+    starts); River's model, warmed on the same stream, keeps learning.
+    """
+    rows = [X[i : i + 1] for i in range(len(X))]
+    fresh = [OnlineGMM.from_bytes(state) for _ in range(repeats)]
+    predictor = OnlineGMM.from_bytes(state)
+
+    def learn() -> None:
+        model = fresh.pop()
+        for row in rows:
+            model.partial_fit(row)
+
+    def predict() -> None:
+        for row in rows:
+            predictor.predict(row)
+
+    fns: list[Callable[[], object]] = [learn, predict]
+    try:
+        from river import cluster
+    except ImportError:
+        river = None
+    else:
+        river = cluster.KMeans(n_clusters=predictor.n_components, seed=0)
+        for x in warm[:POINT_CALLS]:
+            river.learn_one(dict(enumerate(x.tolist())))
+        dicts = [dict(enumerate(x.tolist())) for x in X]
+
+        def river_step() -> None:
+            for x in dicts:
+                river.learn_one(x)
+                river.predict_one(x)
+
+        fns.append(river_step)
+    times = [1e6 * t / len(rows) for t in best_times(fns, repeats)]
+    return times[0], times[1], times[2] if river is not None else None
 
 
 def run(
@@ -129,4 +180,14 @@ def report(results: Sequence[EngineResult], threads: str) -> str:
     for r in results:
         lines.append(f"{r.n_components:>4} {r.n_features:>4} {r.state_bytes[0]:>15,} -> "
                      f"{r.state_bytes[1]:,}")
+    lines.append("one point per call, µs (ratio to River KMeans learn_one + predict_one):")
+    lines.append(f"{'K':>4} {'d':>4} {'partial_fit':>17} {'predict':>17} {'River':>8}")
+    for r in results:
+        if r.river_us is None:
+            fit, predict, river = f"{r.point_fit_us:.1f}", f"{r.point_predict_us:.1f}", "n/a"
+        else:
+            fit = f"{r.point_fit_us:.1f} ({r.point_fit_us / r.river_us:.2f}x)"
+            predict = f"{r.point_predict_us:.1f} ({r.point_predict_us / r.river_us:.2f}x)"
+            river = f"{r.river_us:.1f}"
+        lines.append(f"{r.n_components:>4} {r.n_features:>4} {fit:>17} {predict:>17} {river:>8}")
     return "\n".join(lines)

@@ -56,13 +56,13 @@ def _cholesky_diag(cov: np.ndarray) -> np.ndarray:
     return 1.0 / np.sqrt(cov)
 
 
-def _log_det_full(prec_chol: np.ndarray) -> np.ndarray:
+def _log_det_full(prec_chol: np.ndarray, n_features: int) -> np.ndarray:
     """log det of each precision Cholesky factor, (K,) — i.e. −½ log det Σ_k."""
     K, d, _ = prec_chol.shape
     return np.log(prec_chol.reshape(K, d * d)[:, :: d + 1]).sum(axis=1)
 
 
-def _log_det_diag(prec_chol: np.ndarray) -> np.ndarray:
+def _log_det_diag(prec_chol: np.ndarray, n_features: int) -> np.ndarray:
     return np.log(prec_chol).sum(axis=1)
 
 
@@ -99,6 +99,21 @@ def _maha_spherical(Y: np.ndarray, M: np.ndarray, prec_chol: np.ndarray) -> np.n
     prec = prec_chol**2
     maha = (Y**2).sum(axis=1)[None] - 2.0 * (M @ Y.T) + (M**2).sum(axis=1)[:, None]
     return np.maximum(maha * prec[:, None], 0.0)
+
+
+def _point_maha_full(D: np.ndarray, prec_chol: np.ndarray) -> np.ndarray:
+    """Squared Mahalanobis distances (K,) of one point from each mean, D = x − μ_k (K, d)."""
+    Z = np.matmul(D[:, None, :], prec_chol)
+    return np.einsum("kij,kij->k", Z, Z)
+
+
+def _point_maha_diag(D: np.ndarray, prec_chol: np.ndarray) -> np.ndarray:
+    Z = D * prec_chol
+    return np.einsum("kd,kd->k", Z, Z)
+
+
+def _point_maha_spherical(D: np.ndarray, prec_chol: np.ndarray) -> np.ndarray:
+    return np.einsum("kd,kd->k", D, D) * prec_chol**2
 
 
 def _moment_full(Y: np.ndarray, R: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
@@ -242,6 +257,7 @@ class CovarianceKind:
     precision_cholesky : covariances -> precision Cholesky factors
     log_det : (precisions_chol, n_features) -> (K,) log det of the factors (= −½ log det Σ)
     mahalanobis : (Y (n, d), M (K, d), precisions_chol) -> (K, n) squared distances
+    point_mahalanobis : (D (K, d) = x − μ_k, precisions_chol) -> (K,) for one point x
     moment : (Y (n, d), R (n, K)[, active (n, K) bool]) -> Σ_i R_ik (second moment of y_i) per
         component; pairs outside ``active`` may be skipped
     outer : (a (K, d), b (K, d)) -> per-component a bᵀ in this type's scatter shape
@@ -255,6 +271,7 @@ class CovarianceKind:
     precision_cholesky: Callable[[np.ndarray], np.ndarray]
     log_det: Callable[[np.ndarray, int], np.ndarray]
     mahalanobis: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+    point_mahalanobis: Callable[[np.ndarray, np.ndarray], np.ndarray]
     moment: Callable[..., np.ndarray]
     outer: Callable[[np.ndarray, np.ndarray], np.ndarray]
     add_floor: Callable[[np.ndarray, float], np.ndarray]
@@ -271,21 +288,35 @@ class CovarianceKind:
         }[self.name]
 
 
+def _n_parameters_full(n_components: int, n_features: int) -> int:
+    return n_components * n_features * (n_features + 1) // 2
+
+
+def _n_parameters_diag(n_components: int, n_features: int) -> int:
+    return n_components * n_features
+
+
+def _n_parameters_spherical(n_components: int, n_features: int) -> int:
+    return n_components
+
+
+# Module-level functions only (no lambdas): the table is pickled with the model by reference.
 KINDS: dict[str, CovarianceKind] = {
     "full": CovarianceKind(
-        "full", _cholesky_full, lambda p, d: _log_det_full(p), _maha_full, _moment_full,
+        "full", _cholesky_full, _log_det_full, _maha_full, _point_maha_full, _moment_full,
         _outer_full, _add_floor_full, _variances_full, _to_full_full, _from_full_full,
-        lambda k, d: k * d * (d + 1) // 2,
+        _n_parameters_full,
     ),
     "diag": CovarianceKind(
-        "diag", _cholesky_diag, lambda p, d: _log_det_diag(p), _maha_diag, _moment_diag,
+        "diag", _cholesky_diag, _log_det_diag, _maha_diag, _point_maha_diag, _moment_diag,
         _outer_diag, _add_floor_diag, _variances_diag, _to_full_diag, _from_full_diag,
-        lambda k, d: k * d,
+        _n_parameters_diag,
     ),
     "spherical": CovarianceKind(
-        "spherical", _cholesky_diag, _log_det_spherical, _maha_spherical, _moment_spherical,
+        "spherical", _cholesky_diag, _log_det_spherical, _maha_spherical, _point_maha_spherical,
+        _moment_spherical,
         _outer_spherical, _add_floor_diag, _variances_spherical, _to_full_spherical,
-        _from_full_spherical, lambda k, d: k,
+        _from_full_spherical, _n_parameters_spherical,
     ),
 }
 

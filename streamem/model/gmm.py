@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
-from streamem.model import collapse, persistence
+from streamem.model import collapse, persistence, point
 from streamem.model.anomaly import anomaly_threshold
-from streamem.model.covariance import KINDS
+from streamem.model.covariance import KINDS, CovarianceKind
+from streamem.model.estimator import Estimator, not_fitted, sklearn_tags
 from streamem.model.params import (
     Params,
     centred,
     e_step,
     estimate_weighted_log_prob,
     hard_responsibilities,
+    make_params,
     params_from_statistics,
+    refresh_params,
     row_argmax,
     row_max,
 )
@@ -35,6 +39,10 @@ HISTORY_LENGTH = 100
 DRIFT_SHARE = 0.25
 #: Seeding restarts of the warm-up fit; the best on the buffer is kept.
 WARMUP_RESTARTS = 5
+#: Points per online-EM step in ``fit``'s passes.
+FIT_BATCH = 256
+RESET_REASONS = ("weight", "singular", "stranded", "drift")
+NOT_FITTED = "this OnlineGMM is not fitted yet: call fit or partial_fit with some points first"
 
 
 class ModelRejected(ValueError):
@@ -64,8 +72,11 @@ class BatchResult:
         return len(self.labels)
 
 
-class OnlineGMM:
+class OnlineGMM(Estimator):
     """Gaussian mixture fitted one pass over a stream by stepwise online EM.
+
+    A scikit-learn density estimator (``get_params``/``set_params``, ``fit``, ``score``,
+    ``clone``, pipelines, grid search, pickling) whose main use is ``partial_fit`` on a stream.
 
     Parameters
     ----------
@@ -81,7 +92,14 @@ class OnlineGMM:
     anomaly_rate : share of the model's own inliers flagged as anomalies.
     update_on_anomaly : whether flagged points always update the statistics; by default they do
         not while flags are as rare as anomalies should be (see ``protecting_``).
-    random_state : seed of the seeding; ``None`` draws one (kept in checkpoints).
+    random_state : seed of the seeding; ``None`` draws one when learning starts (kept in
+        checkpoints).
+    max_iter, tol : ``fit`` only: at most ``max_iter`` passes over its data, stopping once the
+        mean log-likelihood per point changes by less than ``tol`` between passes.
+
+    Hyperparameters are checked when learning starts (``fit``, the first ``partial_fit``, or
+    the first one after ``set_params``), as scikit-learn requires. ``n_components`` and
+    ``covariance_type`` describe the learning state: changing them takes a new ``fit``.
 
     Warm-up: until ``warmup`` points have arrived, points are answered by a provisional model
     fitted to the warm-up buffer (refitted each time the buffer doubles, and including the points
@@ -98,6 +116,22 @@ class OnlineGMM:
     ((3000, 3), 3000, 1.0)
     """
 
+    # What a model that has learned nothing reads as. Class attributes, so that ``__init__``
+    # stores parameters only; ``_begin`` gives each model its own learning state.
+    n_seen_ = 0
+    version_ = 0
+    anomaly_threshold_ = -math.inf
+    learning_rate_ = 0.0
+    # Read-only stand-ins for the dict and list that ``_begin`` creates.
+    resets_: dict[str, int] = MappingProxyType(dict.fromkeys(RESET_REASONS, 0))  # type: ignore
+    collapse_history_: list[tuple[int, int, str]] = ()  # type: ignore[assignment]
+    stats_: SufficientStatistics | None = None
+    _params: Params | None = None
+    _n_features: int | None = None
+    _conditioning: tuple[int, np.ndarray] | None = None
+    _factored: np.ndarray | None = None  # what lazily kept factors were computed from
+    _checked = False  # hyperparameters checked since the last set_params
+
     def __init__(
         self,
         n_components: int = 8,
@@ -112,6 +146,8 @@ class OnlineGMM:
         anomaly_rate: float = 1e-3,
         update_on_anomaly: bool = False,
         random_state: int | None = None,
+        max_iter: int = 10,
+        tol: float = 1e-3,
     ) -> None:
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -125,38 +161,126 @@ class OnlineGMM:
         self.anomaly_rate = anomaly_rate
         self.update_on_anomaly = update_on_anomaly
         self.random_state = random_state
-        check_hyperparameters(self.get_params())
-        self._kind = KINDS[covariance_type]
-        seed = random_state if random_state is not None else np.random.SeedSequence().entropy
+        self.max_iter = max_iter
+        self.tol = tol
+
+    # ------------------------------------------------------------------ learning state
+    def _params_changed(self) -> None:
+        self._checked = False
+
+    def _ready(self, restart: bool = False) -> None:
+        """Check the hyperparameters if they changed; create the learning state if needed."""
+        started = "n_seen_" in vars(self)
+        if not self._checked or restart:
+            check_hyperparameters(self.get_params())
+            if started and not restart and not self._state_fits():
+                raise ValueError("n_components or covariance_type changed since this model "
+                                 "started learning; call fit to start over")
+            self._checked = True
+        if restart or not started:
+            self._begin()
+
+    def _state_fits(self) -> bool:
+        covs = None if self._params is None else self._params.covariances
+        return len(self._usage) == self.n_components and (
+            covs is None or covs.ndim == len(self._kind.scatter_shape(1, 1)))
+
+    def _begin(self) -> None:
+        """A fresh learning state: nothing seen, a seed drawn from ``random_state``."""
+        seed: Any = self.random_state
+        if seed is None:
+            seed = np.random.SeedSequence().entropy
         self._state: dict[str, Any] = {"seed": int(seed)}  # type: ignore[arg-type]
-        self.n_features_in_: int | None = None
+        self._n_features = None
         self.n_seen_ = 0
         self.version_ = 0
-        self.resets_: dict[str, int] = {"weight": 0, "singular": 0, "stranded": 0, "drift": 0}
-        self.collapse_history_: list[tuple[int, int, str]] = []
+        self.resets_ = dict.fromkeys(RESET_REASONS, 0)
+        self.collapse_history_ = []
         self.anomaly_threshold_ = -np.inf
         self.learning_rate_ = 0.0
-        self.stats_: SufficientStatistics | None = None
-        self._params: Params | None = None
+        self.stats_ = None
+        self._params = None
         self._buffer: list[np.ndarray] = []
         self._rewarm: list[np.ndarray] = []
         self._provisional_size = 0
         self._n_steps = 0
         self._sum_sq_weights = 0.0
         self._since_check = 0
-        self._usage = np.zeros(n_components)
+        self._usage = np.zeros(self.n_components)
         self._flag_share = 0.0
         self._flagged = np.empty((0, 0))
         self._flagged_at = np.empty(0, dtype=np.int64)
-        self._conditioning: tuple[int, np.ndarray] | None = None
+        self._conditioning = None
+        self._factored = None
+
+    @property
+    def _kind(self) -> CovarianceKind:
+        return KINDS[self.covariance_type]
 
     # ------------------------------------------------------------------ scikit-learn surface
-    def get_params(self) -> dict[str, Any]:
-        names = (
-            "n_components covariance_type reg_covar learning_decay learning_offset halflife "
-            "warmup init assignment anomaly_rate update_on_anomaly random_state"
-        ).split()
-        return {name: getattr(self, name) for name in names}
+    def __sklearn_tags__(self) -> Any:
+        return sklearn_tags("density_estimator")
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return self._params is not None
+
+    @property
+    def n_features_in_(self) -> int:
+        """d, fixed by the first points learned from."""
+        if self._n_features is None:
+            raise not_fitted(NOT_FITTED)
+        return self._n_features
+
+    @n_features_in_.setter
+    def n_features_in_(self, value: int | None) -> None:
+        self._n_features = None if value is None else int(value)
+
+    def fit(self, X: Any, y: Any = None) -> OnlineGMM:
+        """Fit to a finite data set X (n, d) from scratch; returns ``self``. ``y`` is ignored.
+
+        Everything learned before is forgotten. The first min(n, ``warmup_``) points initialise
+        the mixture as a stream's warm-up does (seeding with restarts, then batch EM); the
+        remaining points are then streamed through stepwise online EM in batches of
+        ``FIT_BATCH``, and so are all n points on each further pass, up to ``max_iter``
+        passes in all. It stops early (``converged_``) once the mean log-likelihood of X
+        changes by less than ``tol`` between passes; ``n_iter_`` counts the passes made.
+        """
+        X = check_points(X, None)
+        self._ready(restart=True)
+        self._n_features = X.shape[1]
+        head = min(len(X), self.warmup_)
+        self._initialise(X[:head])
+        self.n_seen_ = head
+        rest, previous = X[head:], -np.inf
+        self.n_iter_, self.converged_ = 0, False
+        while self.n_iter_ < self.max_iter:
+            for i in range(0, len(rest), FIT_BATCH):
+                self._online_step(rest[i : i + FIT_BATCH], None)
+            self.n_iter_ += 1
+            current = self.score(X)
+            if abs(current - previous) < self.tol:
+                self.converged_ = True
+                break
+            rest, previous = X, current
+        return self
+
+    def fit_predict(self, X: Any, y: Any = None) -> np.ndarray:
+        """``fit(X)``, then the most responsible component of each point of X, (n,)."""
+        return self.fit(X).predict(X)
+
+    def bic(self, X: Any) -> float:
+        """Bayesian information criterion on X (lower is better)."""
+        n = len(self._points(X))
+        return -2.0 * self.score(X) * n + self._n_parameters() * math.log(n)
+
+    def aic(self, X: Any) -> float:
+        """Akaike information criterion on X (lower is better)."""
+        return -2.0 * self.score(X) * len(self._points(X)) + 2.0 * self._n_parameters()
+
+    def _n_parameters(self) -> int:
+        """Free parameters: covariances, means and K − 1 weights."""
+        K, d = self.n_components, self.n_features_in_
+        return int(self._kind.n_parameters(K, d)) + K * d + K - 1
 
     @classmethod
     def from_params(
@@ -175,6 +299,7 @@ class OnlineGMM:
         weights = np.asarray(weights, dtype=np.float64)
         means = np.atleast_2d(np.asarray(means, dtype=np.float64))
         model = cls(len(weights), covariance_type, **kwargs)
+        model._ready()
         covs = np.array(covariances, dtype=np.float64)
         d = means.shape[1]
         # The given covariances already include the floor, as ``covariances_`` do.
@@ -185,7 +310,7 @@ class OnlineGMM:
         nk = weights / weights.sum()
         shape = (-1,) + (1,) * (covs.ndim - 1)
         stats = SufficientStatistics(nk, means.copy(), nk.reshape(shape) * covs)
-        model.n_features_in_ = means.shape[1]
+        model._n_features = means.shape[1]
         model._start(stats, model.warmup_)
         return model
 
@@ -198,7 +323,7 @@ class OnlineGMM:
         """The resolved warm-up length, in points."""
         if self.warmup is not None:
             return int(self.warmup)
-        d = self.n_features_in_ or 1
+        d = self._n_features or 1
         return max(1000, 10 * self.n_components * d)
 
     @property
@@ -249,15 +374,32 @@ class OnlineGMM:
         return self._conditioning[1]
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        return e_step(self._kind, self._fitted(), self._check(X))[0]
+        """Responsibilities (n, K) of each component for each point."""
+        return self._e_step(X)[0]
 
     def predict(self, X: Any) -> np.ndarray:
-        return self.predict_proba(X).argmax(axis=1)
+        """The most responsible component of each point, (n,)."""
+        params = self._fitted()
+        X = self._points(X)
+        if len(X) == 1:  # the most responsible is the most probable: no normalisation needed
+            return np.array([point.weighted_log_prob(self._kind, params, X[0]).argmax()])
+        return row_argmax(e_step(self._kind, params, X)[0])
 
     def score_samples(self, X: Any) -> np.ndarray:
-        return e_step(self._kind, self._fitted(), self._check(X))[1]
+        """log p(x) of each point, (n,)."""
+        return self._e_step(X)[1]
 
-    def score(self, X: Any) -> float:
+    def _e_step(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Responsibilities (n, K) and log p(x) (n,); one point takes ``point.e_step``."""
+        params = self._fitted()
+        X = self._points(X)
+        one = point.e_step(self._kind, params, X[0]) if len(X) == 1 else None
+        if one is not None:
+            return one[0][None], np.array([one[1]])
+        return e_step(self._kind, params, X)
+
+    def score(self, X: Any, y: Any = None) -> float:
+        """Mean log-likelihood per point of X (higher is better); ``y`` is ignored."""
         return float(self.score_samples(X).mean())
 
     def sample(
@@ -273,14 +415,18 @@ class OnlineGMM:
         return params.means[labels] + np.einsum("nij,nj->ni", chol[labels], z), labels
 
     # ------------------------------------------------------------------ learning
-    def partial_fit(self, X: Any, learning_rate: float | None = None) -> BatchResult:
+    def partial_fit(
+        self, X: Any, y: Any = None, *, learning_rate: float | None = None
+    ) -> BatchResult:
         """Answer a batch (n, d) with the current parameters, then learn from it.
 
-        ``learning_rate`` overrides the schedule with one step for the whole batch; ``1.0``
-        replaces the statistics with the batch's own (one exact batch M-step).
+        Returns the answers (unlike scikit-learn's ``partial_fit``, which returns ``self``);
+        ``y`` is ignored. ``learning_rate`` overrides the schedule with one step for the whole
+        batch; ``1.0`` replaces the statistics with the batch's own (one exact batch M-step).
         """
         if learning_rate is not None and not 0.0 < learning_rate <= 1.0:
             raise ValueError(f"learning_rate must be in (0, 1], got {learning_rate!r}")
+        self._ready()
         saved = self._snapshot()
         X = self._check(X)
         if len(X) == 0:
@@ -291,11 +437,11 @@ class OnlineGMM:
             result = self._learn(X, learning_rate)
             problem = self._invalid_state(result)
         except Exception as exc:  # numerical failures of any kind: nothing may be half-learned
-            self.__dict__.update(saved)
+            self._restore(saved)
             raise ModelRejected(f"the model refused the batch and is unchanged: {exc!r}") \
                 from exc
         if problem:
-            self.__dict__.update(saved)
+            self._restore(saved)
             raise ModelRejected(f"the model refused the batch and is unchanged: {problem}")
         return result
 
@@ -309,6 +455,10 @@ class OnlineGMM:
         if self.stats_ is not None:
             saved["stats_"] = self.stats_.copy()
         return saved
+
+    def _restore(self, saved: dict[str, Any]) -> None:
+        self.__dict__.clear()
+        self.__dict__.update(saved)
 
     def _invalid_state(self, result: BatchResult) -> str | None:
         """What is wrong with the state after an update (non-finite, not positive definite)."""
@@ -338,23 +488,28 @@ class OnlineGMM:
     def _warm_up(self, X: np.ndarray) -> BatchResult:
         self._buffer.append(X.copy())
         buffered = np.concatenate(self._buffer)
-        hard = self.assignment == "hard"
         if len(buffered) >= self.warmup_:
-            rng = np.random.default_rng([self._state["seed"], 0])
-            stats = fit_batch(buffered, self.n_components, self._kind, reg_covar=self.reg_covar,
-                              init=self.init, hard=hard, rng=rng, n_init=WARMUP_RESTARTS)
-            self._buffer = []
-            self._start(stats, len(buffered))
+            self._initialise(buffered)
         elif self._params is None or len(buffered) >= 2 * self._provisional_size:
             rng = np.random.default_rng([self._state["seed"], 1, len(buffered)])
             stats = fit_batch(buffered, self.n_components, self._kind, reg_covar=self.reg_covar,
-                              init=self.init, hard=hard, rng=rng, max_iter=5)
+                              init=self.init, hard=self.assignment == "hard", rng=rng,
+                              max_iter=5)
             self._params = params_from_statistics(stats, self._kind, self.reg_covar)
             self._provisional_size = len(buffered)
         self.n_seen_ += len(X)
         resp, log_lik = e_step(self._kind, self._fitted(), X)
         ones = np.ones(len(X), dtype=bool)
         return _result(resp, log_lik, ~ones, ones, self.version_)
+
+    def _initialise(self, buffered: np.ndarray) -> None:
+        """The end of the warm-up: the mixture fitted to the buffered points (n, d)."""
+        rng = np.random.default_rng([self._state["seed"], 0])
+        stats = fit_batch(buffered, self.n_components, self._kind, reg_covar=self.reg_covar,
+                          init=self.init, hard=self.assignment == "hard", rng=rng,
+                          n_init=WARMUP_RESTARTS)
+        self._buffer = []
+        self._start(stats, len(buffered))
 
     def _start(self, stats: SufficientStatistics, n_points: int) -> None:
         self.stats_ = stats
@@ -367,7 +522,11 @@ class OnlineGMM:
         assert self.stats_ is not None and self._params is not None
         version = self.version_
         Y = centred(X, self._params.center)
-        resp, log_lik = e_step(self._kind, self._params, X, Y)
+        one = point.e_step(self._kind, self._params, X[0]) if len(X) == 1 else None
+        if one is not None:  # one point: the same answers in fewer numpy calls
+            resp, log_lik = one[0][None], np.array([one[1]])
+        else:
+            resp, log_lik = e_step(self._kind, self._params, X, Y)
         anomaly = log_lik < self.anomaly_threshold_
         n_flagged = int(np.count_nonzero(anomaly))
         if n_flagged and self.protecting_:
@@ -385,7 +544,7 @@ class OnlineGMM:
             self._since_check = 0
             self._reset_components()
         if len(X):
-            self._refresh(threshold=checked)
+            self._refresh(threshold=checked, lazy=len(X) == 1)
         return _result(resp, log_lik, anomaly, np.zeros(len(X), dtype=bool), version)
 
     def _collect_rewarm(self, X: np.ndarray) -> None:
@@ -423,9 +582,13 @@ class OnlineGMM:
             self.learning_rate_ = float(learning_rate)
         if self.assignment == "hard":
             resp = hard_responsibilities(resp)
-        batch = batch_statistics(self._kind, Y, resp * w[:, None], self._params.center)
-        self.stats_.blend(batch, decay, self._kind)
-        self.stats_.normalise()
+        if m == 1:
+            point.blend(self._kind, self.stats_, Y[0], resp[0] * w[0], decay,
+                        self._params.center)
+        else:
+            batch = batch_statistics(self._kind, Y, resp * w[:, None], self._params.center)
+            self.stats_.blend(batch, decay, self._kind)
+            self.stats_.normalise()
         self._n_steps += m
         self._sum_sq_weights = decay**2 * self._sum_sq_weights + float(w @ w)
 
@@ -499,10 +662,20 @@ class OnlineGMM:
             -HISTORY_LENGTH:
         ]
 
-    def _refresh(self, threshold: bool) -> None:
-        """The M-step: parameters from the statistics; optionally the anomaly threshold too."""
+    def _refresh(self, threshold: bool, lazy: bool = False) -> None:
+        """The M-step: parameters from the statistics; optionally the anomaly threshold too.
+
+        ``lazy`` (after one point) factorises again only the covariances that moved by more
+        than rounding (``params.refresh_params``); the others keep their factors.
+        """
         assert self.stats_ is not None
-        self._params = params_from_statistics(self.stats_, self._kind, self.reg_covar)
+        if lazy and not threshold and self._params is not None:
+            factored = self._params.covariances if self._factored is None else self._factored
+            self._params, self._factored = refresh_params(
+                self.stats_, self._kind, self.reg_covar, self._params, factored)
+        else:
+            self._params = params_from_statistics(self.stats_, self._kind, self.reg_covar)
+            self._factored = None
         self.version_ += 1
         if threshold or not np.isfinite(self.anomaly_threshold_):
             d = self._params.means.shape[1]
@@ -512,23 +685,36 @@ class OnlineGMM:
             )
 
     # ------------------------------------------------------------------ helpers
+    def _settle(self) -> None:
+        """Factorise every covariance afresh, as loading a saved model will (bit for bit)."""
+        if self._factored is not None and self._params is not None:
+            p = self._params
+            self._params = make_params(self._kind, p.weights, p.means, p.covariances, p.center)
+            self._factored = None
+
     def _buffered(self) -> int:
         return sum(len(b) for b in self._buffer)
 
     def _check(self, X: Any) -> np.ndarray:
-        X = check_points(X, self.n_features_in_)
-        if self.n_features_in_ is None:
-            self.n_features_in_ = X.shape[1]
+        """Points to learn from (a stream's batch may be empty); the first fix d."""
+        X = check_points(X, self._n_features, allow_empty=True)
+        if self._n_features is None:
+            self._n_features = X.shape[1]
         return X
+
+    def _points(self, X: Any) -> np.ndarray:
+        """Points to answer, with as many features as the model."""
+        return check_points(X, self.n_features_in_)
 
     def _fitted(self) -> Params:
         if self._params is None:
-            raise RuntimeError("this OnlineGMM has seen no points yet; call partial_fit first")
+            raise not_fitted(NOT_FITTED)
         return self._params
 
     def log_prob_components(self, X: Any) -> np.ndarray:
         """log π_k + log N(x | k), (n, K)."""
-        return estimate_weighted_log_prob(self._kind, self._fitted(), self._check(X))
+        params = self._fitted()
+        return estimate_weighted_log_prob(self._kind, params, self._points(X))
 
     # ------------------------------------------------------------------ persistence
     def params_dict(self) -> dict[str, Any]:
@@ -544,6 +730,8 @@ class OnlineGMM:
         }
 
     def to_bytes(self) -> bytes:
+        self._ready()
+        self._settle()
         return persistence.dumps(self)
 
     @classmethod

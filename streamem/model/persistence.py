@@ -35,7 +35,7 @@ def dumps(model: OnlineGMM) -> bytes:
     """Serialise a model to bytes."""
     header: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION,
                               "params": model.get_params()}
-    header.update({name: getattr(model, name) for name in _SCALARS})
+    header.update({name: getattr(model, name, None) for name in _SCALARS})
     header["anomaly_threshold_"] = float(model.anomaly_threshold_)
     arrays: dict[str, np.ndarray] = {
         "usage": model._usage, "flagged": model._flagged, "flagged_at": model._flagged_at,

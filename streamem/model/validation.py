@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import numpy as np
+from scipy import sparse
 
 _CHOICES = {
     "covariance_type": ("full", "diag", "spherical"),
@@ -15,9 +16,12 @@ _CHOICES = {
 
 
 def check_hyperparameters(params: dict[str, Any]) -> None:
-    """Raise ``ValueError`` naming the first bad hyperparameter and what was expected."""
+    """Raise ``ValueError`` naming the first bad hyperparameter and what was expected.
+
+    Run when learning starts, not by ``__init__`` or ``set_params`` (scikit-learn's convention).
+    """
     for name, choices in _CHOICES.items():
-        if params[name] not in choices:
+        if not isinstance(params[name], str) or params[name] not in choices:
             raise ValueError(f"{name} must be one of {choices}, got {params[name]!r}")
     k = params["n_components"]
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
@@ -49,24 +53,42 @@ def check_hyperparameters(params: dict[str, Any]) -> None:
             raise ValueError(f"{name} must be an integer >= {low} or None, got {value!r}")
     if not 0.0 < params["anomaly_rate"] < 1.0:
         raise ValueError(f"anomaly_rate must be in (0, 1), got {params['anomaly_rate']!r}")
+    max_iter = params["max_iter"]
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
+        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+    tol = params["tol"]
+    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.number)) \
+            or not 0.0 <= tol < np.inf:
+        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
 
 
-def check_points(X: Any, n_features: int | None) -> np.ndarray:
-    """X as a float64 (n, d) array; ``ValueError`` for a wrong shape, non-finite rows, or
-    values beyond :func:`max_abs_value` (whose squares would overflow the statistics)."""
-    try:
-        X = np.asarray(X, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"points must be numeric: {exc}") from exc
+class NonNumericPoints(ValueError, TypeError):
+    """Points that are not numbers: a ``ValueError`` (bad input) and a ``TypeError`` as numpy's."""
+
+
+def check_points(X: Any, n_features: int | None, allow_empty: bool = False) -> np.ndarray:
+    """X as a float64 (n, d) array with d >= 1 and n >= 1 (or n = 0 when ``allow_empty``).
+
+    Complex, non-numeric, empty, wrongly shaped or non-finite input is refused with a message
+    saying what was wrong (the wording of scikit-learn's ``check_array`` where it has one).
+    A float64 ndarray, the streaming case, is not copied.
+    """
+    if not isinstance(X, np.ndarray) or X.dtype != np.float64:
+        X = _as_float64(X)
     if X.ndim != 2:
         raise ValueError(
             f"expected a 2-D array (n_points, n_features), got shape {X.shape}; "
-            "use X.reshape(1, -1) for a single point"
+            "Reshape your data with X.reshape(1, -1) for a single point"
         )
-    if n_features is not None and X.shape[1] != n_features:
-        raise ValueError(f"expected {n_features} features per point, got {X.shape[1]}")
     if X.shape[1] == 0:
-        raise ValueError("points must have at least one feature")
+        raise ValueError(f"found 0 feature(s) (shape={X.shape}) while a minimum of 1 is required.")
+    if X.shape[0] == 0 and not allow_empty:
+        raise ValueError(f"found 0 point(s) (shape={X.shape}) while a minimum of 1 is required.")
+    if n_features is not None and X.shape[1] != n_features:
+        raise ValueError(
+            f"X has {X.shape[1]} features, but OnlineGMM is expecting {n_features} features "
+            "as input"
+        )
     limit = max_abs_value(X.shape[1])
     if X.size == 0 or (X.max() <= limit and X.min() >= -limit):  # False with a NaN
         return X
@@ -91,3 +113,15 @@ def max_abs_value(n_features: int) -> float:
 
 def _shown(rows: np.ndarray) -> str:
     return ", ".join(map(str, rows[:10])) + (" …" if len(rows) > 10 else "")
+
+
+def _as_float64(X: Any) -> np.ndarray:
+    if sparse.issparse(X):
+        raise NonNumericPoints("sparse input is not supported: pass X.toarray()")
+    try:
+        is_complex = np.iscomplexobj(X)
+        if not is_complex:
+            return np.asarray(X, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise NonNumericPoints(f"points must be numeric: {exc}") from exc
+    raise ValueError("Complex data not supported: points must be real numbers")

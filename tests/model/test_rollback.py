@@ -94,7 +94,7 @@ def test_a_fresh_model_refused_on_its_first_batch_forgets_its_width():
     with mock.patch.object(gmm_module, "e_step", side_effect=FloatingPointError), \
             pytest.raises(ModelRejected):
         model.partial_fit(points(4))
-    assert model.n_features_in_ is None and model.n_seen_ == 0 and not model._buffer
+    assert not hasattr(model, "n_features_in_") and model.n_seen_ == 0 and not model._buffer
     model.partial_fit(points(3, d=5))
     assert model.n_features_in_ == 5
 

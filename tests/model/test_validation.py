@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from streamem import OnlineGMM
+from streamem.errors import NotFittedError
 
 
 def snapshot(model: OnlineGMM) -> dict[str, np.ndarray]:
@@ -36,7 +37,7 @@ def model(request: pytest.FixtureRequest) -> OnlineGMM:
 
 
 BAD_BATCHES = {
-    "wrong feature count": (points(5, d=4), "expected 3 features"),
+    "wrong feature count": (points(5, d=4), "is expecting 3 features"),
     "1-D": (np.ones(3), "2-D"),
     "3-D": (np.ones((2, 3, 1)), "2-D"),
     "strings": ([["a", "b", "c"]], "numeric"),
@@ -76,7 +77,7 @@ def test_many_non_finite_rows_are_elided() -> None:
 
 @pytest.mark.parametrize("method", ["predict", "predict_proba", "score_samples"])
 def test_prediction_checks_points_too(model: OnlineGMM, method: str) -> None:
-    with pytest.raises(ValueError, match="expected 3 features"):
+    with pytest.raises(ValueError, match="is expecting 3 features"):
         getattr(model, method)(points(4, d=2))
     X = points(4)
     X[2, 2] = np.nan
@@ -84,8 +85,8 @@ def test_prediction_checks_points_too(model: OnlineGMM, method: str) -> None:
         getattr(model, method)(X)
 
 
-def test_prediction_before_any_point_is_a_runtime_error() -> None:
-    with pytest.raises(RuntimeError, match="partial_fit"):
+def test_prediction_before_any_point_is_a_not_fitted_error() -> None:
+    with pytest.raises(NotFittedError, match="partial_fit"):
         OnlineGMM(2).predict(points(3))
 
 
@@ -93,7 +94,7 @@ def test_first_rejected_batch_does_not_fix_the_feature_count() -> None:
     fresh = OnlineGMM(2, warmup=20)
     with pytest.raises(ValueError):
         fresh.partial_fit(np.full((2, 4), np.nan))
-    assert fresh.n_features_in_ is None
+    assert not hasattr(fresh, "n_features_in_")
     fresh.partial_fit(points(5))
     assert fresh.n_features_in_ == 3
 
@@ -112,7 +113,7 @@ def test_bad_learning_rate_on_a_fresh_model_learns_nothing() -> None:
     fresh = OnlineGMM(2, warmup=20)
     with pytest.raises(ValueError, match="learning_rate"):
         fresh.partial_fit(points(5, d=2), learning_rate=2.0)
-    assert fresh.n_features_in_ is None
+    assert not hasattr(fresh, "n_features_in_")
     fresh.partial_fit(points(5, d=3))
     assert fresh.n_features_in_ == 3
 
@@ -133,8 +134,10 @@ BAD_HYPERPARAMETERS = [
 
 @pytest.mark.parametrize(("name", "value"), BAD_HYPERPARAMETERS)
 def test_bad_hyperparameter_names_the_parameter(name: str, value: object) -> None:
+    """Checked when learning starts (scikit-learn's ``__init__`` only stores parameters)."""
+    gmm = OnlineGMM(**{name: value})
     with pytest.raises(ValueError, match=name):
-        OnlineGMM(**{name: value})
+        gmm.partial_fit(points(3))
 
 
 @pytest.mark.parametrize(("name", "value"), [

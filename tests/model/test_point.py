@@ -1,0 +1,177 @@
+"""One point at a time: the fast path gives the batch path's numbers (to ~1e-12), not a new model.
+
+The batch path for one point is the general code: ``params.e_step``, ``batch_statistics`` +
+``blend`` + ``normalise``, and a full ``params_from_statistics``. Tests force it by swapping the
+one-point kernels for it.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from streamem.model import OnlineGMM, point
+from streamem.model import gmm as gmm_module
+from streamem.model.covariance import KINDS
+from streamem.model.params import STALE_LIMIT, e_step, params_from_statistics, refresh_params
+from streamem.model.statistics import TINY, SufficientStatistics, batch_statistics
+from streamem.synthetic import Mixture
+
+KIND_NAMES = ("full", "diag", "spherical")
+RTOL = 1e-12
+
+
+def stats_of(kind_name: str, K: int = 4, d: int = 3, seed: int = 0) -> SufficientStatistics:
+    mix = Mixture.random(K, d, random_state=seed)
+    nk = mix.weights.copy()
+    nk[-1] = 1e-30  # a near-empty component: the batch path treats it apart
+    nk /= nk.sum()
+    scatter = KINDS[kind_name].from_full(mix.covariances) * nk.reshape((-1,) + (1,) * (
+        KINDS[kind_name].from_full(mix.covariances).ndim - 1))
+    return SufficientStatistics(nk, mix.means + 100.0, scatter)
+
+
+def batch_blend(kind_name, stats, y, r, decay, center) -> None:
+    """The batch path for one point, in place."""
+    kind = KINDS[kind_name]
+    batch = batch_statistics(kind, y[None], r[None], center)
+    stats.blend(batch, decay, kind)
+    stats.normalise()
+
+
+def assert_close(got: np.ndarray, want: np.ndarray, rtol: float = RTOL) -> None:
+    """Equal to ``rtol`` relative to the array's scale (entries near zero included)."""
+    np.testing.assert_allclose(got, want, rtol=0, atol=rtol * max(np.abs(want).max(), 1e-300))
+
+
+@pytest.mark.parametrize("kind_name", KIND_NAMES)
+def test_e_step_of_one_point_is_the_batch_e_step(kind_name: str) -> None:
+    kind = KINDS[kind_name]
+    params = params_from_statistics(stats_of(kind_name), kind, 1e-6)
+    rng = np.random.default_rng(1)
+    for x in np.vstack([params.means + rng.normal(size=params.means.shape),
+                        params.means[0] + 1e3, params.center]):
+        resp, log_lik = point.e_step(kind, params, x)
+        want_resp, want_log_lik = e_step(kind, params, x[None])
+        assert_close(resp, want_resp[0])
+        assert log_lik == pytest.approx(want_log_lik[0], rel=RTOL)
+
+
+@pytest.mark.parametrize("kind_name", KIND_NAMES)
+@pytest.mark.parametrize("decay", [0.0, 0.5, 1.0 - 1e-4])
+def test_blend_of_one_point_is_the_batch_update(kind_name: str, decay: float) -> None:
+    """Live components, one with a tiny weight (< TINY) and one with none, a near-empty one."""
+    kind = KINDS[kind_name]
+    rng = np.random.default_rng(2)
+    for trial in range(20):
+        fast, slow = stats_of(kind_name, seed=trial), stats_of(kind_name, seed=trial)
+        center = fast.nk @ fast.means
+        y = fast.means[trial % 4] + rng.normal(size=3) - center
+        r = rng.dirichlet(np.ones(4)) * 1e-3
+        r[trial % 2] = 1e-3 * TINY  # below TINY: the point is a second moment about ``center``
+        r[2] = 0.0 if trial % 3 == 0 else r[2]
+        point.blend(kind, fast, y, r, decay, center)
+        batch_blend(kind_name, slow, y, r, decay, center)
+        assert_close(fast.nk, slow.nk)
+        assert_close(fast.means, slow.means)
+        # The batch path's scatter of one point, R·yyᵀ − R·mmᵀ with m ≈ y, is rounding noise
+        # on the scale of the data: compare on that scale.
+        data_scale = np.abs(slow.nk).max() * (np.abs(y).max() + 10.0) ** 2
+        np.testing.assert_allclose(fast.scatter, slow.scatter, rtol=0,
+                                   atol=RTOL * max(np.abs(slow.scatter).max(), data_scale))
+
+
+@pytest.mark.parametrize("kind_name", KIND_NAMES)
+def test_refresh_keeps_only_factors_of_covariances_that_did_not_move(kind_name: str) -> None:
+    kind = KINDS[kind_name]
+    stats = stats_of(kind_name)
+    before = params_from_statistics(stats, kind, 1e-6)
+    stats.scatter = stats.scatter.copy()
+    stats.scatter[0] *= 1.0 + 1e-3  # component 0 moves; the others by a rounding error at most
+    stats.scatter[1] *= 1.0 + 1e-16
+    params, factored = refresh_params(stats, kind, 1e-6, before, before.covariances)
+    fresh = params_from_statistics(stats, kind, 1e-6)
+    np.testing.assert_array_equal(params.covariances, fresh.covariances)
+    np.testing.assert_array_equal(params.precisions_chol[0], fresh.precisions_chol[0])
+    np.testing.assert_array_equal(factored[0], fresh.covariances[0])
+    np.testing.assert_array_equal(params.precisions_chol[1:], before.precisions_chol[1:])
+    assert_close(params.precisions_chol, fresh.precisions_chol, rtol=10 * STALE_LIMIT)
+    assert_close(params.log_norm, fresh.log_norm)
+
+
+def force_batch_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Answer and learn one point with the general batch code."""
+    monkeypatch.setattr(point, "e_step", lambda kind, params, x: None)
+
+    def blend(kind, stats, y, r, decay, center):
+        batch = batch_statistics(kind, y[None], r[None], center)
+        stats.blend(batch, decay, kind)
+        stats.normalise()
+
+    monkeypatch.setattr(point, "blend", blend)
+
+    def refresh(stats, kind, reg_covar, previous, factored):
+        params = params_from_statistics(stats, kind, reg_covar)
+        return params, params.covariances
+
+    monkeypatch.setattr(gmm_module, "refresh_params", refresh)
+
+
+def stream_one_by_one(config: dict, X: np.ndarray) -> tuple[OnlineGMM, list]:
+    gmm = OnlineGMM(4, warmup=200, random_state=0, anomaly_rate=0.01, **config)
+    return gmm, [gmm.partial_fit(X[i : i + 1]) for i in range(len(X))]
+
+
+@pytest.mark.parametrize("config", [
+    dict(covariance_type="full"), dict(covariance_type="diag"),
+    dict(covariance_type="spherical"), dict(covariance_type="full", assignment="hard"),
+], ids=["full", "diag", "spherical", "full-hard"])
+def test_a_stream_of_single_points_follows_the_batch_path(
+    config: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """3000 points one by one, far from the origin, through two collapse checks."""
+    X, _ = Mixture.random(4, 3, random_state=3).sample(3000, random_state=4)
+    X = X * 10.0 + 1e4
+    fast, fast_results = stream_one_by_one(config, X)
+    with monkeypatch.context() as patched:
+        force_batch_path(patched)
+        slow, slow_results = stream_one_by_one(config, X)
+    for a, b in zip(fast_results, slow_results, strict=True):
+        np.testing.assert_array_equal(a.labels, b.labels)
+        np.testing.assert_array_equal(a.anomaly, b.anomaly)
+        assert a.model_version == b.model_version
+        assert_close(a.responsibilities, b.responsibilities)
+        assert_close(a.log_likelihood, b.log_likelihood)
+    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+        assert_close(getattr(fast, name), getattr(slow, name), rtol=1e-11)
+    assert fast.anomaly_threshold_ == pytest.approx(slow.anomaly_threshold_, rel=RTOL)
+    assert fast.n_seen_ == slow.n_seen_ and fast.resets_ == slow.resets_
+
+
+@pytest.mark.parametrize("how", ["to_bytes", "pickle"])
+def test_a_copy_after_single_points_continues_bit_for_bit(how: str) -> None:
+    """Factors kept lazily are settled before saving, as loading computes them; a pickle
+    carries them as they are."""
+    X, _ = Mixture.random(4, 3, random_state=3).sample(1500, random_state=4)
+    gmm, _ = stream_one_by_one({}, X[:700])
+    if how == "to_bytes":
+        copy = OnlineGMM.from_bytes(gmm.to_bytes())
+    else:
+        copy = pickle.loads(pickle.dumps(gmm))
+    for i in range(700, 1500):
+        a, b = gmm.partial_fit(X[i : i + 1]), copy.partial_fit(X[i : i + 1])
+        np.testing.assert_array_equal(a.responsibilities, b.responsibilities)
+    np.testing.assert_array_equal(gmm.precisions_cholesky_, copy.precisions_cholesky_)
+
+
+@pytest.mark.parametrize("method", ["predict", "predict_proba", "score_samples"])
+def test_answering_one_point_is_answering_it_in_a_batch(method: str) -> None:
+    X, _ = Mixture.random(4, 3, random_state=3).sample(600, random_state=4)
+    gmm = OnlineGMM(4, warmup=200, random_state=0).fit(X[:400])
+    batch = getattr(gmm, method)(X[400:])
+    for i, x in enumerate(X[400:]):
+        one = getattr(gmm, method)(x[None])
+        assert one.shape == batch[i : i + 1].shape
+        assert_close(one, batch[i : i + 1])
