@@ -75,7 +75,7 @@ def main(args: argparse.Namespace) -> int:
             except (CheckpointError, ConfigError) as exc:
                 log.error("cannot_start", extra={"error": str(exc)})
                 print(f"streamem run: {exc}", file=sys.stderr)
-                return 2 if isinstance(exc, ConfigError) else 1
+                return 2
             source = _open_source(cfg, args.source, metrics, stop)
             sink = _open_sink(cfg, args.sink or _default_sink(args.source), metrics, stop)
             if model is None or source is None or sink is None:

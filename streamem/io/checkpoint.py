@@ -69,14 +69,16 @@ class Checkpoint:
                           "model": np.frombuffer(self.model, dtype=np.uint8)})
 
     @classmethod
-    def from_bytes(cls, data: bytes, where: str = "checkpoint") -> Checkpoint:
+    def from_bytes(cls, data: bytes, where: str = "checkpoint", *,
+                   check_model: bool = True) -> Checkpoint:
         """Parse and check :meth:`to_bytes` output; anything else raises :class:`CheckpointError`.
 
-        The model inside is checked too (``OnlineGMM.from_bytes``: every array's dtype, shape,
-        finiteness, positive definite covariances, valid hyperparameters) and must have
-        ``n_features`` features, so a checkpoint that loads can also learn.
+        With ``check_model`` the model inside is checked too (:meth:`load_model`), so a
+        checkpoint that loads can also learn.
         """
         try:
+            if not data:
+                raise ValueError("it is empty")
             archive = npz.Archive(data, allowed=("meta", "model"))
             meta = json.loads(str(archive.array("meta", MAX_META_BYTES, ("U",))),
                               parse_constant=_no_constant)
@@ -85,11 +87,17 @@ class Checkpoint:
         except (ValueError, TypeError, RecursionError) as exc:
             raise CheckpointError(f"{where} is corrupt or not a streamem checkpoint ({exc}); "
                                   f"{_FIX}") from None
-        ckpt.load_model(where)
+        if check_model:
+            ckpt.load_model(where)
         return ckpt
 
     def load_model(self, where: str = "checkpoint") -> Any:
-        """The ``OnlineGMM`` inside; :class:`CheckpointError` when it is invalid."""
+        """The ``OnlineGMM`` inside; :class:`CheckpointError` when it is invalid.
+
+        ``OnlineGMM.from_bytes`` checks every array's dtype, shape and finiteness, positive
+        definite covariances and valid hyperparameters; here the model must also have the
+        checkpoint's ``n_features``.
+        """
         from streamem.model import OnlineGMM
 
         try:
