@@ -236,7 +236,7 @@ def test_bad_values_name_the_key_and_what_was_expected(override, message):
     with pytest.raises(ConfigError) as err:
         load([override])
     assert str(err.value).startswith(message)
-    assert f"from --set {override}" in str(err.value)
+    assert f"from --set {override.partition('=')[0]})" in str(err.value)
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
