@@ -54,7 +54,7 @@ def remove_stale_temp_files(path: str | os.PathLike[str]) -> list[Path]:
     """
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
-    removed = []
+    removed: list[Path] = []
     try:
         candidates = list(folder.glob(f"{_glob_escape(_temp_prefix(target))}*"))
     except OSError:

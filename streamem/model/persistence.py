@@ -164,7 +164,8 @@ def _build(cls: Callable[..., Any], header: dict[str, Any], archive: npz.Archive
         _symmetric("scatter", model.stats_.scatter, kind)
         # The next M-step must give usable parameters (it raises eigenvalues to the floor).
         try:
-            p = params_from_statistics(model.stats_, kind, model.reg_covar)
+            with np.errstate(all="ignore"):
+                p = params_from_statistics(model.stats_, kind, model.reg_covar)
             usable = np.isfinite(p.precisions_chol).all() and np.isfinite(p.log_det).all()
         except (np.linalg.LinAlgError, ValueError, FloatingPointError):
             usable = False
@@ -206,8 +207,8 @@ class _Arrays:
             max_rows: int = 0, low: float | None = None) -> np.ndarray:
         """Array ``name`` of ``shape``; a leading ``None`` is 1 to ``max_rows`` rows."""
         free = shape[0] is None
-        rows = max_rows if free else int(shape[0])  # type: ignore[arg-type]
-        limit = _NPY_HEADER + 8 * rows * math.prod(int(n) for n in shape[1:])  # type: ignore[arg-type]
+        rows = max_rows if shape[0] is None else shape[0]
+        limit = _NPY_HEADER + 8 * rows * math.prod(n or 0 for n in shape[1:])
         value = self.archive.array(name, limit, dtypes)
         want = (len(value), *shape[1:]) if free else shape
         if value.shape != want or (free and not 0 < len(value) <= rows):
