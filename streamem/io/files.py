@@ -80,7 +80,11 @@ def read_bounded(path: str | os.PathLike[str], max_bytes: int) -> bytes:
         size = os.fstat(fh.fileno()).st_size
         if size > max_bytes:
             raise ValueError(f"{size:,} bytes is more than the limit of {max_bytes:,}")
-        data = fh.read(max_bytes + 1)  # the file may have grown since fstat
-    if len(data) > max_bytes:
+        parts = [fh.read(size + 1)]  # read(n) allocates n bytes: never ask for more than size
+        total = len(parts[0])
+        while total > size and (more := fh.read(min(1 << 20, max_bytes + 1 - total))):
+            parts.append(more)  # the file grew since fstat
+            total += len(more)
+    if total > max_bytes:
         raise ValueError(f"more than the limit of {max_bytes:,} bytes")
-    return data
+    return b"".join(parts) if len(parts) > 1 else parts[0]
