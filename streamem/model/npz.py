@@ -45,6 +45,9 @@ class Archive:
             infos = self._zip.infolist()
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
             raise ValueError(f"not a readable .npz archive ({exc})") from None
+        if infos and min(info.header_offset for info in infos) != 0:
+            # Only an archive inside another (the model in a truncated checkpoint) looks so.
+            raise ValueError("not a readable .npz archive (it does not start at byte 0)")
         self._members: dict[str, zipfile.ZipInfo] = {}
         for info in infos:
             name = info.filename.removesuffix(".npy")
