@@ -65,9 +65,6 @@ def load(path: str) -> tuple[OnlineGMM, Checkpoint | None]:
     Raises :class:`~streamem.errors.CheckpointError` when the file is missing, unreadable,
     too large, or neither a valid checkpoint nor a valid model file.
     """
-    import io
-    import zipfile
-
     from streamem.errors import CheckpointError
     from streamem.io.checkpoint import MAX_FILE_BYTES, Checkpoint
     from streamem.io.files import read_bounded
@@ -86,15 +83,11 @@ def load(path: str) -> tuple[OnlineGMM, Checkpoint | None]:
         ckpt = Checkpoint.from_bytes(data, where, check_model=False)
     except CheckpointError as exc:
         try:
-            names = zipfile.ZipFile(io.BytesIO(data)).namelist()
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError):
-            names = []
-        try:
             return OnlineGMM.from_bytes(data), None
         except ValueError as model_exc:
-            if "header.npy" in names:
-                raise CheckpointError(f"model file {path}: {model_exc}") from None
-            raise CheckpointError(f"{exc} (nor is it a streamem model file)") from None
+            if str(model_exc).startswith("not a streamem model file"):
+                raise CheckpointError(f"{exc} (nor is it a streamem model file)") from None
+            raise CheckpointError(f"model file {path}: {model_exc}") from None
     return ckpt.load_model(where), ckpt
 
 
