@@ -6,6 +6,9 @@ every message on ``kafka.output_topic`` (or stdout), sends undecodable messages 
 ``checkpoint.interval_s``. SIGTERM or Ctrl+C stops it cleanly (exit 0); a second one exits at
 once (130).
 
+exit codes: 0 stopped cleanly, 1 runtime failure or the final checkpoint could not be written,
+2 bad config or a checkpoint that cannot be read or fails its checks, 130 a second interrupt.
+
 examples:
   streamem run --config config/streamem.yaml
   streamem run --set kafka.bootstrap_servers=broker:9092 --set model.n_components=16
