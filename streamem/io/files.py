@@ -13,6 +13,7 @@ b'v1'
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -55,8 +56,12 @@ def remove_stale_temp_files(path: str | os.PathLike[str]) -> list[Path]:
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
     removed: list[Path] = []
+    # Also the names earlier versions used: ".<name>." and mkstemp's 8 random characters.
+    legacy = re.compile(rf"\.{re.escape(target.name)}\.[a-z0-9_]{{8}}")
     try:
         candidates = list(folder.glob(f"{_glob_escape(_temp_prefix(target))}*"))
+        candidates += [p for p in folder.glob(f".{_glob_escape(target.name)}.*")
+                       if legacy.fullmatch(p.name)]
     except OSError:
         return removed
     for stale in candidates:

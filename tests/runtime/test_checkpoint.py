@@ -212,11 +212,14 @@ def test_temp_files_are_named_after_the_checkpoint_and_stale_ones_removed(tmp_pa
               tmp_path / ".ckpt.npz.bak", tmp_path / "ckpt.npz.old"]
     for other in others:
         other.write_bytes(b"keep")
+    orphans.append(tmp_path / ".ckpt.npz.k3x_9abz")  # as named by earlier versions
+    orphans[-1].write_bytes(b"stale")
     store = FileCheckpointStore(path)
     assert store.load() is None  # reading (inspect does) removes nothing
-    assert orphans[0].exists()
+    assert all(orphan.exists() for orphan in orphans)
     store.save(CKPT)
-    assert not orphans[0].exists() and all(other.exists() for other in others)
+    assert not any(orphan.exists() for orphan in orphans)
+    assert all(other.exists() for other in others)
     assert store.load() == CKPT
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["ckpt.npz", *(other.name for other in others)])
