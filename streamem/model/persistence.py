@@ -81,7 +81,7 @@ def loads(cls: Callable[..., Any], data: bytes) -> Any:
         archive = npz.Archive(data, allowed=_ARRAYS)
         text = archive.array("header", MAX_HEADER_BYTES, dtypes=("U",))
         header = json.loads(str(text), parse_constant=_infinity_only)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep
         raise ValueError(f"not a streamem model file: {exc}") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ValueError("not a streamem model file (format header missing)")
@@ -126,7 +126,7 @@ def _build(cls: Callable[..., Any], header: dict[str, Any], archive: npz.Archive
     model.anomaly_threshold_ = threshold
     model.learning_rate_ = _number("learning_rate_", header["learning_rate_"], 0.0, 1.0)
     model._sum_sq_weights = _number("_sum_sq_weights", header["_sum_sq_weights"], 0.0)
-    model._flag_share = _number("_flag_share", header["_flag_share"], 0.0, 1.0)
+    model._flag_share = _number("_flag_share", header["_flag_share"], 0.0, 1.0 + 1e-9)
     state = header["_state"]
     _exact_keys("_state", state, {"seed"})
     model._state = {"seed": _int("_state.seed", state["seed"], low=0)}

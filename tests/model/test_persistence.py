@@ -123,6 +123,14 @@ def test_non_finite_json_numbers_are_refused(key: str, text: str) -> None:
     assert_refused(out.getvalue())
 
 
+def test_a_deeply_nested_header_is_refused() -> None:
+    _, arrays = unpack(fitted())
+    for text in ("[" * 100_000 + "]" * 100_000, '{"format": ' + "[" * 100_000):
+        out = io.BytesIO()
+        np.savez(out, header=np.array(text), **arrays)
+        assert_refused(out.getvalue(), "not a streamem model file")
+
+
 def _array_damages(arrays: Arrays) -> dict[str, Arrays]:
     """One damaged copy of ``arrays`` per way an array can be wrong."""
     out = {}

@@ -115,6 +115,13 @@ def test_a_hostile_meta_record_is_a_checkpoint_error(damage) -> None:
         Checkpoint.from_bytes(archive([meta], CKPT.model))
 
 
+def test_a_deeply_nested_meta_record_is_a_checkpoint_error() -> None:
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.array("[" * 100_000), model=np.frombuffer(CKPT.model, np.uint8))
+    with pytest.raises(CheckpointError, match="corrupt"):
+        Checkpoint.from_bytes(buf.getvalue())
+
+
 def test_the_model_inside_is_checked_too() -> None:
     with np.load(io.BytesIO(model_bytes())) as npz:
         arrays = {name: npz[name] for name in npz.files}
