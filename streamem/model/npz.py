@@ -101,6 +101,8 @@ def _parse_npy(name: str, raw: bytes, dtypes: Collection[str]) -> np.ndarray:
     if dtype.hasobject or not (text or dtype.str in dtypes):
         raise ValueError(f"array {name!r} has dtype {dtype.str}, expected one of "
                          f"{', '.join(sorted(dtypes))}")
+    if any(int(n) < 0 for n in shape):
+        raise ValueError(f"array {name!r} has a negative dimension in shape {tuple(shape)}")
     count = 1
     for n in shape:
         count *= int(n)
