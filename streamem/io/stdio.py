@@ -77,12 +77,11 @@ class StdinSource:
             if self._parts or self._skipped:
                 self._end_line()
             return
-        start = 0
-        while (end := chunk.find(b"\n", start)) >= 0:
-            self._add(chunk[start:end])
+        *complete, tail = chunk.split(b"\n")
+        for piece in complete:
+            self._add(piece)
             self._end_line()
-            start = end + 1
-        self._add(chunk[start:])
+        self._add(tail)
 
     def _add(self, piece: bytes) -> None:
         if not piece:
