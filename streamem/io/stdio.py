@@ -78,12 +78,19 @@ class StdinSource:
                 self._end_line()
             return
         *complete, tail = chunk.split(b"\n")
-        for piece in complete:
-            self._add(piece)
+        if complete:
+            self._add(complete[0])  # ends the line begun in earlier chunks
             self._end_line()
+            limit = self._max_line_bytes
+            for line in complete[1:]:
+                if len(line) <= limit:
+                    self._finish(line, 0)
+                else:
+                    self._finish(b"", len(line))
         self._add(tail)
 
     def _add(self, piece: bytes) -> None:
+        """Append ``piece`` to the current line, or skip it once the line is over the limit."""
         if not piece:
             return
         if self._skipped:
@@ -96,16 +103,20 @@ class StdinSource:
             self._held += len(piece)
 
     def _end_line(self) -> None:
-        now_ms = int(time.time() * 1000)
-        if self._skipped:
+        line, skipped = b"".join(self._parts), self._skipped
+        self._parts, self._held, self._skipped = [], 0, 0
+        self._finish(line, skipped)
+
+    def _finish(self, line: bytes, too_large: int) -> None:
+        """Hand on one line (``too_large``: the length of a line that was not kept)."""
+        if too_large:
             self._ready.append(Record(self._topic, 0, self._line_no, None, b"",
-                                      timestamp_ms=now_ms, too_large=self._skipped))
+                                      timestamp_ms=int(time.time() * 1000), too_large=too_large))
         else:
-            line = b"".join(self._parts).rstrip(b"\r")
+            line = line.rstrip(b"\r")
             if line.strip():
                 self._ready.append(Record(self._topic, 0, self._line_no, None, self._value(line),
-                                          timestamp_ms=now_ms))
-        self._parts, self._held, self._skipped = [], 0, 0
+                                          timestamp_ms=int(time.time() * 1000)))
         self._line_no += 1
 
     def _value(self, line: bytes) -> bytes:
