@@ -64,9 +64,6 @@ class Archive:
     def names(self) -> set[str]:
         return set(self._members)
 
-    def declared_size(self, name: str) -> int:
-        return self._members[name].file_size
-
     def array(self, name: str, max_bytes: int, dtypes: Collection[str]) -> np.ndarray:
         """Member ``name`` as a new writable array.
 
