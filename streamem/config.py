@@ -2,9 +2,11 @@
 
 Precedence is defaults < file < environment (``STREAMEM_<SECTION>__<KEY>=value``) < command line
 (``--set section.key=value``). Override values are parsed as YAML scalars, so ``null``, ``true`` and
-numbers mean what they do in the file. Every value is checked once, here; a bad one raises
+numbers mean what they do in the file; secrets (passwords, tokens: see :func:`_is_secret`) are
+taken as the literal string instead. Every value is checked once, here; a bad one raises
 :class:`~streamem.errors.ConfigError` naming the dotted key, what was expected and where the value
-came from. Secrets (passwords, tokens) never appear in ``repr()``, ``str()`` or :meth:`redacted`.
+came from. Secrets never appear in ``repr()``, ``str()``, :meth:`redacted` or an error message, and
+no error message shows the value given for an unknown key.
 
 >>> cfg = load_config(None, ["model.n_components=3", "kafka.client_id=42"], environ={})
 >>> cfg.model.n_components, cfg.kafka.client_id, cfg.kafka.input_topic
@@ -13,7 +15,7 @@ came from. Secrets (passwords, tokens) never appear in ``repr()``, ``str()`` or 
 Traceback (most recent call last):
 ...
 streamem.errors.ConfigError: unknown key 'kafka.bootstrap_server' (did you mean \
-'kafka.bootstrap_servers'?) (from --set kafka.bootstrap_server=h:1)
+'kafka.bootstrap_servers'?) (from --set kafka.bootstrap_server)
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ Check = Callable[[Any], Any]  #: raw value -> validated value; raises _Invalid(e
 Environ = Mapping[str, str]
 ENV_PREFIX = "STREAMEM_"
 MASK = "***"
-_SECRET_WORDS = ("password", "secret", "token")
+_SECRET_WORDS = ("password", "passwd", "passphrase", "secret", "token", "credential",
+                 "private_key", "api_key", "apikey")
 
 
 class _Invalid(Exception):
@@ -172,6 +175,8 @@ def _opt(default: Any, check: Check, *, secret: bool = False) -> Any:
 
 
 def _is_secret(key: str) -> bool:
+    """Whether a key's value is a secret: a declared one, or any name with a word of
+    :data:`_SECRET_WORDS` (``kafka.client_options`` entries, unknown keys)."""
     return any(word in key.lower() for word in _SECRET_WORDS)
 
 
@@ -407,7 +412,8 @@ def _read_file(path: str) -> _Layer:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
+        # Not str(exc): it quotes the offending line, which may hold a secret.
+        problem = getattr(exc, "problem", None) or type(exc).__name__
         raise ConfigError(f"{path}{where}: invalid YAML ({problem})") from None
     finally:
         loader.dispose()
@@ -450,12 +456,16 @@ def _parse_scalar(text: str) -> Any:
 
 
 def _put(layer: _Layer, path: list[str], text: str, source: str) -> None:
-    """Add one override ``section.key[.option]`` to ``layer``."""
+    """Add one override ``section.key[.option]`` to ``layer``; ``text`` is its raw value.
+
+    Secrets are kept verbatim; other values are stripped and read as YAML scalars.
+    """
     if len(path) < 2 or not all(path):
         raise ConfigError(f"expected section.key=value ({source})")
     section, key = path[0], path[1]
     _check_key(section, key, source)
-    value = _parse_scalar(text)
+    secret = _is_secret(path[-1]) or _is_declared_secret(section, key)
+    value = text if secret else _parse_scalar(text.strip())
     if len(path) == 2:
         layer.setdefault(section, {})[key] = _Raw(value, source, text)
         return
@@ -480,11 +490,15 @@ def _cli_layer(overrides: Sequence[str]) -> _Layer:
     layer: _Layer = {}
     for item in overrides:
         dotted, sep, text = item.partition("=")
-        source = f"from --set {item}"
-        if not sep:
-            raise ConfigError(f"expected section.key=value ({source})")
-        _put(layer, dotted.strip().split("."), text.strip(), source)
+        if not sep:  # the argument is not echoed: it may be a value typed without its key
+            raise ConfigError("expected section.key=value (an --set argument has no '=')")
+        dotted = dotted.strip()
+        _put(layer, dotted.split("."), text, f"from --set {dotted}")
     return layer
+
+
+def _is_declared_secret(section: str, key: str) -> bool:
+    return any(f.name == key and f.metadata["secret"] for f in fields(SECTIONS[section]))
 
 
 def _merge(layers: Sequence[_Layer]) -> _Layer:
@@ -511,9 +525,18 @@ def _check_value(section: str, key: str, meta: Mapping[str, Any], raw: _Raw) -> 
                 return check(raw.text)
             except _Invalid:
                 pass
-        shown = MASK if meta["secret"] else repr(raw.value)
+        shown = MASK if meta["secret"] else repr(_redact(raw.value))
         raise ConfigError(f"{section}.{key}: expected {exc.expected}, got {shown}"
                           f" ({raw.source})") from None
+
+
+def _redact(value: Any) -> Any:
+    """``value`` with the values of secret-looking mapping keys masked, for messages."""
+    if isinstance(value, dict):
+        return {k: MASK if _is_secret(str(k)) else _redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    return value
 
 
 def _build(merged: _Layer) -> Config:

@@ -3,7 +3,8 @@
 * :class:`ConfigError` — a bad config file or flag; the process exits with code 2.
 * :class:`DecodeError` — one bad message; it goes to the dead-letter topic, the loop goes on.
 * :class:`TransportError` — the broker or a sink failed; the loop backs off and retries.
-* :class:`CheckpointError` — a checkpoint could not be written or read.
+* :class:`CheckpointError` — a checkpoint could not be written, or read and checked; at start
+  the process exits with code 2, a failed final checkpoint makes it exit with code 1.
 * :class:`NotFittedError` — a model was asked for answers before it saw any point.
 """
 

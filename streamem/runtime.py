@@ -156,17 +156,17 @@ class Runtime:
         self._stop.set()
 
     def run(self) -> int:
-        """Process batches until stopped; returns the exit code (0)."""
+        """Process batches until stopped; the exit code: 0, or 1 if the final checkpoint failed."""
         self.log.info("runtime_started", extra={"n_features": self.n_features,
                                                 "resumed_offsets": len(self.offsets)})
-        clean = False
+        clean = saved = False
         try:
             while not self._stop.is_set() and not self.source.exhausted:
                 self.step()
             clean = True
         finally:
-            self._shutdown(checkpoint=clean)
-        return 0
+            saved = self._shutdown(checkpoint=clean)
+        return 0 if saved else 1
 
     # -- one batch ---------------------------------------------------------------------------
 
@@ -217,6 +217,10 @@ class Runtime:
                                             else None)
                 decoded.append(one)
         for rec, points in zip(records, decoded, strict=True):
+            if rec.too_large:
+                detail = f"{rec.too_large:,} bytes, over the limit"
+                batch.dead.append(_Dead(rec, "too_large", detail))
+                continue
             if isinstance(points, DecodeError):
                 batch.dead.append(_Dead(rec, points.reason, points.detail))
                 continue
@@ -419,16 +423,23 @@ class Runtime:
             self.log.info("checkpoint_saved", extra={"n_seen": int(self.model.n_seen_),
                                                      "offsets": _offsets_text(self.offsets)})
 
-    def _shutdown(self, checkpoint: bool) -> None:
+    def _shutdown(self, checkpoint: bool) -> bool:
         """Close everything; after a clean stop, first write the final checkpoint.
 
         After a crash the model may hold a batch whose offsets were not committed, so no
         checkpoint is written then: the last periodic one stays the state to resume from.
+        Returns False when the final checkpoint was due but not written to every store.
         """
         self.metrics.set_ready(False)
+        saved = True
         try:
             if checkpoint:
                 self._maybe_checkpoint(force=True)
+                saved = not (self.stores and self._dirty)
+                if not saved:
+                    self.log.error("final_checkpoint_failed", extra={
+                        "stores": ",".join(s.name for s in self.stores),
+                        "offsets": _offsets_text(self.offsets)})
         finally:
             closeables: list[Source | Sink | CheckpointStore] = [self.source, self.sink]
             closeables += self.stores
@@ -439,6 +450,7 @@ class Runtime:
                     self.log.warning("close_failed", extra={"what": type(closeable).__name__,
                                                             "error": str(exc)})
             self.log.info("runtime_stopped", extra={"offsets": _offsets_text(self.offsets)})
+        return saved
 
 
 def _latencies(messages: list[codec.Points], n_points: int, polled_at: float,

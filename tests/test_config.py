@@ -194,6 +194,48 @@ def test_an_invalid_secret_is_not_echoed_in_the_error(tmp_path):
     assert "hunter2" not in str(err.value)
 
 
+@pytest.mark.parametrize("secret", ["#pw", "null", "yes", "0042", " spaced ", "a: b", "[x", "~"])
+def test_secrets_from_env_and_cli_are_taken_literally(secret):
+    by_env = load(environ={"STREAMEM_KAFKA__SASL_PLAIN_PASSWORD": secret,
+                           "STREAMEM_KAFKA__CLIENT_OPTIONS__SASL_OAUTH_TOKEN": secret})
+    by_cli = load([f"kafka.ssl_password={secret}",
+                   f"kafka.client_options.ssl_key_password={secret}"])
+    assert by_env.kafka.sasl_plain_password == secret
+    assert by_env.kafka.client_options["sasl_oauth_token"] == secret
+    assert by_cli.kafka.ssl_password == secret
+    assert by_cli.kafka.client_options["ssl_key_password"] == secret
+
+
+def test_other_overrides_are_still_yaml_scalars():
+    cfg = load(["kafka.client_options.retries= 5 ", "kafka.anomaly_topic=null"])
+    assert cfg.kafka.client_options["retries"] == 5 and cfg.kafka.anomaly_topic is None
+
+
+@pytest.mark.parametrize(("overrides", "environ"), [
+    (["kafka.sasl_plain_pasword=hunter2"], None),  # a mistyped secret key
+    (["kafka.sasl_password=hunter2"], None),
+    (["kafak.sasl_plain_password=hunter2"], None),  # a mistyped section
+    (["model.zzzzzz=hunter2"], None),  # any unknown key: its value is never shown
+    (["kafka.client_id.password=hunter2"], None),
+    (["hunter2"], None),  # a value given without its key
+    (["kafka.sasl_plain_password"], None),
+    ([], {"STREAMEM_KAFKA__SASL_PLAIN_PASWORD": "hunter2"}),
+    ([], {"STREAMEM_KAFKAA__SSL_PASSWORD": "hunter2"}),
+    (["kafka.sasl_plain_password="], None),
+])
+def test_errors_never_show_a_secret_or_an_unknown_keys_value(overrides, environ):
+    with pytest.raises(ConfigError) as err:
+        load(overrides, environ)
+    assert "hunter2" not in str(err.value)
+
+
+def test_an_invalid_client_options_mapping_does_not_show_its_secrets(tmp_path):
+    path = write(tmp_path, "kafka:\n  client_options: {1: x, sasl_oauth_token: hunter2}\n")
+    with pytest.raises(ConfigError, match=r"kafka\.client_options: expected a mapping") as err:
+        load(path=path)
+    assert "hunter2" not in str(err.value) and "'***'" in str(err.value)
+
+
 # --- validation: every error names its key ---------------------------------------------------
 
 
@@ -237,7 +279,7 @@ def test_bad_values_name_the_key_and_what_was_expected(override, message):
     with pytest.raises(ConfigError) as err:
         load([override])
     assert str(err.value).startswith(message)
-    assert f"from --set {override}" in str(err.value)
+    assert f"from --set {override.partition('=')[0]})" in str(err.value)
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -139,6 +140,28 @@ def test_missing_and_corrupt_files_exit_2(tmp_path, capsys) -> None:
     FileCheckpointStore(bad_model).save(Checkpoint(b"garbage", {("t", 0): 1}, 2, 0.0))
     code, _, err = inspect(capsys, str(bad_model))
     assert code == 2 and "cannot be loaded" in err
+
+
+def test_empty_truncated_and_hostile_files_exit_2_without_a_traceback(checkpoint, tmp_path,
+                                                                      capsys) -> None:
+    model_file = tmp_path / "model.npz"
+    fitted().save(str(model_file))
+    cases = {
+        "empty.npz": (b"", "is empty"),
+        "truncated.npz": (checkpoint.read_bytes()[:-100], "corrupt or not a streamem checkpoint"),
+        "half.npz": (checkpoint.read_bytes()[:2000], "corrupt or not a streamem checkpoint"),
+        "truncated-model.npz": (model_file.read_bytes()[:-50], "nor is it a streamem model"),
+        "hostile-model.npz": (model_file.read_bytes().replace(b"<f8", b"<f4", 1),
+                              "model file .*hostile-model.npz: invalid streamem model file"),
+    }
+    for name, (data, message) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        code, out, err = inspect(capsys, str(path))
+        assert code == 2 and out == "", name
+        assert re.search(message, err), (name, err)
+    code, _, err = inspect(capsys, str(tmp_path))
+    assert code == 2 and "cannot read" in err
 
 
 def test_plot_that_cannot_be_written_exits_1(checkpoint, tmp_path, capsys) -> None:

@@ -62,26 +62,33 @@ def main(args: argparse.Namespace) -> int:
 def load(path: str) -> tuple[OnlineGMM, Checkpoint | None]:
     """The model at ``path`` and, for a checkpoint, the checkpoint (None for a model file).
 
-    Raises :class:`~streamem.errors.CheckpointError` when the file is missing or is neither.
+    Raises :class:`~streamem.errors.CheckpointError` when the file is missing, unreadable,
+    too large, or neither a valid checkpoint nor a valid model file.
     """
     from streamem.errors import CheckpointError
-    from streamem.io.checkpoint import FileCheckpointStore
+    from streamem.io.checkpoint import MAX_FILE_BYTES, Checkpoint
+    from streamem.io.files import read_bounded
     from streamem.model import OnlineGMM
 
+    where = f"checkpoint file {path}"
     try:
-        ckpt = FileCheckpointStore(path).load()
+        data = read_bounded(path, MAX_FILE_BYTES)
+    except FileNotFoundError:
+        raise CheckpointError(f"no such file: {path}") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise CheckpointError(f"{path} is too large ({exc})") from None
+    try:
+        ckpt = Checkpoint.from_bytes(data, where, check_model=False)
     except CheckpointError as exc:
         try:
-            with open(path, "rb") as fh:
-                return OnlineGMM.from_bytes(fh.read()), None
-        except (OSError, ValueError, KeyError):
-            raise CheckpointError(f"{exc} (nor is it a streamem model file)") from exc
-    if ckpt is None:
-        raise CheckpointError(f"no such file: {path}")
-    try:
-        return OnlineGMM.from_bytes(ckpt.model), ckpt
-    except (ValueError, KeyError) as exc:
-        raise CheckpointError(f"the model in checkpoint {path} cannot be loaded: {exc}") from exc
+            return OnlineGMM.from_bytes(data), None
+        except ValueError as model_exc:
+            if str(model_exc).startswith("not a streamem model file"):
+                raise CheckpointError(f"{exc} (nor is it a streamem model file)") from None
+            raise CheckpointError(f"model file {path}: {model_exc}") from None
+    return ckpt.load_model(where), ckpt
 
 
 def describe(model: OnlineGMM, ckpt: Checkpoint | None, path: str) -> dict[str, Any]:

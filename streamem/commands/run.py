@@ -6,6 +6,9 @@ every message on ``kafka.output_topic`` (or stdout), sends undecodable messages 
 ``checkpoint.interval_s``. SIGTERM or Ctrl+C stops it cleanly (exit 0); a second one exits at
 once (130).
 
+exit codes: 0 stopped cleanly, 1 runtime failure or the final checkpoint could not be written,
+2 bad config or a checkpoint that cannot be read or fails its checks, 130 a second interrupt.
+
 examples:
   streamem run --config config/streamem.yaml
   streamem run --set kafka.bootstrap_servers=broker:9092 --set model.n_components=16
@@ -75,7 +78,7 @@ def main(args: argparse.Namespace) -> int:
             except (CheckpointError, ConfigError) as exc:
                 log.error("cannot_start", extra={"error": str(exc)})
                 print(f"streamem run: {exc}", file=sys.stderr)
-                return 2 if isinstance(exc, ConfigError) else 1
+                return 2
             source = _open_source(cfg, args.source, metrics, stop)
             sink = _open_sink(cfg, args.sink or _default_sink(args.source), metrics, stop)
             if model is None or source is None or sink is None:
@@ -135,8 +138,10 @@ def _open_source(cfg: Config, kind: str, metrics: Metrics,
     if kind == "stdin":
         from streamem.io.stdio import StdinSource
 
-        return StdinSource(binary=cfg.input.format != "json",
-                           batch_size=cfg.kafka.max_poll_records)
+        binary = cfg.input.format != "json"
+        limit = cfg.input.max_bytes  # a binary line is base64: 4 characters per 3 bytes
+        return StdinSource(binary=binary, batch_size=cfg.kafka.max_poll_records,
+                           max_line_bytes=-(-limit // 3) * 4 if binary else limit)
     from streamem.io.kafka import KafkaSource, connect
 
     return connect(lambda: KafkaSource.create(cfg), what="consumer", backoff=_backoff(cfg),

@@ -60,7 +60,11 @@ class Backoff:
 
 @dataclass(frozen=True)
 class Record:
-    """One consumed message; ``offset`` is its position within ``(topic, partition)``."""
+    """One consumed message; ``offset`` is its position within ``(topic, partition)``.
+
+    ``too_large``: the size of a message the source would not hold (its ``value`` is then
+    empty); the runtime dead-letters it as ``too_large``.
+    """
 
     topic: str
     partition: int
@@ -69,6 +73,7 @@ class Record:
     value: bytes
     headers: Headers = field(default_factory=tuple)
     timestamp_ms: int | None = None
+    too_large: int = 0
 
 
 @runtime_checkable

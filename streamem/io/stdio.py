@@ -1,8 +1,9 @@
 """Standard input as a source and standard output as a sink, for pipes and local runs.
 
 Each input line is one message (base64 of the bytes for the binary formats); its offset is its
-line number, counted from 0. Output values go to stdout one per line; anything addressed to
-another topic (dead letters, anomaly copies, model parameters) goes to stderr as one JSON line.
+line number, counted from 0; a line over ``max_line_bytes`` is dead-lettered as ``too_large``.
+Output values go to stdout one per line; anything addressed to another topic (dead letters,
+anomaly copies, model parameters) goes to stderr as one JSON line.
 """
 
 from __future__ import annotations
@@ -20,9 +21,16 @@ from typing import BinaryIO
 from streamem.errors import TransportError
 from streamem.io.base import Headers, Record, TopicPartition
 
+MAX_LINE_BYTES = 16 * 1024 * 1024  #: default longest input line (16 MiB)
+READ_BYTES = 1 << 16
+
 
 class StdinSource:
     """Lines of ``stream`` as records of partition 0 of ``topic``; commits are no-ops.
+
+    Reading is linear in the input and holds at most ``max_line_bytes`` of a line: a longer
+    line is skipped to its end and handed on as an empty record marked ``too_large`` (the
+    runtime dead-letters it).
 
     Parameters
     ----------
@@ -32,15 +40,21 @@ class StdinSource:
         Lines are base64 text of binary messages (``f32``, ``f64``, ``block`` formats).
     batch_size : int
         Most records per :meth:`poll`.
+    max_line_bytes : int
+        Longest line kept (without its newline).
     """
 
     def __init__(self, stream: BinaryIO | None = None, *, topic: str = "stdin",
-                 binary: bool = False, batch_size: int = 2000) -> None:
+                 binary: bool = False, batch_size: int = 2000,
+                 max_line_bytes: int = MAX_LINE_BYTES) -> None:
         self._fd = (stream or sys.stdin.buffer).fileno()
         self._topic = topic
         self._binary = binary
         self._batch_size = batch_size
-        self._buffer = b""
+        self._max_line_bytes = max_line_bytes
+        self._parts: list[bytes] = []  # the current line so far
+        self._held = 0  # bytes in _parts
+        self._skipped = 0  # > 0 while skipping a line over the limit: its bytes so far
         self._line_no = 0
         self._eof = False
         self._ready: list[Record] = []
@@ -57,18 +71,53 @@ class StdinSource:
         return batch
 
     def _read_chunk(self) -> None:
-        chunk = os.read(self._fd, 1 << 16)
+        chunk = os.read(self._fd, READ_BYTES)
         if not chunk:
             self._eof = True
-            lines, self._buffer = [self._buffer], b""
+            if self._parts or self._skipped:
+                self._end_line()
+            return
+        *complete, tail = chunk.split(b"\n")
+        if complete:
+            self._add(complete[0])  # ends the line begun in earlier chunks
+            self._end_line()
+            limit = self._max_line_bytes
+            for line in complete[1:]:
+                if len(line) <= limit:
+                    self._finish(line, 0)
+                else:
+                    self._finish(b"", len(line))
+        self._add(tail)
+
+    def _add(self, piece: bytes) -> None:
+        """Append ``piece`` to the current line, or skip it once the line is over the limit."""
+        if not piece:
+            return
+        if self._skipped:
+            self._skipped += len(piece)
+        elif self._held + len(piece) > self._max_line_bytes:
+            self._skipped = self._held + len(piece)
+            self._parts, self._held = [], 0
         else:
-            *lines, self._buffer = (self._buffer + chunk).split(b"\n")
-        for line in lines:
+            self._parts.append(piece)
+            self._held += len(piece)
+
+    def _end_line(self) -> None:
+        line, skipped = b"".join(self._parts), self._skipped
+        self._parts, self._held, self._skipped = [], 0, 0
+        self._finish(line, skipped)
+
+    def _finish(self, line: bytes, too_large: int) -> None:
+        """Hand on one line (``too_large``: the length of a line that was not kept)."""
+        if too_large:
+            self._ready.append(Record(self._topic, 0, self._line_no, None, b"",
+                                      timestamp_ms=int(time.time() * 1000), too_large=too_large))
+        else:
             line = line.rstrip(b"\r")
             if line.strip():
                 self._ready.append(Record(self._topic, 0, self._line_no, None, self._value(line),
                                           timestamp_ms=int(time.time() * 1000)))
-            self._line_no += 1
+        self._line_no += 1
 
     def _value(self, line: bytes) -> bytes:
         if not self._binary:

@@ -730,22 +730,28 @@ class OnlineGMM(Estimator):
         }
 
     def to_bytes(self) -> bytes:
+        """The whole learning state as bytes (see :mod:`streamem.model.persistence`)."""
         self._ready()
         self._settle()
         return persistence.dumps(self)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> OnlineGMM:
-        return persistence.loads(cls, data)
+        """A model from :meth:`to_bytes` output; ``ValueError`` for anything else."""
+        return persistence.loads(cls, data)  # type: ignore[no-any-return]
 
     def save(self, path: str) -> None:
-        """Write the model atomically (a temporary file, then a rename)."""
-        persistence.atomic_write(path, self.to_bytes())
+        """Write :meth:`to_bytes` to ``path`` atomically (``streamem.io.files.atomic_write``)."""
+        from streamem.io.files import atomic_write
+
+        atomic_write(path, self.to_bytes())
 
     @classmethod
-    def load(cls, path: str) -> OnlineGMM:
-        with open(path, "rb") as fh:
-            return cls.from_bytes(fh.read())
+    def load(cls, path: str, max_bytes: int = 1 << 30) -> OnlineGMM:
+        """The model saved at ``path``; ``ValueError`` when it is not one or over ``max_bytes``."""
+        from streamem.io.files import read_bounded
+
+        return cls.from_bytes(read_bounded(path, max_bytes))
 
     def __repr__(self) -> str:
         return (f"OnlineGMM(n_components={self.n_components}, "

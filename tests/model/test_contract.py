@@ -195,7 +195,7 @@ def test_round_trip_predicts_and_continues_identically(
     path = tmp_path / "model.npz"
     original.save(str(path))
     loaded = OnlineGMM.load(str(path))
-    assert not list(tmp_path.glob(".tmp-*")), "the temporary file was left behind"
+    assert not list(tmp_path.glob(".model.npz.tmp-*")), "the temporary file was left behind"
     for copy in (from_bytes, loaded):
         assert copy.get_params() == original.get_params()
         assert_same_state(copy, original)
