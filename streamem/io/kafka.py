@@ -344,14 +344,18 @@ class KafkaSink:
     Messages to ``value_drop_topics`` (the dead-letter topic) may be as large as anything the
     consumer can read; when one is still too large (for this producer, or for the broker's
     ``max.message.bytes`` of that topic), it is sent again without its value, with the header
-    ``streamem.value_dropped: <bytes>``, and counted. Other messages are limited to
+    ``streamem.value_dropped: <bytes>``, and counted. They go through ``dead_letter_producer``
+    when given: a broker's refusal is fatal to an idempotent kafka-python producer (it aborts
+    every later send), so that one is not idempotent. Other messages are limited to
     ``max_message_bytes`` (:class:`RecordTooLarge` at :meth:`send`).
     """
 
     def __init__(self, producer: KafkaProducer, *, max_message_bytes: int = OUTPUT_MAX_BYTES,
                  value_drop_topics: frozenset[str] = frozenset(),
+                 dead_letter_producer: KafkaProducer | None = None,
                  metrics: Metrics | None = None) -> None:
         self._producer = producer
+        self._dead_producer = dead_letter_producer or producer
         self._max_message_bytes = max_message_bytes
         self._value_drop_topics = value_drop_topics
         self._metrics = metrics
@@ -394,7 +398,16 @@ class KafkaSink:
         crc32c.install()
         k = cfg.kafka
         limit = k.kwargs_for("producer").get("max_request_size", OUTPUT_MAX_BYTES)
-        return cls(KafkaProducer(**cls.settings(cfg)), max_message_bytes=limit,
+        settings = cls.settings(cfg)
+        producer = KafkaProducer(**settings)
+        try:
+            dead = KafkaProducer(**{**settings, "enable_idempotence": False,
+                                    "max_in_flight_requests_per_connection": 1,
+                                    "client_id": f"{settings['client_id']}-dead-letters"})
+        except BaseException:
+            producer.close(timeout=5)
+            raise
+        return cls(producer, max_message_bytes=limit, dead_letter_producer=dead,
                    value_drop_topics=frozenset([k.dead_letter_topic]), metrics=metrics)
 
     def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = ()) -> None:
@@ -403,8 +416,9 @@ class KafkaSink:
         if not droppable and size > self._max_message_bytes:
             raise RecordTooLarge(f"a {size}-byte message to {topic} exceeds "
                                  f"{self._max_message_bytes} bytes")
+        producer = self._dead_producer if droppable else self._producer
         try:
-            future = self._producer.send(topic, value=value, key=key, headers=list(headers))
+            future = producer.send(topic, value=value, key=key, headers=list(headers))
         except MessageSizeTooLargeError as exc:
             if not droppable:
                 raise RecordTooLarge(str(exc)) from exc
@@ -424,7 +438,8 @@ class KafkaSink:
             self._metrics.dead_letter_value_dropped()
         dropped = [*headers, (VALUE_DROPPED_HEADER, str(size).encode())]
         try:
-            self._futures.append(self._producer.send(topic, value=b"", key=key, headers=dropped))
+            self._futures.append(self._dead_producer.send(topic, value=b"", key=key,
+                                                          headers=dropped))
         except KafkaError as exc:
             self._errors.append(exc)
 
@@ -454,14 +469,18 @@ class KafkaSink:
         """Flush the producer; the futures sent since the last wait, and send errors."""
         futures, errors = self._futures, self._errors
         self._futures, self._errors = [], []
-        try:
-            self._producer.flush(timeout=timeout_s)
-        except KafkaTimeoutError as exc:
-            errors.append(exc)
+        deadline = time.monotonic() + timeout_s
+        for producer in {id(p): p for p in (self._producer, self._dead_producer)}.values():
+            try:
+                producer.flush(timeout=max(deadline - time.monotonic(), 0.0))
+            except KafkaTimeoutError as exc:
+                errors.append(exc)
         return futures, list(errors)
 
     def close(self) -> None:
         self._producer.close(timeout=5)
+        if self._dead_producer is not self._producer:
+            self._dead_producer.close(timeout=5)
 
 
 def backoff_settings(cfg: Config) -> dict[str, int]:

@@ -18,7 +18,6 @@ import yaml
 from daemon_helpers import Reader, daemon_settings, points_of, start_daemon
 from kafka import KafkaAdminClient
 from kafka_helpers import KafkaBroker, free_port, produce
-
 from observability.prometheus_server import PrometheusServer
 
 ALERTS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.yml"
