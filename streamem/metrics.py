@@ -502,6 +502,7 @@ class _Server(ThreadingHTTPServer):
     ``client_timeout_s``: :meth:`service_actions` (every poll interval) closes older ones."""
 
     daemon_threads = True
+    request_queue_size = 128  # listen backlog: a burst of connects waits in it, not for a SYN retry
 
     def __init__(self, metrics: Metrics, host: str, port: int, max_connections: int,
                  client_timeout_s: float) -> None:
