@@ -111,7 +111,7 @@ class KafkaSource:
         self._rebuild = rebuild
         self._metrics = metrics
         self._rejoin_after_s = rejoin_after_s
-        self._next_check = 0.0
+        self._next_check = time.monotonic() + CHECK_INTERVAL_S  # first, find the coordinator
         self._failed_checks = 0
         self._up = True
         self._unassigned_since: float | None = None
