@@ -6,9 +6,12 @@ from __future__ import annotations
 import time
 
 import pytest
+from kafka import KafkaConsumer
+from kafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 from prometheus_client import CollectorRegistry
 
 from streamem.config import load_config
+from streamem.errors import TransportError
 from streamem.io.kafka import KafkaSource
 from streamem.metrics import Metrics
 
@@ -23,11 +26,16 @@ def source(bootstrap: str, topic: str, group: str, metrics: Metrics) -> KafkaSou
     return KafkaSource.create(cfg, metrics)
 
 
-def poll_until(sources: list[KafkaSource], done, timeout_s: float) -> bool:
+def poll_until(sources: list, done, timeout_s: float) -> bool:
+    """Poll every source (a KafkaSource, or a KafkaConsumer) until ``done()``; False on timeout.
+    Poll errors are what the runtime would count and back off from: ignored here."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for s in sources:
-            s.poll(0.1)
+            try:
+                s.poll(0.1)
+            except TransportError:
+                time.sleep(0.05)
         if done():
             return True
     return False
@@ -71,3 +79,29 @@ def test_a_healthy_member_without_partitions_does_not_rejoin(kafka_bootstrap,
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.kafka
+def test_healthz_fails_while_re_joining_cannot_help_and_recovers_when_it_can(
+        kafka_bootstrap, topic_factory) -> None:
+    topic = topic_factory("cannot-join", partitions=2)
+    group = f"group-{topic}"
+    # A member speaking no assignment protocol ours knows: the broker refuses us the group.
+    other = KafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, group_id=group,
+                          partition_assignment_strategy=[StickyPartitionAssignor],
+                          session_timeout_ms=6000, heartbeat_interval_ms=1000)
+    metrics = Metrics(CollectorRegistry())
+    src = None
+    try:
+        assert poll_until([other], lambda: bool(other.assignment()), 20)
+        src = source(kafka_bootstrap, topic, group, metrics)
+        assert poll_until([other, src], lambda: metrics.unhealthy is not None,
+                          4 * REJOIN_AFTER_S + 10)
+        assert src.rejoins >= 3 and not src.assignment()
+        other.close()
+        assert poll_until([src], lambda: bool(src.assignment()), REJOIN_AFTER_S + 20)
+        assert poll_until([src], lambda: metrics.unhealthy is None, 5)
+    finally:
+        other.close()
+        if src is not None:
+            src.close()
