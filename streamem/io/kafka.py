@@ -96,6 +96,14 @@ class KafkaSource:
         Topics to subscribe to.
     commit_timeout_s : float
         Longest wait for one synchronous commit.
+    auto_offset_reset : str
+        Where to rewind a partition without a committed offset.
+    rebuild : callable, optional
+        Builds a fresh consumer to re-join the group with; without it, re-subscribe.
+    metrics : Metrics, optional
+        Where outages (``kafka_up``, ``kafka_errors_total``) and re-joins are counted.
+    rejoin_after_s : float
+        How long a member may hold no partitions, while its membership is unhealthy.
     """
 
     def __init__(self, consumer: KafkaConsumer, topics: list[str],
