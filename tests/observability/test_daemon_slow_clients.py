@@ -96,13 +96,13 @@ def test_slow_clients_neither_starve_the_daemon_nor_its_scrapes(kafka_bootstrap,
         assert metric(url, "streamem_checkpoint_last_success_timestamp_seconds") > checkpoints
         n_open = len(os.listdir(f"/proc/{daemon.proc.pid}/fd"))
         assert n_open < FD_LIMIT - 64, f"the daemon holds {n_open} files"
+        for s in socks:
+            s.close()
+        assert daemon.stop() == 0, daemon.log_tail()
     finally:
         for s in socks:
             s.close()
         reader.close()
-    try:
-        assert daemon.stop() == 0, daemon.log_tail()
-    finally:
         daemon.proc.kill()
     ids = {p["id"] for p in points_of(records)}
     assert ids == set(range(200)) | set(range(1000, 1200))

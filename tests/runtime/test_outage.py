@@ -103,6 +103,7 @@ def test_kafka_up_drops_during_an_outage_the_alert_fires_and_nothing_is_lost(
                                kafka__delivery_timeout_s=10)
     daemon = start_daemon(tmp_path, "outage", settings)
     reader = None
+    stopped = False
     expr = alert_expr("StreamemKafkaDown")
     try:
         with PrometheusServer(f"127.0.0.1:{port}", rule_files=[ALERTS]) as prom:
@@ -114,6 +115,7 @@ def test_kafka_up_drops_during_an_outage_the_alert_fires_and_nothing_is_lost(
             errors_before = scrape(url)['streamem_kafka_errors_total{kind="connect"}']
 
             stoppable_broker.stop()
+            stopped = True
             down_after_s = wait_for_value(url, "streamem_kafka_up", 0.0, DOWN_WITHIN_S)
             during = scrape(url)
             assert during['streamem_kafka_errors_total{kind="connect"}'] > errors_before
@@ -127,6 +129,7 @@ def test_kafka_up_drops_during_an_outage_the_alert_fires_and_nothing_is_lost(
                 assert r.status == 200, "waiting on Kafka is no reason to restart"
 
             stoppable_broker.start()
+            stopped = False
             up_after_s = wait_for_value(url, "streamem_kafka_up", 1.0, UP_WITHIN_S)
             assert scrape(url)["streamem_kafka_reconnects_total"] >= 1
             prom.wait_for(expr, lambda r: not r, timeout_s=15)
@@ -136,6 +139,8 @@ def test_kafka_up_drops_during_an_outage_the_alert_fires_and_nothing_is_lost(
         assert daemon.stop() == 0, daemon.log_tail()
     finally:
         daemon.proc.kill()
+        if stopped:  # the session's other tests need it
+            stoppable_broker.start()
         if reader is not None:
             reader.close()
     ids = {p["id"] for p in points_of(records)}
