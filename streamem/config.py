@@ -151,6 +151,36 @@ def _options(v: Any) -> dict[str, Any]:
     return dict(v)
 
 
+def _client_keys(client: str) -> frozenset[str]:
+    """The keyword arguments kafka-python's ``consumer``, ``producer`` or ``admin`` accepts."""
+    import kafka
+
+    cls = {"consumer": kafka.KafkaConsumer, "producer": kafka.KafkaProducer,
+           "admin": kafka.KafkaAdminClient}[client]
+    return frozenset(cls.DEFAULT_CONFIG)
+
+
+CLIENTS = ("consumer", "producer", "admin")
+#: The option maps: ``client_options`` goes to every client that accepts a key, the others to one.
+OPTION_KEYS = ("client_options", *(f"{c}_options" for c in CLIENTS))
+
+
+def _client_options(*clients: str) -> Check:
+    """A mapping of options each of ``clients`` accepts (any of them, for several)."""
+    expected = " or ".join(f"kafka-python {c}" for c in clients)
+
+    def check(v: Any) -> dict[str, Any]:
+        options = _options(v)
+        known = frozenset().union(*(_client_keys(c) for c in clients))
+        for key in options:
+            if key not in known:
+                raise _Invalid(f"options the {expected} accepts; {key!r} is not one"
+                               f"{_suggest(key, sorted(known))}")
+        return options
+
+    return check
+
+
 def _optional(check: Check) -> Check:
     def optional(v: Any) -> Any:
         if v is None:
@@ -223,13 +253,17 @@ class KafkaConfig:
     ssl_keyfile: str | None = _opt(None, _optional(_text))
     ssl_password: str | None = _opt(None, _optional(_text), secret=True)
     ssl_check_hostname: bool = _opt(True, _boolean)
-    client_options: dict[str, Any] = _opt({}, _options)
+    unassigned_rejoin_s: float = _opt(30.0, _positive())
+    client_options: dict[str, Any] = _opt({}, _client_options(*CLIENTS))
+    consumer_options: dict[str, Any] = _opt({}, _client_options("consumer"))
+    producer_options: dict[str, Any] = _opt({}, _client_options("producer"))
+    admin_options: dict[str, Any] = _opt({}, _client_options("admin"))
 
     def client_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments common to kafka-python's consumer, producer and admin client.
+        """Keyword arguments every kafka-python client (consumer, producer, admin) accepts.
 
-        ``bootstrap_servers`` as a list, the security settings that are set, and
-        ``client_options`` last, verbatim (so they win).
+        ``bootstrap_servers`` as a list, the security settings that are set, and the
+        ``client_options`` every client accepts, last (so they win).
         """
         kw: dict[str, Any] = {
             "bootstrap_servers": self.bootstrap_servers.split(","),
@@ -242,7 +276,20 @@ class KafkaConfig:
                      "ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password"):
             if getattr(self, name) is not None:
                 kw[name] = getattr(self, name)
-        kw.update(self.client_options)
+        common = _client_keys("consumer") & _client_keys("producer") & _client_keys("admin")
+        kw.update((k, v) for k, v in self.client_options.items() if k in common)
+        return kw
+
+    def kwargs_for(self, client: str) -> dict[str, Any]:
+        """Keyword arguments for kafka-python's ``consumer``, ``producer`` or ``admin`` client.
+
+        :meth:`client_kwargs`, then the ``client_options`` this client accepts, then its own
+        ``<client>_options`` (which win).
+        """
+        accepted = _client_keys(client)
+        kw = self.client_kwargs()
+        kw.update((k, v) for k, v in self.client_options.items() if k in accepted)
+        kw.update(getattr(self, f"{client}_options"))
         return kw
 
     def __repr__(self) -> str:
@@ -308,6 +355,8 @@ class MetricsConfig:
     enabled: bool = _opt(True, _boolean)
     host: str = _opt("127.0.0.1", _text)
     port: int = _opt(9400, _integer(0, 65535))
+    max_connections: int = _opt(16, _integer(1, 1024))
+    client_timeout_s: float = _opt(5.0, _positive())
 
 
 @dataclass(frozen=True)
@@ -469,7 +518,7 @@ def _put(layer: _Layer, path: list[str], text: str, source: str) -> None:
     if len(path) == 2:
         layer.setdefault(section, {})[key] = _Raw(value, source, text)
         return
-    if key != "client_options" or len(path) != 3:
+    if key not in OPTION_KEYS or len(path) != 3:
         raise ConfigError(f"unknown key '{'.'.join(path)}' ({source})")
     raw = layer.setdefault(section, {}).setdefault(key, _Raw({}, source))
     if not isinstance(raw.value, dict):
@@ -509,7 +558,7 @@ def _merge(layers: Sequence[_Layer]) -> _Layer:
             for key, raw in values.items():
                 old = target.get(key)
                 if raw.text is None and old is not None and isinstance(old.value, dict) \
-                        and isinstance(raw.value, dict) and key == "client_options":
+                        and isinstance(raw.value, dict) and key in OPTION_KEYS:
                     raw = _Raw({**old.value, **raw.value}, raw.source)
                 target[key] = raw
     return merged
@@ -562,7 +611,7 @@ def _check_together(cfg: Config) -> None:
         raise _fail("kafka.heartbeat_interval_ms",
                     f"an integer < kafka.session_timeout_ms ({k.session_timeout_ms})",
                     k.heartbeat_interval_ms)
-    fetch_wait = k.client_options.get("fetch_max_wait_ms", 500)
+    fetch_wait = k.kwargs_for("consumer").get("fetch_max_wait_ms", 500)
     if isinstance(fetch_wait, int) and k.request_timeout_ms <= fetch_wait:
         raise _fail("kafka.request_timeout_ms",
                     f"an integer > the consumer's fetch_max_wait_ms ({fetch_wait})",
@@ -592,7 +641,8 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = 
     ----------
     path : the YAML file, or None for defaults only.
     overrides : ``"section.key=value"`` strings from ``--set`` (``kafka.client_options.name=v``
-        sets one kafka-python option).
+        sets one kafka-python option; likewise ``consumer_options``, ``producer_options``,
+        ``admin_options``).
     environ : where to read ``STREAMEM_<SECTION>__<KEY>`` variables; ``os.environ`` if None.
 
     Raises

@@ -7,12 +7,17 @@ so each test (and each daemon) gets its own. Names follow Prometheus conventions
 current assignment).
 
 The server answers ``/metrics`` (text or OpenMetrics exposition, by ``Accept``), ``/healthz``
-(200 while the process is alive) and ``/readyz`` (200 once :meth:`Metrics.set_ready` says so,
-503 before and after).
+(200 while the daemon works or is waiting on Kafka; 503 once :meth:`Metrics.set_healthy` says a
+restart is needed) and ``/readyz`` (200 once :meth:`Metrics.set_ready` says so, 503 before and
+after). It holds at most ``max_connections`` connections, each for at most ``client_timeout_s``
+(a new one beyond the cap closes the oldest), so idle or slow clients can neither exhaust the
+process's file descriptors nor keep a scrape out for longer than that.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import math
 import socket
 import threading
@@ -42,6 +47,8 @@ from streamem.codec import REASONS, RUNTIME_REASONS
 if TYPE_CHECKING:
     from streamem.model import OnlineGMM
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "DEAD_LETTER_REASONS",
     "KAFKA_ERROR_KINDS",
@@ -55,6 +62,7 @@ DEAD_LETTER_REASONS = (*REASONS, *RUNTIME_REASONS, "other")
 #: Kafka error kinds (where the error happened). Others → "other".
 KAFKA_ERROR_KINDS = (
     "connect",
+    "coordinator",
     "poll",
     "produce",
     "delivery",
@@ -189,6 +197,7 @@ class Metrics:
         self._lags: set[tuple[str, str]] = set()
         self._last_checkpoint: float | None = None
         self._ready = threading.Event()
+        self._unhealthy: str | None = None
         self._server: MetricsServer | None = None
         self._lock = threading.Lock()
         self._register(registry)
@@ -263,6 +272,13 @@ class Metrics:
             "kafka_errors", "Kafka errors, by where they happened.", ("kind",)
         )
         self._reconnects = counter("kafka_reconnects", "Reconnections to the Kafka cluster.")
+        self._rejoins = counter(
+            "kafka_group_rejoins", "Re-joins of the consumer group after holding no partitions."
+        )
+        self._values_dropped = counter(
+            "dead_letter_values_dropped",
+            "Dead letters sent without their value: too large for the dead-letter topic.",
+        )
         self._kafka_up = gauge("kafka_up", "1 while the Kafka cluster is reachable, else 0.")
         self._ready_gauge = gauge("ready", "1 while the daemon is ready to process, else 0.")
         self._build = gauge("build_info", "Build information; always 1.", ("version",))
@@ -375,6 +391,14 @@ class Metrics:
         """Count one reconnection to the Kafka cluster."""
         self._reconnects.inc()
 
+    def rejoin(self) -> None:
+        """Count one re-join of the consumer group."""
+        self._rejoins.inc()
+
+    def dead_letter_value_dropped(self) -> None:
+        """Count one dead letter sent without its value."""
+        self._values_dropped.inc()
+
     def set_kafka_up(self, up: bool) -> None:
         """Say whether the Kafka cluster is reachable right now."""
         self._kafka_up.set(1 if up else 0)
@@ -416,13 +440,24 @@ class Metrics:
     def ready(self) -> bool:
         return self._ready.is_set()
 
+    def set_healthy(self, healthy: bool, reason: str = "") -> None:
+        """Flip ``/healthz``: 503 with ``reason`` when only a restart can help, else 200."""
+        self._unhealthy = None if healthy else (reason or "unhealthy")
+
+    @property
+    def unhealthy(self) -> str | None:
+        """Why ``/healthz`` fails, or None while it answers 200."""
+        return self._unhealthy
+
     # -- serving -----------------------------------------------------------------------------
 
-    def serve(self, host: str = "127.0.0.1", port: int = 9400) -> MetricsServer:
+    def serve(self, host: str = "127.0.0.1", port: int = 9400, *, max_connections: int = 16,
+              client_timeout_s: float = 5.0) -> MetricsServer:
         """Start the HTTP server on ``host:port`` (0: a free port) in a daemon thread."""
         if self._server is not None and not self._server.closed:
             raise RuntimeError(f"metrics already served on {self._server.url}")
-        self._server = MetricsServer(self, host, port)
+        self._server = MetricsServer(self, host, port, max_connections=max_connections,
+                                     client_timeout_s=client_timeout_s)
         return self._server
 
 
@@ -436,7 +471,11 @@ class _Handler(BaseHTTPRequestHandler):
             encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
             self._send(200, encoder(metrics.registry), content_type)
         elif path == "/healthz":
-            self._send(200, b"ok\n")
+            reason = metrics.unhealthy
+            if reason is None:
+                self._send(200, b"ok\n")
+            else:
+                self._send(503, f"unhealthy: {reason}\n".encode())
         elif path == "/readyz":
             if metrics.ready:
                 self._send(200, b"ready\n")
@@ -459,19 +498,74 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+    """One thread per connection, at most ``max_connections`` of them, each for at most
+    ``client_timeout_s``: :meth:`service_actions` (every poll interval) closes older ones."""
 
-    def __init__(self, metrics: Metrics, host: str, port: int) -> None:
+    daemon_threads = True
+    request_queue_size = 128  # listen backlog: a burst of connects waits in it, not for a SYN retry
+
+    def __init__(self, metrics: Metrics, host: str, port: int, max_connections: int,
+                 client_timeout_s: float) -> None:
         self.address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         self.metrics = metrics
-        super().__init__((host, port), _Handler)
+        self.max_connections = max_connections
+        self.client_timeout_s = client_timeout_s
+        self._open: dict[socket.socket, float] = {}  # connection -> deadline, oldest first
+        self._open_lock = threading.Lock()
+        handler = type("_TimedHandler", (_Handler,), {"timeout": client_timeout_s})
+        super().__init__((host, port), handler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        try:
+            return super().get_request()
+        except OSError as exc:  # out of descriptors: wait instead of spinning on accept()
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                time.sleep(0.1)
+            raise
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            while len(self._open) >= self.max_connections:
+                oldest = next(iter(self._open))
+                _hang_up(oldest)
+                del self._open[oldest]
+            self._open[request] = time.monotonic() + self.client_timeout_s
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._open_lock:
+                self._open.pop(request, None)
+
+    def service_actions(self) -> None:
+        now = time.monotonic()
+        with self._open_lock:
+            expired = [conn for conn, deadline in self._open.items() if deadline <= now]
+            for conn in expired:
+                _hang_up(conn)
+                del self._open[conn]
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up or was cut off is not worth a traceback."""
+        log.debug("metrics_client_error", exc_info=True)
+
+
+def _hang_up(conn: socket.socket) -> None:
+    """Wake the handler thread blocked on ``conn``; it closes the socket on its way out."""
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 class MetricsServer:
     """The running ``/metrics``, ``/healthz``, ``/readyz`` server; stop it with :meth:`close`."""
 
-    def __init__(self, metrics: Metrics, host: str, port: int) -> None:
-        self._httpd = _Server(metrics, host, port)
+    def __init__(self, metrics: Metrics, host: str, port: int, *, max_connections: int = 16,
+                 client_timeout_s: float = 5.0) -> None:
+        self._httpd = _Server(metrics, host, port, max_connections, client_timeout_s)
         self.host = host
         self.port: int = self._httpd.server_address[1]
         self.closed = False

@@ -41,7 +41,15 @@ import numpy as np
 
 from streamem import codec
 from streamem.errors import CheckpointError, ConfigError, DecodeError, TransportError
-from streamem.io.base import Backoff, CommitFailed, Record, RecordTooLarge, Sink, Source
+from streamem.io.base import (
+    VALUE_DROPPED_HEADER,
+    Backoff,
+    CommitFailed,
+    Record,
+    RecordTooLarge,
+    Sink,
+    Source,
+)
 from streamem.io.checkpoint import Checkpoint, CheckpointStore, load_latest
 from streamem.metrics import BatchReport, Metrics
 from streamem.model.gmm import BatchResult
@@ -330,8 +338,10 @@ class Runtime:
                                             rec.offset, dead.bad_points)
         try:
             self.sink.send(self.cfg.kafka.dead_letter_topic, rec.key, rec.value, headers)
-        except RecordTooLarge:
-            self.sink.send(self.cfg.kafka.dead_letter_topic, rec.key, b"", headers)
+        except RecordTooLarge:  # keep key and headers, say how large the value was
+            dropped = (*headers, (VALUE_DROPPED_HEADER, str(len(rec.value)).encode()))
+            self.sink.send(self.cfg.kafka.dead_letter_topic, rec.key, b"", dropped)
+            self.metrics.dead_letter_value_dropped()
 
     def _report(self, batch: _Batch, result: Any, polled_at: float, acked_at: float,
                 duration_s: float) -> None:

@@ -66,7 +66,9 @@ def main(args: argparse.Namespace) -> int:
                                 "sink": args.sink or _default_sink(args.source),
                                 "config": cfg.redacted()})
     metrics = Metrics()
-    server = metrics.serve(cfg.metrics.host, cfg.metrics.port) if cfg.metrics.enabled else None
+    m = cfg.metrics
+    server = metrics.serve(m.host, m.port, max_connections=m.max_connections,
+                           client_timeout_s=m.client_timeout_s) if m.enabled else None
     if server is not None:
         log.info("metrics_serving", extra={"url": server.url})
     stop = threading.Event()
@@ -144,7 +146,7 @@ def _open_source(cfg: Config, kind: str, metrics: Metrics,
                            max_line_bytes=-(-limit // 3) * 4 if binary else limit)
     from streamem.io.kafka import KafkaSource, connect
 
-    return connect(lambda: KafkaSource.create(cfg), what="consumer", backoff=_backoff(cfg),
+    return connect(lambda: KafkaSource.create(cfg, metrics), what="consumer", backoff=_backoff(cfg),
                    stop=stop, metrics=metrics)
 
 
@@ -155,5 +157,5 @@ def _open_sink(cfg: Config, kind: str, metrics: Metrics, stop: threading.Event) 
         return StdoutSink(cfg.kafka.output_topic)
     from streamem.io.kafka import KafkaSink, connect
 
-    return connect(lambda: KafkaSink.create(cfg), what="producer", backoff=_backoff(cfg),
+    return connect(lambda: KafkaSink.create(cfg, metrics), what="producer", backoff=_backoff(cfg),
                    stop=stop, metrics=metrics)

@@ -17,6 +17,8 @@ from streamem.errors import StreamemError, TransportError
 
 TopicPartition = tuple[str, int]
 Headers = Sequence[tuple[str, bytes]]
+VALUE_DROPPED_HEADER = "streamem.value_dropped"
+"""On a dead letter whose value was too large to send: the original value's size in bytes."""
 
 
 class CommitFailed(TransportError):

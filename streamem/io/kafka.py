@@ -9,12 +9,21 @@ broker answers.
 kafka-python runs rebalance callbacks on its I/O thread, where a blocking ``commit()`` raises,
 so the listener here only records what was revoked; the runtime drops in-flight records of
 partitions no longer in :meth:`KafkaSource.assignment`.
+
+kafka-python retries connections on its own I/O thread and a poll during an outage simply
+returns nothing, so :class:`KafkaSource` looks at its client after every poll (at most once a
+second): no open broker connection, or no known group coordinator, for two checks in a row sets
+``kafka_up`` to 0 and counts an error per check; its return sets 1 and counts a reconnect. A
+member that holds no partitions of a topic that has some, while its group membership is not
+healthy, re-joins with a fresh consumer after ``kafka.unassigned_rejoin_s`` (kafka-python can be
+left out of its group for good); if that does not help either, ``/healthz`` fails.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -33,7 +42,14 @@ from kafka.errors import (
 
 from streamem.errors import TransportError
 from streamem.io import crc32c
-from streamem.io.base import Backoff, CommitFailed, Headers, Record, RecordTooLarge
+from streamem.io.base import (
+    VALUE_DROPPED_HEADER,
+    Backoff,
+    CommitFailed,
+    Headers,
+    Record,
+    RecordTooLarge,
+)
 
 if TYPE_CHECKING:
     from streamem.config import Config
@@ -42,6 +58,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 TP = tuple[str, int]
+MiB = 1024 * 1024
+FETCH_MAX_BYTES = 64 * MiB
+"""The consumer's fetch limit, and so the largest message the daemon can read."""
+DEAD_LETTER_MAX_BYTES = FETCH_MAX_BYTES + MiB
+"""The producer's limit: any message read fits into a dead letter with its headers."""
+OUTPUT_MAX_BYTES = MiB
+"""Largest output message unless ``kafka.producer_options.max_request_size`` says otherwise
+(kafka-python's default, just under the brokers' default ``message.max.bytes``)."""
+CHECK_INTERVAL_S = 1.0
+"""How often :class:`KafkaSource` looks at its connections and group membership."""
+DOWN_AFTER_CHECKS = 2
+"""Failed checks in a row that mean the cluster is down (one may catch a reconnect)."""
 _REBALANCED = (CommitFailedError, RebalanceInProgressError, IllegalGenerationError,
                UnknownMemberIdError)
 
@@ -68,15 +96,36 @@ class KafkaSource:
         Topics to subscribe to.
     commit_timeout_s : float
         Longest wait for one synchronous commit.
+    auto_offset_reset : str
+        Where to rewind a partition without a committed offset.
+    rebuild : callable, optional
+        Builds a fresh consumer to re-join the group with; without it, re-subscribe.
+    metrics : Metrics, optional
+        Where outages (``kafka_up``, ``kafka_errors_total``) and re-joins are counted.
+    rejoin_after_s : float
+        How long a member may hold no partitions, while its membership is unhealthy.
     """
 
     def __init__(self, consumer: KafkaConsumer, topics: list[str],
-                 commit_timeout_s: float = 30.0, auto_offset_reset: str = "earliest") -> None:
+                 commit_timeout_s: float = 30.0, auto_offset_reset: str = "earliest", *,
+                 rebuild: Callable[[], KafkaConsumer] | None = None,
+                 metrics: Metrics | None = None, rejoin_after_s: float = 30.0) -> None:
         self._consumer = consumer
+        self._topics = topics
         self._listener = _Listener()
         self._commit_timeout_ms = int(commit_timeout_s * 1000)
         self._reset = auto_offset_reset
         self._next: dict[TP, int] = {}
+        self._rebuild = rebuild
+        self._metrics = metrics
+        self._rejoin_after_s = rejoin_after_s
+        self._next_check = time.monotonic() + CHECK_INTERVAL_S  # first, find the coordinator
+        self._failed_checks = 0
+        self._up = True
+        self._unassigned_since: float | None = None
+        self._rejoins_without_partitions = 0
+        self._closed_for_rejoin = False
+        self.rejoins = 0
         consumer.subscribe(topics=topics, listener=self._listener)
 
     @staticmethod
@@ -84,15 +133,17 @@ class KafkaSource:
         """The KafkaConsumer keyword arguments :meth:`create` uses.
 
         Fetches of up to 8 MiB per partition (kafka-python's default is 1 MiB) keep a backlog
-        of multi-point messages flowing in few round trips; ``kafka.client_options`` can
-        override them, not the group and commit settings.
+        of multi-point messages flowing in few round trips; reconnection backs off from
+        ``runtime.retry_initial_s`` to ``runtime.retry_max_s``. ``kafka.client_options`` and
+        ``kafka.consumer_options`` can override these, not the group and commit settings.
         """
         k = cfg.kafka
         return {
             "bootstrap_timeout_ms": min(k.request_timeout_ms, 10_000),
-            "max_partition_fetch_bytes": 8 * 1024 * 1024,
-            "fetch_max_bytes": 64 * 1024 * 1024,
-            **k.client_kwargs(),
+            "max_partition_fetch_bytes": 8 * MiB,
+            "fetch_max_bytes": FETCH_MAX_BYTES,
+            **backoff_settings(cfg),
+            **k.kwargs_for("consumer"),
             "group_id": k.group_id,
             "enable_auto_commit": False,
             "auto_offset_reset": k.auto_offset_reset,
@@ -103,19 +154,27 @@ class KafkaSource:
         }
 
     @classmethod
-    def create(cls, cfg: Config) -> KafkaSource:
+    def create(cls, cfg: Config, metrics: Metrics | None = None) -> KafkaSource:
         """Connect once; raises kafka-python's KafkaTimeoutError if no broker answers."""
         crc32c.install()
         k = cfg.kafka
-        return cls(KafkaConsumer(**cls.settings(cfg)), [k.input_topic],
-                   commit_timeout_s=k.request_timeout_ms / 1000,
-                   auto_offset_reset=k.auto_offset_reset)
+
+        def build() -> KafkaConsumer:
+            return KafkaConsumer(**cls.settings(cfg))
+
+        return cls(build(), [k.input_topic], commit_timeout_s=k.request_timeout_ms / 1000,
+                   auto_offset_reset=k.auto_offset_reset, rebuild=build, metrics=metrics,
+                   rejoin_after_s=k.unassigned_rejoin_s)
 
     def poll(self, timeout_s: float) -> list[Record]:
+        if self._closed_for_rejoin:
+            self._join_fresh()
         try:
             polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
         except KafkaError as exc:
             raise TransportError(f"poll failed: {exc}") from exc
+        finally:
+            self._maybe_check()
         records: list[Record] = []
         for tp, batch in polled.items():
             records.extend(Record(r.topic, r.partition, r.offset, r.key, r.value,
@@ -174,18 +233,142 @@ class KafkaSource:
         return False
 
     def close(self) -> None:
-        self._consumer.close(autocommit=False)
+        if not self._closed_for_rejoin:
+            self._consumer.close(autocommit=False)
+
+    # -- health: is the cluster reachable, does the group give us partitions? ---------------
+
+    def _maybe_check(self) -> None:
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + CHECK_INTERVAL_S
+        fault = self._fault()
+        if fault is None:
+            self._failed_checks = 0
+            if not self._up:
+                self._up = True
+                log.info("kafka_reachable")
+                if self._metrics is not None:
+                    self._metrics.set_kafka_up(True)
+                    self._metrics.reconnect()
+            self._check_assignment(now)
+            return
+        self._failed_checks += 1
+        if self._metrics is not None:
+            self._metrics.kafka_error(fault)
+        if self._failed_checks >= DOWN_AFTER_CHECKS and self._up:
+            self._up = False
+            log.warning("kafka_unreachable", extra={"kind": fault})
+            if self._metrics is not None:
+                self._metrics.set_kafka_up(False)
+
+    def _fault(self) -> str | None:
+        """Why the cluster is unreachable ("connect", "coordinator"), or None if it is not.
+
+        Reads kafka-python 3's connection manager and group coordinator: no broker connection
+        open, or no known coordinator.
+        """
+        client = getattr(self._consumer, "_client", None)
+        conns = getattr(getattr(client, "_manager", None), "_conns", None)
+        if conns is not None and not any(c.connected for c in list(conns.values())):
+            return "connect"
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        if coordinator is not None and coordinator.coordinator_id is None:
+            return "coordinator"
+        return None
+
+    def _stuck(self) -> bool:
+        """True when the group membership is not healthy: not stable, or heartbeats unanswered
+        for a session timeout. A healthy member without partitions (more members than
+        partitions) is not stuck."""
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        if coordinator is None:
+            return True
+        return not coordinator.stable() or coordinator.heartbeat.session_timeout_expired()
+
+    def _has_partitions(self) -> bool:
+        cluster = getattr(self._consumer, "_cluster", None)
+        return cluster is None or any(cluster.partitions_for_topic(t) for t in self._topics)
+
+    def _check_assignment(self, now: float) -> None:
+        """Re-join when unassigned and stuck for ``rejoin_after_s``; fail /healthz when that
+        did not help twice."""
+        if self._consumer.assignment() or not self._has_partitions() or not self._stuck():
+            self._unassigned_since = None
+            if self._rejoins_without_partitions:
+                self._rejoins_without_partitions = 0
+                if self._metrics is not None:
+                    self._metrics.set_healthy(True)
+            return
+        if self._unassigned_since is None:
+            self._unassigned_since = now
+            return
+        if now - self._unassigned_since < self._rejoin_after_s:
+            return
+        self._unassigned_since = now
+        self._rejoins_without_partitions += 1
+        if self._rejoins_without_partitions > 2 and self._metrics is not None:
+            self._metrics.set_healthy(False, "no partitions after re-joining the group twice")
+        self.rejoin()
+
+    def rejoin(self) -> None:
+        """Leave the group and join it again with a fresh consumer (or by re-subscribing)."""
+        self.rejoins += 1
+        log.warning("group_rejoin", extra={"after_s": self._rejoin_after_s,
+                                           "rejoins": self.rejoins})
+        if self._metrics is not None:
+            self._metrics.rejoin()
+        self._next.clear()
+        if self._rebuild is None:
+            self._consumer.unsubscribe()
+            self._consumer.subscribe(topics=self._topics, listener=self._listener)
+            return
+        try:
+            self._consumer.close(autocommit=False, timeout_ms=self._commit_timeout_ms)
+        except Exception as exc:  # the old consumer is wedged; closing it is best effort
+            log.warning("consumer_close_failed", extra={"error": str(exc)})
+        self._closed_for_rejoin = True
+        self._join_fresh()
+
+    def _join_fresh(self) -> None:
+        """Build the consumer that replaces a closed one (retried by the next poll)."""
+        assert self._rebuild is not None
+        try:
+            consumer = self._rebuild()
+        except KafkaError as exc:
+            if self._metrics is not None:
+                self._metrics.kafka_error("connect")
+            raise TransportError(f"cannot rebuild the consumer: {exc}") from exc
+        consumer.subscribe(topics=self._topics, listener=self._listener)
+        self._consumer = consumer
+        self._closed_for_rejoin = False
 
 
 class KafkaSink:
     """Produces with ``acks=all`` and idempotence; :meth:`flush` checks every send since the last.
 
     ``linger_ms=5`` and 256 KiB batches let a poll batch's outputs leave in few requests.
+    Messages to ``value_drop_topics`` (the dead-letter topic) may be as large as anything the
+    consumer can read; when one is still too large (for this producer, or for the broker's
+    ``max.message.bytes`` of that topic), it is sent again without its value, with the header
+    ``streamem.value_dropped: <bytes>``, and counted. They go through ``dead_letter_producer``
+    when given: a broker's refusal is fatal to an idempotent kafka-python producer (it aborts
+    every later send), so that one is not idempotent. Other messages are limited to
+    ``max_message_bytes`` (:class:`RecordTooLarge` at :meth:`send`).
     """
 
-    def __init__(self, producer: KafkaProducer) -> None:
+    def __init__(self, producer: KafkaProducer, *, max_message_bytes: int = OUTPUT_MAX_BYTES,
+                 value_drop_topics: frozenset[str] = frozenset(),
+                 dead_letter_producer: KafkaProducer | None = None,
+                 metrics: Metrics | None = None) -> None:
         self._producer = producer
+        self._dead_producer = dead_letter_producer or producer
+        self._max_message_bytes = max_message_bytes
+        self._value_drop_topics = value_drop_topics
+        self._metrics = metrics
         self._futures: list[Any] = []
+        self._droppable: list[tuple[Any, str, bytes | None, int, Headers]] = []
         self._errors: list[Exception] = []
 
     @staticmethod
@@ -193,7 +376,9 @@ class KafkaSink:
         """The KafkaProducer keyword arguments :meth:`create` uses.
 
         ``linger_ms``, ``batch_size`` and ``compression_type`` are defaults that
-        ``kafka.client_options`` may override; acks, idempotence and the delivery timeout are not.
+        ``kafka.client_options``/``producer_options`` may override; acks, idempotence and the
+        delivery timeout are not. ``max_request_size`` is at least
+        :data:`DEAD_LETTER_MAX_BYTES`, so that a dead letter can carry any message read.
         """
         k = cfg.kafka
         delivery_ms = int(k.delivery_timeout_s * 1000)
@@ -202,45 +387,119 @@ class KafkaSink:
             "linger_ms": 5,
             "batch_size": 256 * 1024,
             "compression_type": None,
-            **k.client_kwargs(),
+            **backoff_settings(cfg),
+            **k.kwargs_for("producer"),
             "acks": "all",
             "enable_idempotence": True,
             "delivery_timeout_ms": delivery_ms,
             "max_block_ms": delivery_ms,
         }
+        settings["max_request_size"] = max(settings.get("max_request_size", 0),
+                                           DEAD_LETTER_MAX_BYTES)
         settings["request_timeout_ms"] = min(settings.get("request_timeout_ms", 30_000),
                                              delivery_ms - settings["linger_ms"])
         return settings
 
     @classmethod
-    def create(cls, cfg: Config) -> KafkaSink:
+    def create(cls, cfg: Config, metrics: Metrics | None = None) -> KafkaSink:
         """Connect once; raises kafka-python's KafkaTimeoutError if no broker answers."""
         crc32c.install()
-        return cls(KafkaProducer(**cls.settings(cfg)))
+        k = cfg.kafka
+        limit = k.kwargs_for("producer").get("max_request_size", OUTPUT_MAX_BYTES)
+        settings = cls.settings(cfg)
+        producer = KafkaProducer(**settings)
+        try:
+            dead = KafkaProducer(**{**settings, "enable_idempotence": False,
+                                    "max_in_flight_requests_per_connection": 1,
+                                    "client_id": f"{settings['client_id']}-dead-letters"})
+        except BaseException:
+            producer.close(timeout=5)
+            raise
+        return cls(producer, max_message_bytes=limit, dead_letter_producer=dead,
+                   value_drop_topics=frozenset([k.dead_letter_topic]), metrics=metrics)
 
     def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = ()) -> None:
+        droppable = topic in self._value_drop_topics
+        size = len(value) + len(key or b"") + sum(len(n) + len(v) for n, v in headers)
+        if not droppable and size > self._max_message_bytes:
+            raise RecordTooLarge(f"a {size}-byte message to {topic} exceeds "
+                                 f"{self._max_message_bytes} bytes")
+        producer = self._dead_producer if droppable else self._producer
         try:
-            self._futures.append(self._producer.send(topic, value=value, key=key,
-                                                     headers=list(headers)))
+            future = producer.send(topic, value=value, key=key, headers=list(headers))
         except MessageSizeTooLargeError as exc:
-            raise RecordTooLarge(str(exc)) from exc
+            if not droppable:
+                raise RecordTooLarge(str(exc)) from exc
+            self._send_without_value(topic, key, len(value), headers)
+            return
+        except KafkaError as exc:
+            self._errors.append(exc)
+            return
+        self._futures.append(future)
+        if droppable:
+            self._droppable.append((future, topic, key, len(value), headers))
+
+    def _send_without_value(self, topic: str, key: bytes | None, size: int,
+                            headers: Headers) -> None:
+        log.warning("dead_letter_value_dropped", extra={"topic": topic, "bytes": size})
+        if self._metrics is not None:
+            self._metrics.dead_letter_value_dropped()
+        dropped = [*headers, (VALUE_DROPPED_HEADER, str(size).encode())]
+        try:
+            self._futures.append(self._dead_producer.send(topic, value=b"", key=key,
+                                                          headers=dropped))
         except KafkaError as exc:
             self._errors.append(exc)
 
     def flush(self, timeout_s: float) -> None:
-        futures, errors = self._futures, self._errors
-        self._futures, self._errors = [], []
-        try:
-            self._producer.flush(timeout=timeout_s)
-        except KafkaTimeoutError as exc:
-            errors.append(exc)
+        deadline = time.monotonic() + timeout_s
+        futures, errors = self._wait(timeout_s)
+        refused = [(f, t, k, n, h) for f, t, k, n, h in self._take_droppable()
+                   if f.is_done and isinstance(f.exception, MessageSizeTooLargeError)]
+        if refused:  # the broker refused them: send them again without their values
+            gone = {id(r[0]) for r in refused}
+            futures = [f for f in futures if id(f) not in gone]
+            for _, topic, key, size, headers in refused:
+                self._send_without_value(topic, key, size, headers)
+            more, more_errors = self._wait(max(deadline - time.monotonic(), 0.0))
+            futures += more
+            errors += more_errors
         errors.extend(f.exception for f in futures if not f.is_done or f.failed())
         if errors:
             first = errors[0] if errors[0] is not None else "not acknowledged in time"
             raise TransportError(f"{len(errors)} of {len(futures)} sends failed; first: {first}")
 
+    def _take_droppable(self) -> list[tuple[Any, str, bytes | None, int, Headers]]:
+        droppable, self._droppable = self._droppable, []
+        return droppable
+
+    def _wait(self, timeout_s: float) -> tuple[list[Any], list[Exception | None]]:
+        """Flush the producer; the futures sent since the last wait, and send errors."""
+        futures, errors = self._futures, self._errors
+        self._futures, self._errors = [], []
+        deadline = time.monotonic() + timeout_s
+        for producer in {id(p): p for p in (self._producer, self._dead_producer)}.values():
+            try:
+                producer.flush(timeout=max(deadline - time.monotonic(), 0.0))
+            except KafkaTimeoutError as exc:
+                errors.append(exc)
+        return futures, list(errors)
+
     def close(self) -> None:
         self._producer.close(timeout=5)
+        if self._dead_producer is not self._producer:
+            self._dead_producer.close(timeout=5)
+
+
+def backoff_settings(cfg: Config) -> dict[str, int]:
+    """kafka-python's reconnect and retry back-off, from ``runtime.retry_initial_s``/``_max_s``.
+
+    Its own defaults back a broker connection off up to 30 s, however short the outage.
+    """
+    initial_ms = max(int(cfg.runtime.retry_initial_s * 1000), 1)
+    return {"reconnect_backoff_ms": initial_ms,
+            "reconnect_backoff_max_ms": max(int(cfg.runtime.retry_max_s * 1000), initial_ms),
+            "retry_backoff_ms": initial_ms}
 
 
 def connect(build: Callable[[], T], *, what: str, backoff: Backoff, stop: threading.Event,

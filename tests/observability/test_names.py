@@ -83,6 +83,7 @@ def test_exported_names_are_the_contract(exported: set[str]) -> None:
         "streamem_checkpoint_last_success_timestamp_seconds", "streamem_checkpoint_age_seconds",
         "streamem_checkpoint_failures_total", "streamem_consumer_lag_messages",
         "streamem_kafka_errors_total", "streamem_kafka_reconnects_total", "streamem_kafka_up",
+        "streamem_kafka_group_rejoins_total", "streamem_dead_letter_values_dropped_total",
         "streamem_ready", "streamem_build_info",
     }  # fmt: skip
     ours = {n for n in exported if n.startswith("streamem_") and not n.endswith("_created")}
