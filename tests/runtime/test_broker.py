@@ -69,5 +69,5 @@ def test_restart_keeps_topics_and_committed_offsets(kafka_broker, topic_factory)
     assert sorted(r.value for r in consume_all(bootstrap, topic, len(first))) == sorted(first)
     second = [f"second-{i}".encode() for i in range(5)]
     produce(bootstrap, topic, second)
-    resumed = consume_all(bootstrap, topic, len(second), timeout_s=30, group_id=group)
+    resumed = consume_all(bootstrap, topic, len(second), timeout_s=90, group_id=group)
     assert sorted(r.value for r in resumed) == sorted(second)
