@@ -53,7 +53,7 @@ def run_until(cfg: Config, metrics: Metrics, done: threading.Event) -> None:
 
 
 def dead_letter_of(bootstrap: str, cfg: Config, value: bytes, metrics: Metrics):
-    """Produce ``value`` (not JSON: a bad_json dead letter) and return its dead letter."""
+    """Produce ``value`` (over input.max_bytes: a too_large dead letter); its dead letter."""
     _produce_big(bootstrap, cfg.kafka.input_topic, value)
     done = threading.Event()
     thread = threading.Thread(target=run_until, args=(cfg, metrics, done), daemon=True)
@@ -94,7 +94,7 @@ def test_a_5mb_message_reaches_the_dead_letters_with_its_original_bytes(kafka_bo
     assert record.key == b"the-key"
     assert record.value == value
     headers = dict(record.headers)
-    assert headers["streamem.reason"] == b"bad_json"
+    assert headers["streamem.reason"] == b"too_large"
     assert "streamem.value_dropped" not in headers
     assert metrics.registry.get_sample_value("streamem_dead_letter_values_dropped_total") == 0
 
@@ -110,12 +110,12 @@ def test_a_dead_letter_the_broker_refuses_keeps_key_and_headers_without_its_valu
     assert record.key == b"the-key"
     assert record.value in (b"", None)
     headers = dict(record.headers)
-    assert headers["streamem.reason"] == b"bad_json"
+    assert headers["streamem.reason"] == b"too_large"
     assert headers["streamem.value_dropped"] == str(len(value)).encode()
     assert headers["streamem.source.topic"] == inp.encode()
     assert metrics.registry.get_sample_value("streamem_dead_letter_values_dropped_total") == 1
     assert metrics.registry.get_sample_value(
-        "streamem_dead_letter_messages_total", {"reason": "bad_json"}) == 1
+        "streamem_dead_letter_messages_total", {"reason": "too_large"}) == 1
 
 
 def test_per_client_options_go_to_their_client_only() -> None:
