@@ -31,6 +31,8 @@ from streamem.runtime import Runtime, restore_model
 if TYPE_CHECKING:
     from streamem.config import Config
 
+log = logging.getLogger(__name__)
+
 
 
 def backoff(cfg: Config) -> Backoff:
@@ -119,8 +121,31 @@ def sink(cfg: Config, kind: str, events: ClientEvents, stop: threading.Event) ->
         from streamem.io.stdio import StdoutSink
 
         return StdoutSink(cfg.kafka.output_topic)
-    return connect(lambda: kafka_sink(cfg, events), what="producer", backoff=backoff(cfg),
+    sink = connect(lambda: kafka_sink(cfg, events), what="producer", backoff=backoff(cfg),
                    stop=stop, events=events)
+    if sink is not None:
+        ensure_anomaly_topic(cfg)
+    return sink
+
+
+def ensure_anomaly_topic(cfg: Config) -> None:
+    """Create ``kafka.anomaly_topic`` (when set and absent) with as many partitions as the
+    input topic (the broker's default while that does not exist yet), so that it exists from
+    the start. A broker that refuses is told in a warning; the first send then creates it, if
+    the broker auto-creates topics."""
+    from kafka.errors import KafkaError
+
+    from streamem.io import kafka_admin
+
+    topic = cfg.kafka.anomaly_topic
+    if not topic:
+        return
+    admin = kafka_python.admin_settings(cfg)
+    try:
+        partitions = kafka_admin.partition_count(admin, cfg.kafka.input_topic) or -1
+        kafka_admin.create_topics(admin, [topic], partitions=partitions, exist_ok=True)
+    except KafkaError as exc:
+        log.warning("anomaly_topic_not_created", extra={"topic": topic, "error": str(exc)})
 
 
 def runtime(cfg: Config, source: Source, sink: Sink, metrics: Metrics, *,

@@ -75,6 +75,21 @@ _REBALANCED = (CommitFailedError, RebalanceInProgressError, IllegalGenerationErr
                UnknownMemberIdError)
 
 
+class _MissingTopicIsNoError(logging.Filter):
+    """kafka-python logs a subscribed topic that does not exist yet as an ERROR; until it is
+    created (by a producer, or by auto-creation) the consumer simply waits: a WARNING."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and record.msg == MISSING_TOPIC_MESSAGE:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+MISSING_TOPIC_MESSAGE = "Topic %s not found in cluster metadata"
+"""kafka-python 3's message (``kafka.cluster``) for a topic without metadata."""
+_MISSING_TOPIC_FILTER = _MissingTopicIsNoError()
+
+
 class _Listener(ConsumerRebalanceListener):
     """Logs rebalances. Called on kafka-python's I/O thread, where a blocking commit() raises:
     the loop commits after every batch instead, so there is nothing to do here but tell."""
@@ -137,6 +152,7 @@ class KafkaSource:
         kafka-python's KafkaTimeoutError if no broker answers. Re-joins use a fresh consumer
         built from the same settings."""
         crc32c.install()
+        logging.getLogger("kafka.cluster").addFilter(_MISSING_TOPIC_FILTER)  # once: a set
 
         def build() -> KafkaConsumer:
             return KafkaConsumer(**settings)

@@ -31,8 +31,9 @@ def create_topics(admin_kwargs: Mapping[str, Any], topics: Iterable[str], *, par
                   exist_ok: bool = False) -> None:
     """Create ``topics`` and wait until every partition has a leader.
 
-    ``replication_factor=-1`` is the broker's default. With ``exist_ok`` topics that already
-    exist are left as they are; otherwise kafka-python's TopicAlreadyExistsError is raised.
+    ``partitions=-1`` and ``replication_factor=-1`` are the broker's defaults. With
+    ``exist_ok`` topics that already exist are left as they are; otherwise kafka-python's
+    TopicAlreadyExistsError is raised.
     """
     spec = {"num_partitions": partitions, "replication_factor": replication_factor,
             "configs": dict(configs or {})}
@@ -47,6 +48,18 @@ def create_topics(admin_kwargs: Mapping[str, Any], topics: Iterable[str], *, par
     except TopicAlreadyExistsError:
         if not exist_ok:
             raise
+    finally:
+        admin.close()
+
+
+def partition_count(admin_kwargs: Mapping[str, Any], topic: str) -> int | None:
+    """How many partitions ``topic`` has; None when it does not exist."""
+    admin = KafkaAdminClient(**admin_kwargs)
+    try:
+        if topic not in set(admin.list_topics()):
+            return None
+        (described,) = admin.describe_topics([topic])
+        return len(described["partitions"]) or None
     finally:
         admin.close()
 
