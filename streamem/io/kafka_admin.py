@@ -1,5 +1,6 @@
 """Kafka plumbing around the daemon, written once: create and delete topics, read a topic to
-its end, wait for a broker, and start a local broker for development and benchmarks.
+its end, see whether a broker answers, and start a local broker for development and
+benchmarks.
 
 Used by the demo, the Kafka bench, the Kafka checkpoint store and the tests. Every function takes
 kafka-python keyword arguments (``bootstrap_servers`` and security settings), never the config.
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import TopicAlreadyExistsError
 
 KAFKA_LOCAL = Path(__file__).resolve().parents[2] / "deploy" / "kafka" / "kafka-local.sh"
 """The script that runs a single-node KRaft broker from a checkout (see deploy/kafka)."""
@@ -120,24 +121,6 @@ def reachable(bootstrap: str, timeout_s: float = 2.0) -> bool:
             return True
     except OSError:
         return False
-
-
-def wait_for_broker(admin_kwargs: Mapping[str, Any], timeout_s: float = 60.0) -> None:
-    """Return once a broker answers a metadata request; ``TimeoutError`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            admin = KafkaAdminClient(**admin_kwargs)
-            try:
-                admin.list_topics()
-                return
-            finally:
-                admin.close()
-        except KafkaError as exc:
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"no Kafka broker answered within {timeout_s:.0f} s: "
-                                   f"{exc}") from exc
-            time.sleep(0.5)
 
 
 def free_port() -> int:
