@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from streamem.errors import ConfigError
+from streamem.model.validation import PARAMETER_CONSTRAINTS, Options
 
 Check = Callable[[Any], Any]  #: raw value -> validated value; raises _Invalid(expected)
 Environ = Mapping[str, str]
@@ -181,6 +182,19 @@ def _client_options(*clients: str) -> Check:
     return check
 
 
+def _model(name: str) -> Check:
+    """The check of hyperparameter ``name``, from the model's constraint table (config values
+    are finite; None is the section's own ``null``, see :func:`_optional`)."""
+    constraint = PARAMETER_CONSTRAINTS[name]
+    if isinstance(constraint, Options):
+        return _choice(*constraint.values)
+    c = constraint
+    if c.integer:
+        assert not (c.lo_open or c.hi_open), "integer bounds are inclusive"
+        return _integer(None if c.lo is None else int(c.lo), None if c.hi is None else int(c.hi))
+    return _number(c.lo, c.hi, lo_open=c.lo_open, hi_open=c.hi_open)
+
+
 def _optional(check: Check) -> Check:
     def optional(v: Any) -> Any:
         if v is None:
@@ -321,22 +335,22 @@ class OutputConfig:
 class ModelConfig:
     """``OnlineGMM`` keyword arguments; ``None`` leaves the model's own default.
 
-    The ranges match the model's own checks, so a bad value fails here, naming its key.
+    The ranges are the model's own (:data:`streamem.model.validation.PARAMETER_CONSTRAINTS`),
+    so a bad value fails here, naming its key.
     """
 
-    n_components: int = _opt(8, _integer(1))
-    covariance_type: str = _opt("full", _choice("full", "diag", "spherical"))
-    reg_covar: float | None = _opt(None, _optional(_positive()))
-    learning_decay: float | None = _opt(None, _optional(_number(0.5, 1.0, lo_open=True)))
-    learning_offset: float | None = _opt(None, _optional(_number(0.0)))
-    halflife: float | None = _opt(None, _optional(_positive()))
-    warmup: int | None = _opt(None, _optional(_integer(1)))
-    init: str = _opt("kmeans++", _choice("kmeans++", "random"))
-    assignment: str = _opt("soft", _choice("soft", "hard"))
-    anomaly_rate: float | None = _opt(None, _optional(
-        _number(0.0, 1.0, lo_open=True, hi_open=True)))
+    n_components: int = _opt(8, _model("n_components"))
+    covariance_type: str = _opt("full", _model("covariance_type"))
+    reg_covar: float | None = _opt(None, _optional(_model("reg_covar")))
+    learning_decay: float | None = _opt(None, _optional(_model("learning_decay")))
+    learning_offset: float | None = _opt(None, _optional(_model("learning_offset")))
+    halflife: float | None = _opt(None, _optional(_model("halflife")))
+    warmup: int | None = _opt(None, _optional(_model("warmup")))
+    init: str = _opt("kmeans++", _model("init"))
+    assignment: str = _opt("soft", _model("assignment"))
+    anomaly_rate: float | None = _opt(None, _optional(_model("anomaly_rate")))
     update_on_anomaly: bool | None = _opt(None, _optional(_boolean))
-    random_state: int | None = _opt(None, _optional(_integer(0)))
+    random_state: int | None = _opt(None, _optional(_model("random_state")))
 
 
 @dataclass(frozen=True)

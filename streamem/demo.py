@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
 
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from streamem.metrics import Metrics
     from streamem.model import OnlineGMM
 
+Encode = Callable[[np.ndarray, np.ndarray, str, int, int], Iterable[tuple[int, bytes]]]
+"""``(X, ids, format, points_per_message, ts_ms) -> (first id, message)`` pairs."""
 NOT_DRAWN = -2  #: label of a point id the stream has not reached
 RECOVERY_WINDOW = 1000  #: points per window when looking for the log-likelihood's recovery
 RECOVERY_TOLERANCE = 0.5  #: nats per point the model may trail the true mixture once recovered
@@ -79,20 +81,21 @@ class Truth:
         self.drawn = 0
         self._rng = rng
 
-    def messages(self, stop: threading.Event) -> Iterator[tuple[int, bytes]]:
+    def messages(self, stop: threading.Event, encode: Encode,
+                 pace: Callable[[int, threading.Event], bool]) -> Iterator[tuple[int, bytes]]:
         """Encoded messages ``(first point id, value)`` of the whole stream, paced.
 
-        Ends after ``settings.points`` points, or as soon as ``stop`` is set.
+        ``encode(X, ids, format, points_per_message, ts_ms)`` packs points into messages (the
+        producer's ``encode_messages``); ``pace(n, stop)`` waits until ``n`` more points are
+        due, False once ``stop`` is set. Ends after ``settings.points`` points, or as soon as
+        ``stop`` is set.
         """
-        from streamem.commands.produce import TokenBucket, encode_messages
-
         s = self.settings
         stream = Stream(self.before, s.outlier_share, after=self.after, drift_at=self.drift_at)
         chunk = s.points_per_message * max(1, 2000 // s.points_per_message)
-        bucket = TokenBucket(s.rate)
         for X, y in stream.batches(chunk, self._rng):
             n = min(len(X), s.points - self.drawn)
-            if n <= 0 or not bucket.take(n, stop):
+            if n <= 0 or not pace(n, stop):
                 return
             X, y = X[:n], y[:n]
             ids = np.arange(self.drawn, self.drawn + n)
@@ -100,8 +103,7 @@ class Truth:
             self.labels[ids] = y
             self.log_likelihood[ids] = mix.score_samples(X)
             self.drawn += n
-            yield from encode_messages(X, ids, s.format, s.points_per_message,
-                                       int(time.time() * 1000))
+            yield from encode(X, ids, s.format, s.points_per_message, int(time.time() * 1000))
 
 
 class Answers:

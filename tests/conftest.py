@@ -17,11 +17,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from kafka import KafkaAdminClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kafka_helpers import BrokerError, KafkaBroker  # noqa: E402
+
+from streamem.io.kafka_admin import create_topics  # noqa: E402
 
 KAFKA_FIXTURES = {"kafka_broker", "kafka_bootstrap", "topic_factory"}
 _start_failures: list[str] = []
@@ -71,16 +72,11 @@ def topic_factory(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
 
     Returns once every partition has a leader in the broker's metadata.
     """
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-
     def create(prefix: str, partitions: int = 1, compacted: bool = False) -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:12]}"
         configs = {"cleanup.policy": "compact"} if compacted else {}
-        spec = {"num_partitions": partitions, "replication_factor": 1, "configs": configs}
-        admin.create_topics({name: spec}, wait_for_metadata=True)
+        create_topics({"bootstrap_servers": kafka_bootstrap}, [name], partitions=partitions,
+                      replication_factor=1, configs=configs)
         return name
 
-    try:
-        yield create
-    finally:
-        admin.close()
+    yield create

@@ -6,10 +6,6 @@ The fixtures in ``tests/conftest.py`` hand out a :class:`KafkaBroker`; tests imp
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,20 +15,18 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 
-KAFKA_LOCAL = Path(__file__).resolve().parents[1] / "deploy" / "kafka" / "kafka-local.sh"
-START_TIMEOUT_S = 240.0
-"""Longest wait for ``kafka-local.sh start``, a first Maven fetch included."""
+from streamem.io.kafka_admin import BrokerError, LocalBroker, free_port
+
+__all__ = ["BrokerError", "KafkaBroker", "committed_offsets", "consume_all", "free_port",
+           "produce"]
 
 Headers = Sequence[tuple[str, bytes]]
 
 
-class BrokerError(RuntimeError):
-    """The test broker could not be started or stopped."""
-
-
 @dataclass
 class KafkaBroker:
-    """A broker for the test session: private (run by ``kafka-local.sh``) or external.
+    """A broker for the test session: private (a :class:`~streamem.io.kafka_admin.LocalBroker`
+    run by ``kafka-local.sh``) or external.
 
     Attributes
     ----------
@@ -47,70 +41,33 @@ class KafkaBroker:
     bootstrap: str
     external: bool
     data_dir: Path | None = None
-    _env: dict[str, str] = field(default_factory=dict, repr=False)
+    _local: LocalBroker | None = field(default=None, repr=False)
 
     @classmethod
     def private(cls, data_dir: Path) -> KafkaBroker:
         """Describe (not start) a private broker on free loopback ports storing into `data_dir`."""
-        port, controller_port = free_port(), free_port()
-        env = {
-            "KAFKA_PORT": str(port),
-            "KAFKA_CONTROLLER_PORT": str(controller_port),
-            "KAFKA_DATA_DIR": str(data_dir),
-            "PYTHON": sys.executable,
-            "KAFKA_OWNER_PID": str(os.getpid()),
-        }
-        return cls(f"127.0.0.1:{port}", external=False, data_dir=data_dir, _env=env)
+        local = LocalBroker(data_dir)
+        return cls(local.bootstrap, external=False, data_dir=data_dir, _local=local)
 
     def start(self) -> None:
         """Start the broker (same port and data dir as before) and block until it serves clients."""
-        self._run("start", START_TIMEOUT_S)
+        self._private("start").start()
 
     def stop(self) -> None:
         """Stop the broker; its topics and committed offsets survive a later :meth:`start`."""
-        self._run("stop", 60.0)
+        self._private("stop").stop()
 
     def log_tail(self, n_lines: int = 40) -> str:
         """The last `n_lines` of the broker's logs, for failure messages."""
-        if self.data_dir is None:
-            return ""
-        parts = []
-        for name in ("kafka.out", "server.log"):
-            path = self.data_dir / name
-            if path.exists():
-                lines = path.read_text(errors="replace").splitlines()[-n_lines:]
-                parts.append(f"--- {path}\n" + "\n".join(lines))
-        return "\n".join(parts)
+        return "" if self._local is None else self._local.log_tail(n_lines)
 
-    def _run(self, command: str, timeout_s: float) -> None:
-        if self.external:
+    def _private(self, command: str) -> LocalBroker:
+        if self._local is None:
             raise BrokerError(
                 f"cannot {command} the external broker {self.bootstrap} "
                 "(STREAMEM_KAFKA_BOOTSTRAP); unset it to let the tests run their own broker"
             )
-        try:
-            proc = subprocess.run(
-                ["bash", str(KAFKA_LOCAL), command],
-                env={**os.environ, **self._env},
-                capture_output=True,
-                text=True,
-                timeout=timeout_s,
-                stdin=subprocess.DEVNULL,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise BrokerError(f"kafka-local.sh {command} took over {timeout_s:.0f}s") from exc
-        if proc.returncode != 0:
-            raise BrokerError(
-                f"kafka-local.sh {command} failed (exit {proc.returncode}):\n"
-                f"{proc.stderr.strip()}\n{self.log_tail()}"
-            )
-
-
-def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        return self._local
 
 
 def produce(

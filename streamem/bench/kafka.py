@@ -23,7 +23,8 @@ Two phases per row and side:
   acknowledgement of its output.
 
 Without a broker at ``--bootstrap-servers`` the bench starts one with
-``deploy/kafka/kafka-local.sh`` (free port, temporary data dir) and stops it at the end.
+``deploy/kafka/kafka-local.sh`` (:class:`~streamem.io.kafka_admin.LocalBroker`: free port,
+temporary data dir) and stops it at the end.
 """
 
 from __future__ import annotations
@@ -31,10 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -48,12 +46,12 @@ from typing import Any
 
 import numpy as np
 from kafka import KafkaProducer
-from kafka.admin import KafkaAdminClient
 from prometheus_client import CollectorRegistry
 
-from streamem import codec
+from streamem import assemble, codec
+from streamem.clients import kafka_python
 from streamem.config import Config, load_config
-from streamem.io import crc32c
+from streamem.io import crc32c, kafka_admin
 from streamem.io.base import Headers, Record
 from streamem.io.kafka import KafkaSink, KafkaSource
 from streamem.metrics import BatchReport, Metrics
@@ -63,7 +61,6 @@ MAX_SECONDS = 15.0  #: longest throughput measurement of one side
 REPEATS = 2  #: throughput runs per side, alternating; the best counts (the machine is shared)
 LATENCY_SECONDS = 5.0  #: how long the steady producer runs in the latency phase
 TIMEOUT_S = 300.0
-KAFKA_LOCAL = Path(__file__).resolve().parents[2] / "deploy" / "kafka" / "kafka-local.sh"
 
 
 @dataclass(frozen=True)
@@ -151,9 +148,8 @@ class _TimedSink(KafkaSink):
 
 
 def _clients(cfg: Config, side: Side, ppm: int, *, e2e: bool) -> tuple[_TimedSource, _TimedSink]:
-    source = _TimedSource.create(cfg)
-    sink = _TimedSink.create(cfg)
-    assert isinstance(source, _TimedSource) and isinstance(sink, _TimedSink)
+    source = assemble.kafka_source(cfg, cls=_TimedSource)
+    sink = assemble.kafka_sink(cfg, cls=_TimedSink)
     source.points_per_message = ppm
     sink.source, sink.side, sink.e2e = source, side, e2e
     return source, sink
@@ -221,12 +217,9 @@ class _Daemon:
     """The daemon's Runtime over the timed clients."""
 
     def __init__(self, cfg: Config, side: Side, ppm: int, *, e2e: bool) -> None:
-        from streamem.model import OnlineGMM
-        from streamem.runtime import Runtime
-
         self.metrics = _Counter()
         source, sink = _clients(cfg, side, ppm, e2e=e2e)
-        self.runtime = Runtime(cfg, source, sink, OnlineGMM(**cfg.model_kwargs()), self.metrics)
+        self.runtime = assemble.runtime(cfg, source, sink, self.metrics, stores=[])
         self.assigned = self.metrics.assigned
 
     @property
@@ -351,22 +344,21 @@ class _Topics:
     """Topics this run creates; all deleted at the end (outputs included)."""
 
     def __init__(self, bootstrap: str) -> None:
-        self.admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        self.bootstrap = bootstrap
         self.created: list[str] = []
 
     def new(self, prefix: str) -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:8]}"
-        self.admin.create_topics({name: {"num_partitions": 1, "replication_factor": 1}},
-                                 wait_for_metadata=True)
+        kafka_admin.create_topics({"bootstrap_servers": self.bootstrap}, [name],
+                                  replication_factor=1)
         self.created.append(name)
         return name
 
     def close(self) -> None:
-        existing = set(self.admin.list_topics())
-        ours = [t for t in existing if any(t.startswith(c) for c in self.created)]
-        if ours:
-            self.admin.delete_topics(ours)
-        self.admin.close()
+        admin = {"bootstrap_servers": self.bootstrap}
+        ours = [t for t in kafka_admin.list_topics(admin)
+                if any(t.startswith(c) for c in self.created)]
+        kafka_admin.delete_topics(admin, ours)
 
 
 def run(bootstrap: str, *, n_points: int, points_per_message: int = 1, output_formats:
@@ -417,7 +409,8 @@ def run(bootstrap: str, *, n_points: int, points_per_message: int = 1, output_fo
 def _settings_text(cfg: Config) -> str:
     from kafka.record import default_records
 
-    consumer, producer = KafkaSource.settings(cfg), KafkaSink.settings(cfg)
+    consumer = kafka_python.consumer_settings(cfg)
+    producer = kafka_python.producer_settings(cfg)
     shown = {
         "max_poll_records": consumer["max_poll_records"],
         "max_partition_fetch_bytes": consumer["max_partition_fetch_bytes"],
@@ -454,41 +447,22 @@ def report(results: list[dict[str, Any]]) -> str:
 # --- the broker ------------------------------------------------------------------------------
 
 
-def _reachable(bootstrap: str) -> bool:
-    host, _, port = bootstrap.split(",")[0].rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
 @contextmanager
 def broker(bootstrap: str) -> Iterator[str]:
     """``bootstrap`` if a broker answers there, else a local broker started for the run."""
-    if _reachable(bootstrap):
+    if kafka_admin.reachable(bootstrap):
         yield bootstrap
         return
-    if not KAFKA_LOCAL.exists():
-        raise RuntimeError(f"no broker at {bootstrap} and no {KAFKA_LOCAL} to start one")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        controller_port = sock.getsockname()[1]
-    data_dir = tempfile.mkdtemp(prefix="streamem-bench-kafka-")
-    env = {**os.environ, "KAFKA_PORT": str(port), "KAFKA_CONTROLLER_PORT": str(controller_port),
-           "KAFKA_DATA_DIR": data_dir, "PYTHON": sys.executable,
-           "KAFKA_OWNER_PID": str(os.getpid())}
-    print(f"no broker at {bootstrap}: starting one on 127.0.0.1:{port}", file=sys.stderr)
+    local = kafka_admin.LocalBroker(Path(tempfile.mkdtemp(prefix="streamem-bench-kafka-")))
+    print(f"no broker at {bootstrap}: starting one on {local.bootstrap}", file=sys.stderr)
     try:
-        subprocess.run(["bash", str(KAFKA_LOCAL), "start"], env=env, check=True,
-                       stdout=subprocess.DEVNULL, timeout=300)
-        yield f"127.0.0.1:{port}"
+        local.start()
+        yield local.bootstrap
     finally:
-        subprocess.run(["bash", str(KAFKA_LOCAL), "stop"], env=env, check=False, timeout=120)
-        shutil.rmtree(data_dir, ignore_errors=True)
+        try:
+            local.stop()
+        finally:
+            shutil.rmtree(local.data_dir, ignore_errors=True)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ import argparse
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from streamem.commands.arguments import positive_float, positive_int
@@ -188,17 +188,17 @@ def _config(args: argparse.Namespace, settings: DemoSettings) -> Config:
     return load_config(None, overrides + list(args.set), env)
 
 
-def _stores(cfg: Config) -> list[Any]:
-    from streamem.io.checkpoint import FileCheckpointStore
+def _messages(truth: Truth, stop: threading.Event) -> Iterator[tuple[int, bytes]]:
+    """The stream's messages, encoded and paced as ``streamem produce`` does."""
+    from streamem.commands.produce import TokenBucket, encode_messages
 
-    return [FileCheckpointStore(cfg.checkpoint.path)] if cfg.checkpoint.path else []
+    return truth.messages(stop, encode_messages, TokenBucket(truth.settings.rate).take)
 
 
 def _memory_runtime(cfg: Config, truth: Truth, answers: Answers, metrics: Metrics,
                     stop: threading.Event) -> Runtime:
+    from streamem import assemble
     from streamem.io.memory import MemorySink, MemorySource
-    from streamem.model import OnlineGMM
-    from streamem.runtime import Runtime
 
     class AnswerSink(MemorySink):
         """Hands each flushed output message to ``answers`` instead of keeping it."""
@@ -210,24 +210,23 @@ def _memory_runtime(cfg: Config, truth: Truth, answers: Answers, metrics: Metric
                     answers.add(value)
             self.sent.clear()
 
-    source = MemorySource((value for _, value in truth.messages(stop)),
+    source = MemorySource((value for _, value in _messages(truth, stop)),
                           topic=cfg.kafka.input_topic, batch_size=cfg.kafka.max_poll_records)
-    return Runtime(cfg, source, AnswerSink(), OnlineGMM(**cfg.model_kwargs()), metrics,
-                   _stores(cfg), stop=stop)
+    return assemble.runtime(cfg, source, AnswerSink(), metrics, stop=stop)
 
 
 def _run_kafka(cfg: Config, truth: Truth, answers: Answers, metrics: Metrics,
                stop: threading.Event, view: Any) -> tuple[Runtime, float]:
     """Produce the stream to fresh topics while the loop consumes it, then read the answers."""
+    from streamem import assemble
     from streamem.commands.produce import KafkaSender
-    from streamem.io.kafka import KafkaSink, KafkaSource
-    from streamem.model import OnlineGMM
-    from streamem.runtime import Runtime
+    from streamem.errors import TransportError
+    from streamem.io import kafka_admin
 
     k = cfg.kafka
     kwargs = {"bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS, **k.client_kwargs()}
     topics = [k.input_topic, k.output_topic, k.dead_letter_topic]
-    _create_topics(kwargs, topics)
+    kafka_admin.create_topics(kwargs, topics)
     try:
         produced = threading.Event()
         failure: list[BaseException] = []
@@ -236,7 +235,7 @@ def _run_kafka(cfg: Config, truth: Truth, answers: Answers, metrics: Metrics,
             try:
                 sender = KafkaSender(kwargs, k.input_topic)
                 try:
-                    for first, value in truth.messages(stop):
+                    for first, value in _messages(truth, stop):
                         sender(str(first).encode(), value, int(time.time() * 1000))
                 finally:
                     sender.close()
@@ -246,8 +245,8 @@ def _run_kafka(cfg: Config, truth: Truth, answers: Answers, metrics: Metrics,
             finally:
                 produced.set()
 
-        runtime = Runtime(cfg, KafkaSource.create(cfg), KafkaSink.create(cfg),
-                          OnlineGMM(**cfg.model_kwargs()), metrics, _stores(cfg), stop=stop)
+        runtime = assemble.runtime(cfg, assemble.kafka_source(cfg), assemble.kafka_sink(cfg),
+                                   metrics, stop=stop)
         producer = threading.Thread(target=produce, name="streamem-demo-produce", daemon=True)
         producer.start()
 
@@ -260,61 +259,28 @@ def _run_kafka(cfg: Config, truth: Truth, answers: Answers, metrics: Metrics,
         producer.join()
         if failure:
             raise failure[0]
-        _read_answers(kwargs, k.output_topic, answers)
+        try:
+            for rec in kafka_admin.read_to_end(kwargs, k.output_topic, timeout_s=60.0):
+                answers.add(rec.value)
+        except TimeoutError:
+            raise TransportError(f"timed out reading the answers back from {k.output_topic}"
+                                 ) from None
         return runtime, seconds
     finally:
         _delete_topics(kwargs, topics)
 
 
-def _create_topics(kwargs: dict[str, Any], topics: list[str]) -> None:
-    from kafka.admin import KafkaAdminClient
-
-    admin = KafkaAdminClient(**kwargs)
-    try:
-        spec = {"num_partitions": 1, "replication_factor": -1}
-        admin.create_topics({t: spec for t in topics}, wait_for_metadata=True)
-    finally:
-        admin.close()
-
-
 def _delete_topics(kwargs: dict[str, Any], topics: list[str]) -> None:
     """Best effort: a demo's topics are not worth an error."""
-    from kafka.admin import KafkaAdminClient
     from kafka.errors import KafkaError
 
+    from streamem.io.kafka_admin import delete_topics
+
     try:
-        admin = KafkaAdminClient(**kwargs)
-        try:
-            admin.delete_topics(topics)
-        finally:
-            admin.close()
+        delete_topics(kwargs, topics)
     except KafkaError as exc:
         print(f"streamem demo: could not delete topics {', '.join(topics)}: {exc}",
               file=sys.stderr)
-
-
-def _read_answers(kwargs: dict[str, Any], topic: str, answers: Answers,
-                  timeout_s: float = 60.0) -> None:
-    """Read ``topic`` from its beginning to its current end into ``answers``."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    from streamem.errors import TransportError
-
-    consumer = KafkaConsumer(**kwargs, group_id=None, enable_auto_commit=False)
-    try:
-        tp = TopicPartition(topic, 0)
-        consumer.assign([tp])
-        consumer.seek_to_beginning(tp)
-        end = consumer.end_offsets([tp])[tp]
-        deadline = time.monotonic() + timeout_s
-        while consumer.position(tp) < end:
-            if time.monotonic() > deadline:
-                raise TransportError(f"timed out reading the answers back from {topic}")
-            for records in consumer.poll(timeout_ms=500).values():
-                for rec in records:
-                    answers.add(rec.value)
-    finally:
-        consumer.close()
 
 
 def _enough_points(text: str) -> int:

@@ -20,16 +20,6 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import logging
-
-    from streamem.config import Config
-    from streamem.io.base import Backoff, Sink, Source
-    from streamem.io.checkpoint import Checkpoint, CheckpointStore
-    from streamem.metrics import Metrics
-    from streamem.model import OnlineGMM
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,12 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import logging
 
-    from streamem import __version__
+    from streamem import __version__, assemble
     from streamem.config import load_config
     from streamem.errors import CheckpointError, ConfigError
     from streamem.logs import configure_logging
     from streamem.metrics import Metrics
-    from streamem.runtime import Runtime, stop_on_signals
+    from streamem.runtime import stop_on_signals
 
     try:
         cfg = load_config(args.config, args.set)
@@ -62,32 +52,31 @@ def main(args: argparse.Namespace) -> int:
         return 2
     configure_logging(cfg.logging.level, cfg.logging.format)
     log = logging.getLogger("streamem.run")
+    sink_kind = args.sink or _default_sink(args.source)
     log.info("starting", extra={"version": __version__, "source": args.source,
-                                "sink": args.sink or _default_sink(args.source),
-                                "config": cfg.redacted()})
+                                "sink": sink_kind, "config": cfg.redacted()})
     metrics = Metrics()
-    m = cfg.metrics
-    server = metrics.serve(m.host, m.port, max_connections=m.max_connections,
-                           client_timeout_s=m.client_timeout_s) if m.enabled else None
+    server = assemble.serve_metrics(metrics, cfg)
     if server is not None:
         log.info("metrics_serving", extra={"url": server.url})
     stop = threading.Event()
     try:
         with stop_on_signals(stop):
-            stores = _checkpoint_stores(cfg)
+            stores = assemble.checkpoint_stores(cfg)
             try:
-                model, resume = _restore(cfg, stores, args.ignore_checkpoint, log, stop)
+                model, resume = assemble.restore(cfg, stores, ignore=args.ignore_checkpoint,
+                                                 log=log, stop=stop)
             except (CheckpointError, ConfigError) as exc:
                 log.error("cannot_start", extra={"error": str(exc)})
                 print(f"streamem run: {exc}", file=sys.stderr)
                 return 2
-            source = _open_source(cfg, args.source, metrics, stop)
-            sink = _open_sink(cfg, args.sink or _default_sink(args.source), metrics, stop)
+            source = assemble.source(cfg, args.source, metrics, stop)
+            sink = assemble.sink(cfg, sink_kind, metrics, stop)
             if model is None or source is None or sink is None:
                 log.info("stopped_before_connecting")
                 return 0
-            runtime = Runtime(cfg, source, sink, model, metrics, stores, log,
-                              resume=resume, stop=stop)
+            runtime = assemble.runtime(cfg, source, sink, metrics, model=model, stores=stores,
+                                       resume=resume, log=log, stop=stop)
             return runtime.run()
     except Exception:
         log.exception("runtime_failed")
@@ -99,63 +88,3 @@ def main(args: argparse.Namespace) -> int:
 
 def _default_sink(source: str) -> str:
     return "stdout" if source == "stdin" else "kafka"
-
-
-def _restore(cfg: Config, stores: list[CheckpointStore], ignore: bool, log: logging.Logger,
-             stop: threading.Event) -> tuple[OnlineGMM | None, Checkpoint | None]:
-    """:func:`~streamem.runtime.restore_model`, retried while a Kafka store is unreachable."""
-    from streamem.errors import TransportError
-    from streamem.runtime import restore_model
-
-    backoff = _backoff(cfg)
-    while not stop.is_set():
-        try:
-            return restore_model(cfg, stores, ignore=ignore, logger=log)
-        except TransportError as exc:
-            log.warning("checkpoint_unreachable", extra={"error": str(exc)})
-            backoff.wait(stop)
-    return None, None
-
-
-def _checkpoint_stores(cfg: Config) -> list[CheckpointStore]:
-    from streamem.io.checkpoint import FileCheckpointStore, KafkaCheckpointStore
-
-    stores: list[CheckpointStore] = []
-    if cfg.checkpoint.path:
-        stores.append(FileCheckpointStore(cfg.checkpoint.path))
-    if cfg.checkpoint.kafka_topic:
-        stores.append(KafkaCheckpointStore(cfg.checkpoint.kafka_topic, cfg.kafka.group_id,
-                                           cfg.kafka.client_kwargs()))
-    return stores
-
-
-def _backoff(cfg: Config) -> Backoff:
-    from streamem.io.base import Backoff
-
-    return Backoff(cfg.runtime.retry_initial_s, cfg.runtime.retry_max_s)
-
-
-def _open_source(cfg: Config, kind: str, metrics: Metrics,
-                 stop: threading.Event) -> Source | None:
-    if kind == "stdin":
-        from streamem.io.stdio import StdinSource
-
-        binary = cfg.input.format != "json"
-        limit = cfg.input.max_bytes  # a binary line is base64: 4 characters per 3 bytes
-        return StdinSource(binary=binary, batch_size=cfg.kafka.max_poll_records,
-                           max_line_bytes=-(-limit // 3) * 4 if binary else limit)
-    from streamem.io.kafka import KafkaSource, connect
-
-    return connect(lambda: KafkaSource.create(cfg, metrics), what="consumer", backoff=_backoff(cfg),
-                   stop=stop, metrics=metrics)
-
-
-def _open_sink(cfg: Config, kind: str, metrics: Metrics, stop: threading.Event) -> Sink | None:
-    if kind == "stdout":
-        from streamem.io.stdio import StdoutSink
-
-        return StdoutSink(cfg.kafka.output_topic)
-    from streamem.io.kafka import KafkaSink, connect
-
-    return connect(lambda: KafkaSink.create(cfg, metrics), what="producer", backoff=_backoff(cfg),
-                   stop=stop, metrics=metrics)

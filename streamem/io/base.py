@@ -3,6 +3,8 @@
 A :class:`Source` hands the runtime batches of :class:`Record` and takes back, after the
 batch's outputs are acknowledged, the *next* offset to read per partition. A :class:`Sink`
 buffers sends and reports any failure at :meth:`Sink.flush`, so the loop can refuse to commit.
+A transport reports its client's health through a :class:`ClientEvents` (``Metrics`` is one);
+it takes plain values and knows nothing of the config, the metrics or the runtime.
 """
 
 from __future__ import annotations
@@ -19,6 +21,60 @@ TopicPartition = tuple[str, int]
 Headers = Sequence[tuple[str, bytes]]
 VALUE_DROPPED_HEADER = "streamem.value_dropped"
 """On a dead letter whose value was too large to send: the original value's size in bytes."""
+
+
+class ClientEvents(Protocol):
+    """What a Kafka transport reports about its clients (``streamem.metrics.Metrics`` is one)."""
+
+    def kafka_error(self, kind: str) -> None:
+        """One failed check or connection attempt of ``kind`` (``connect``, ``coordinator``)."""
+        ...
+
+    def set_kafka_up(self, up: bool) -> None:
+        """Whether the cluster is reachable."""
+        ...
+
+    def reconnect(self) -> None:
+        """The cluster is reachable again after an outage."""
+        ...
+
+    def rejoin(self) -> None:
+        """The consumer left its group to join it again."""
+        ...
+
+    def set_healthy(self, healthy: bool, reason: str = "") -> None:
+        """Whether the process is healthy (``/healthz``), and why not."""
+        ...
+
+    def dead_letter_value_dropped(self) -> None:
+        """A dead letter went out without its value (too large to send)."""
+        ...
+
+
+class _NoEvents:
+    """Ignores every event."""
+
+    def kafka_error(self, kind: str) -> None:
+        pass
+
+    def set_kafka_up(self, up: bool) -> None:
+        pass
+
+    def reconnect(self) -> None:
+        pass
+
+    def rejoin(self) -> None:
+        pass
+
+    def set_healthy(self, healthy: bool, reason: str = "") -> None:
+        pass
+
+    def dead_letter_value_dropped(self) -> None:
+        pass
+
+
+NO_EVENTS: ClientEvents = _NoEvents()
+"""The default :class:`ClientEvents`: nothing is reported."""
 
 
 class CommitFailed(TransportError):

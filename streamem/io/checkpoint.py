@@ -23,7 +23,6 @@ import logging
 import math
 import os
 import re
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,33 +219,28 @@ class KafkaCheckpointStore:
 
     The topic is created (``cleanup.policy=compact``, ``max.message.bytes`` =
     :data:`MAX_CHECKPOINT_BYTES`) when absent. ``client_kwargs`` are kafka-python connection
-    settings (``Config.kafka.client_kwargs()``).
+    settings every client accepts; ``consumer_kwargs``, ``producer_kwargs`` and ``admin_kwargs``
+    (each client's own options, :mod:`streamem.clients.kafka_python`) replace them per client.
     """
 
     def __init__(self, topic: str, key: str, client_kwargs: Mapping[str, Any],
-                 timeout_s: float = 30.0) -> None:
+                 timeout_s: float = 30.0, *, consumer_kwargs: Mapping[str, Any] | None = None,
+                 producer_kwargs: Mapping[str, Any] | None = None,
+                 admin_kwargs: Mapping[str, Any] | None = None) -> None:
         self.topic = topic
         self.key = key.encode()
         self.name = f"kafka:{topic}"
-        self._kwargs = dict(client_kwargs)
+        self._consumer_kwargs = dict(client_kwargs if consumer_kwargs is None else consumer_kwargs)
+        self._producer_kwargs = dict(client_kwargs if producer_kwargs is None else producer_kwargs)
+        self._admin_kwargs = dict(client_kwargs if admin_kwargs is None else admin_kwargs)
         self._timeout_s = timeout_s
         self._producer: Any = None
 
     def ensure_topic(self) -> None:
-        from kafka.admin import KafkaAdminClient
-        from kafka.errors import TopicAlreadyExistsError
+        from streamem.io.kafka_admin import create_topics
 
-        admin = KafkaAdminClient(**self._kwargs)
-        try:
-            if self.topic in admin.list_topics():
-                return
-            spec = {"num_partitions": 1, "replication_factor": -1, "configs": {
-                "cleanup.policy": "compact", "max.message.bytes": str(MAX_CHECKPOINT_BYTES)}}
-            admin.create_topics({self.topic: spec}, wait_for_metadata=True)
-        except TopicAlreadyExistsError:
-            pass
-        finally:
-            admin.close()
+        create_topics(self._admin_kwargs, [self.topic], exist_ok=True, configs={
+            "cleanup.policy": "compact", "max.message.bytes": str(MAX_CHECKPOINT_BYTES)})
 
     def save(self, checkpoint: Checkpoint) -> None:
         from kafka import KafkaProducer
@@ -255,32 +249,30 @@ class KafkaCheckpointStore:
         try:
             if self._producer is None:
                 self.ensure_topic()
-                self._producer = KafkaProducer(**self._kwargs, acks="all",
-                                               max_request_size=MAX_CHECKPOINT_BYTES)
+                self._producer = KafkaProducer(**{**self._producer_kwargs, "acks": "all",
+                                                  "max_request_size": MAX_CHECKPOINT_BYTES})
             future = self._producer.send(self.topic, key=self.key, value=checkpoint.to_bytes())
             future.get(timeout=self._timeout_s)
         except KafkaError as exc:
             raise CheckpointError(f"cannot write checkpoint to topic {self.topic}: {exc}") from exc
 
     def load(self) -> Checkpoint | None:
-        from kafka import KafkaConsumer, TopicPartition
         from kafka.errors import KafkaError
 
+        from streamem.io.kafka_admin import read_to_end
+
+        kwargs = {**self._consumer_kwargs, "fetch_max_bytes": MAX_CHECKPOINT_BYTES,
+                  "max_partition_fetch_bytes": MAX_CHECKPOINT_BYTES}
+        latest = None
         try:
             self.ensure_topic()
-            consumer = KafkaConsumer(**self._kwargs, group_id=None, enable_auto_commit=False,
-                                     fetch_max_bytes=MAX_CHECKPOINT_BYTES,
-                                     max_partition_fetch_bytes=MAX_CHECKPOINT_BYTES)
+            for rec in read_to_end(kwargs, self.topic, self._timeout_s):
+                if rec.key == self.key:
+                    latest = rec.value
+        except TimeoutError:
+            raise CheckpointError(f"timed out reading checkpoint topic {self.topic}") from None
         except KafkaError as exc:
             raise TransportError(f"cannot read checkpoint topic {self.topic}: {exc}") from exc
-        try:
-            tps = [TopicPartition(self.topic, p)
-                   for p in consumer.partitions_for_topic(self.topic) or ()]
-            latest = _latest_value(consumer, tps, self.key, self._timeout_s)
-        except KafkaError as exc:
-            raise TransportError(f"cannot read checkpoint topic {self.topic}: {exc}") from exc
-        finally:
-            consumer.close()
         if latest is None:
             return None
         return Checkpoint.from_bytes(latest, f"checkpoint in topic {self.topic}")
@@ -289,25 +281,6 @@ class KafkaCheckpointStore:
         if self._producer is not None:
             self._producer.close()
             self._producer = None
-
-
-def _latest_value(consumer: Any, tps: list[Any], key: bytes, timeout_s: float) -> bytes | None:
-    """Read ``tps`` from the beginning to their current end; the last value stored at ``key``."""
-    if not tps:
-        return None
-    consumer.assign(tps)
-    consumer.seek_to_beginning(*tps)
-    end = consumer.end_offsets(tps)
-    latest = None
-    deadline = time.monotonic() + timeout_s
-    while any(consumer.position(tp) < end[tp] for tp in tps):
-        if time.monotonic() > deadline:
-            raise CheckpointError(f"timed out reading checkpoint topic {tps[0].topic}")
-        for records in consumer.poll(timeout_ms=500).values():
-            for rec in records:
-                if rec.key == key:
-                    latest = rec.value
-    return latest
 
 
 def load_latest(stores: Iterable[CheckpointStore]) -> Checkpoint | None:

@@ -4,7 +4,8 @@
 commits ``offset + 1`` synchronously after each batch's outputs are acknowledged.
 :class:`KafkaSink` produces with ``acks=all`` and idempotence, and checks every send's future at
 :meth:`KafkaSink.flush`. :func:`connect` builds either, backing off exponentially while no
-broker answers.
+broker answers. Both take kafka-python keyword arguments (built from the config by
+:mod:`streamem.clients.kafka_python`) and report to a :class:`~streamem.io.base.ClientEvents`.
 
 kafka-python runs rebalance callbacks on its I/O thread, where a blocking ``commit()`` raises,
 so the listener here only records what was revoked; the runtime drops in-flight records of
@@ -25,7 +26,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
@@ -43,20 +44,20 @@ from kafka.errors import (
 from streamem.errors import TransportError
 from streamem.io import crc32c
 from streamem.io.base import (
+    NO_EVENTS,
     VALUE_DROPPED_HEADER,
     Backoff,
+    ClientEvents,
     CommitFailed,
     Headers,
     Record,
     RecordTooLarge,
 )
 
-if TYPE_CHECKING:
-    from streamem.config import Config
-    from streamem.metrics import Metrics
-
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+SourceT = TypeVar("SourceT", bound="KafkaSource")
+SinkT = TypeVar("SinkT", bound="KafkaSink")
 TP = tuple[str, int]
 MiB = 1024 * 1024
 FETCH_MAX_BYTES = 64 * MiB
@@ -74,6 +75,21 @@ _REBALANCED = (CommitFailedError, RebalanceInProgressError, IllegalGenerationErr
                UnknownMemberIdError)
 
 
+class _MissingTopicIsNoError(logging.Filter):
+    """kafka-python logs a subscribed topic that does not exist yet as an ERROR; until it is
+    created (by a producer, or by auto-creation) the consumer simply waits: a WARNING."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and record.msg == MISSING_TOPIC_MESSAGE:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+MISSING_TOPIC_MESSAGE = "Topic %s not found in cluster metadata"
+"""kafka-python 3's message (``kafka.cluster``) for a topic without metadata."""
+_MISSING_TOPIC_FILTER = _MissingTopicIsNoError()
+
+
 class _Listener(ConsumerRebalanceListener):
     """Logs rebalances. Called on kafka-python's I/O thread, where a blocking commit() raises:
     the loop commits after every batch instead, so there is nothing to do here but tell."""
@@ -86,7 +102,7 @@ class _Listener(ConsumerRebalanceListener):
 
 
 class KafkaSource:
-    """The input topic, read in the consumer group ``cfg.kafka.group_id``.
+    """The input topics, read in the consumer's group.
 
     Parameters
     ----------
@@ -100,8 +116,8 @@ class KafkaSource:
         Where to rewind a partition without a committed offset.
     rebuild : callable, optional
         Builds a fresh consumer to re-join the group with; without it, re-subscribe.
-    metrics : Metrics, optional
-        Where outages (``kafka_up``, ``kafka_errors_total``) and re-joins are counted.
+    events : ClientEvents
+        Where outages (``kafka_up``, ``kafka_errors_total``) and re-joins are reported.
     rejoin_after_s : float
         How long a member may hold no partitions, while its membership is unhealthy.
     """
@@ -109,7 +125,7 @@ class KafkaSource:
     def __init__(self, consumer: KafkaConsumer, topics: list[str],
                  commit_timeout_s: float = 30.0, auto_offset_reset: str = "earliest", *,
                  rebuild: Callable[[], KafkaConsumer] | None = None,
-                 metrics: Metrics | None = None, rejoin_after_s: float = 30.0) -> None:
+                 events: ClientEvents = NO_EVENTS, rejoin_after_s: float = 30.0) -> None:
         self._consumer = consumer
         self._topics = topics
         self._listener = _Listener()
@@ -117,7 +133,7 @@ class KafkaSource:
         self._reset = auto_offset_reset
         self._next: dict[TP, int] = {}
         self._rebuild = rebuild
-        self._metrics = metrics
+        self._events = events
         self._rejoin_after_s = rejoin_after_s
         self._next_check = time.monotonic() + CHECK_INTERVAL_S  # first, find the coordinator
         self._failed_checks = 0
@@ -128,43 +144,22 @@ class KafkaSource:
         self.rejoins = 0
         consumer.subscribe(topics=topics, listener=self._listener)
 
-    @staticmethod
-    def settings(cfg: Config) -> dict[str, Any]:
-        """The KafkaConsumer keyword arguments :meth:`create` uses.
-
-        Fetches of up to 8 MiB per partition (kafka-python's default is 1 MiB) keep a backlog
-        of multi-point messages flowing in few round trips; reconnection backs off from
-        ``runtime.retry_initial_s`` to ``runtime.retry_max_s``. ``kafka.client_options`` and
-        ``kafka.consumer_options`` can override these, not the group and commit settings.
-        """
-        k = cfg.kafka
-        return {
-            "bootstrap_timeout_ms": min(k.request_timeout_ms, 10_000),
-            "max_partition_fetch_bytes": 8 * MiB,
-            "fetch_max_bytes": FETCH_MAX_BYTES,
-            **backoff_settings(cfg),
-            **k.kwargs_for("consumer"),
-            "group_id": k.group_id,
-            "enable_auto_commit": False,
-            "auto_offset_reset": k.auto_offset_reset,
-            "max_poll_records": k.max_poll_records,
-            "session_timeout_ms": k.session_timeout_ms,
-            "heartbeat_interval_ms": k.heartbeat_interval_ms,
-            "max_poll_interval_ms": k.max_poll_interval_ms,
-        }
-
     @classmethod
-    def create(cls, cfg: Config, metrics: Metrics | None = None) -> KafkaSource:
-        """Connect once; raises kafka-python's KafkaTimeoutError if no broker answers."""
+    def create(cls: type[SourceT], settings: Mapping[str, Any], topics: list[str], *,
+               commit_timeout_s: float = 30.0, rejoin_after_s: float = 30.0,
+               events: ClientEvents = NO_EVENTS) -> SourceT:
+        """Connect once with the KafkaConsumer keyword arguments ``settings``; raises
+        kafka-python's KafkaTimeoutError if no broker answers. Re-joins use a fresh consumer
+        built from the same settings."""
         crc32c.install()
-        k = cfg.kafka
+        logging.getLogger("kafka.cluster").addFilter(_MISSING_TOPIC_FILTER)  # once: a set
 
         def build() -> KafkaConsumer:
-            return KafkaConsumer(**cls.settings(cfg))
+            return KafkaConsumer(**settings)
 
-        return cls(build(), [k.input_topic], commit_timeout_s=k.request_timeout_ms / 1000,
-                   auto_offset_reset=k.auto_offset_reset, rebuild=build, metrics=metrics,
-                   rejoin_after_s=k.unassigned_rejoin_s)
+        return cls(build(), topics, commit_timeout_s=commit_timeout_s,
+                   auto_offset_reset=settings.get("auto_offset_reset", "latest"), rebuild=build,
+                   events=events, rejoin_after_s=rejoin_after_s)
 
     def poll(self, timeout_s: float) -> list[Record]:
         if self._closed_for_rejoin:
@@ -249,19 +244,16 @@ class KafkaSource:
             if not self._up:
                 self._up = True
                 log.info("kafka_reachable")
-                if self._metrics is not None:
-                    self._metrics.set_kafka_up(True)
-                    self._metrics.reconnect()
+                self._events.set_kafka_up(True)
+                self._events.reconnect()
             self._check_assignment(now)
             return
         self._failed_checks += 1
-        if self._metrics is not None:
-            self._metrics.kafka_error(fault)
+        self._events.kafka_error(fault)
         if self._failed_checks >= DOWN_AFTER_CHECKS and self._up:
             self._up = False
             log.warning("kafka_unreachable", extra={"kind": fault})
-            if self._metrics is not None:
-                self._metrics.set_kafka_up(False)
+            self._events.set_kafka_up(False)
 
     def _fault(self) -> str | None:
         """Why the cluster is unreachable ("connect", "coordinator"), or None if it is not.
@@ -298,8 +290,7 @@ class KafkaSource:
             self._unassigned_since = None
             if self._rejoins_without_partitions:
                 self._rejoins_without_partitions = 0
-                if self._metrics is not None:
-                    self._metrics.set_healthy(True)
+                self._events.set_healthy(True)
             return
         if self._unassigned_since is None:
             self._unassigned_since = now
@@ -308,8 +299,8 @@ class KafkaSource:
             return
         self._unassigned_since = now
         self._rejoins_without_partitions += 1
-        if self._rejoins_without_partitions > 2 and self._metrics is not None:
-            self._metrics.set_healthy(False, "no partitions after re-joining the group twice")
+        if self._rejoins_without_partitions > 2:
+            self._events.set_healthy(False, "no partitions after re-joining the group twice")
         self.rejoin()
 
     def rejoin(self) -> None:
@@ -317,8 +308,7 @@ class KafkaSource:
         self.rejoins += 1
         log.warning("group_rejoin", extra={"after_s": self._rejoin_after_s,
                                            "rejoins": self.rejoins})
-        if self._metrics is not None:
-            self._metrics.rejoin()
+        self._events.rejoin()
         self._next.clear()
         if self._rebuild is None:
             self._consumer.unsubscribe()
@@ -337,8 +327,7 @@ class KafkaSource:
         try:
             consumer = self._rebuild()
         except KafkaError as exc:
-            if self._metrics is not None:
-                self._metrics.kafka_error("connect")
+            self._events.kafka_error("connect")
             raise TransportError(f"cannot rebuild the consumer: {exc}") from exc
         consumer.subscribe(topics=self._topics, listener=self._listener)
         self._consumer = consumer
@@ -361,52 +350,25 @@ class KafkaSink:
     def __init__(self, producer: KafkaProducer, *, max_message_bytes: int = OUTPUT_MAX_BYTES,
                  value_drop_topics: frozenset[str] = frozenset(),
                  dead_letter_producer: KafkaProducer | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 events: ClientEvents = NO_EVENTS) -> None:
         self._producer = producer
         self._dead_producer = dead_letter_producer or producer
         self._max_message_bytes = max_message_bytes
         self._value_drop_topics = value_drop_topics
-        self._metrics = metrics
+        self._events = events
         self._futures: list[Any] = []
         self._droppable: list[tuple[Any, str, bytes | None, int, Headers]] = []
         self._errors: list[Exception] = []
 
-    @staticmethod
-    def settings(cfg: Config) -> dict[str, Any]:
-        """The KafkaProducer keyword arguments :meth:`create` uses.
-
-        ``linger_ms``, ``batch_size`` and ``compression_type`` are defaults that
-        ``kafka.client_options``/``producer_options`` may override; acks, idempotence and the
-        delivery timeout are not. ``max_request_size`` is at least
-        :data:`DEAD_LETTER_MAX_BYTES`, so that a dead letter can carry any message read.
-        """
-        k = cfg.kafka
-        delivery_ms = int(k.delivery_timeout_s * 1000)
-        settings = {
-            "bootstrap_timeout_ms": min(k.request_timeout_ms, 10_000),
-            "linger_ms": 5,
-            "batch_size": 256 * 1024,
-            "compression_type": None,
-            **backoff_settings(cfg),
-            **k.kwargs_for("producer"),
-            "acks": "all",
-            "enable_idempotence": True,
-            "delivery_timeout_ms": delivery_ms,
-            "max_block_ms": delivery_ms,
-        }
-        settings["max_request_size"] = max(settings.get("max_request_size", 0),
-                                           DEAD_LETTER_MAX_BYTES)
-        settings["request_timeout_ms"] = min(settings.get("request_timeout_ms", 30_000),
-                                             delivery_ms - settings["linger_ms"])
-        return settings
-
     @classmethod
-    def create(cls, cfg: Config, metrics: Metrics | None = None) -> KafkaSink:
-        """Connect once; raises kafka-python's KafkaTimeoutError if no broker answers."""
+    def create(cls: type[SinkT], settings: Mapping[str, Any], *,
+               max_message_bytes: int = OUTPUT_MAX_BYTES, dead_letter_topic: str | None = None,
+               events: ClientEvents = NO_EVENTS) -> SinkT:
+        """Connect once with the KafkaProducer keyword arguments ``settings`` (idempotent;
+        ``max_request_size`` at least :data:`DEAD_LETTER_MAX_BYTES`); raises kafka-python's
+        KafkaTimeoutError if no broker answers. Dead letters go through a second, non-idempotent
+        producer with the same settings."""
         crc32c.install()
-        k = cfg.kafka
-        limit = k.kwargs_for("producer").get("max_request_size", OUTPUT_MAX_BYTES)
-        settings = cls.settings(cfg)
         producer = KafkaProducer(**settings)
         try:
             dead = KafkaProducer(**{**settings, "enable_idempotence": False,
@@ -415,8 +377,9 @@ class KafkaSink:
         except BaseException:
             producer.close(timeout=5)
             raise
-        return cls(producer, max_message_bytes=limit, dead_letter_producer=dead,
-                   value_drop_topics=frozenset([k.dead_letter_topic]), metrics=metrics)
+        drop = frozenset([dead_letter_topic]) if dead_letter_topic else frozenset()
+        return cls(producer, max_message_bytes=max_message_bytes, dead_letter_producer=dead,
+                   value_drop_topics=drop, events=events)
 
     def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = ()) -> None:
         droppable = topic in self._value_drop_topics
@@ -442,8 +405,7 @@ class KafkaSink:
     def _send_without_value(self, topic: str, key: bytes | None, size: int,
                             headers: Headers) -> None:
         log.warning("dead_letter_value_dropped", extra={"topic": topic, "bytes": size})
-        if self._metrics is not None:
-            self._metrics.dead_letter_value_dropped()
+        self._events.dead_letter_value_dropped()
         dropped = [*headers, (VALUE_DROPPED_HEADER, str(size).encode())]
         try:
             self._futures.append(self._dead_producer.send(topic, value=b"", key=key,
@@ -491,19 +453,8 @@ class KafkaSink:
             self._dead_producer.close(timeout=5)
 
 
-def backoff_settings(cfg: Config) -> dict[str, int]:
-    """kafka-python's reconnect and retry back-off, from ``runtime.retry_initial_s``/``_max_s``.
-
-    Its own defaults back a broker connection off up to 30 s, however short the outage.
-    """
-    initial_ms = max(int(cfg.runtime.retry_initial_s * 1000), 1)
-    return {"reconnect_backoff_ms": initial_ms,
-            "reconnect_backoff_max_ms": max(int(cfg.runtime.retry_max_s * 1000), initial_ms),
-            "retry_backoff_ms": initial_ms}
-
-
 def connect(build: Callable[[], T], *, what: str, backoff: Backoff, stop: threading.Event,
-            metrics: Metrics | None = None) -> T | None:
+            events: ClientEvents = NO_EVENTS) -> T | None:
     """Call ``build`` until it succeeds, backing off while no broker answers.
 
     Returns None if ``stop`` is set before a connection is made. Each failure is logged and
@@ -517,17 +468,15 @@ def connect(build: Callable[[], T], *, what: str, backoff: Backoff, stop: thread
             delay = backoff.next_delay()
             log.warning("kafka_unavailable", extra={"client": what, "error": str(exc),
                                                     "retry_in_s": round(delay, 2)})
-            if metrics is not None:
-                metrics.kafka_error("connect")
-                metrics.set_kafka_up(False)
+            events.kafka_error("connect")
+            events.set_kafka_up(False)
             if stop.wait(delay):
                 return None
             first = False
             continue
-        if metrics is not None:
-            metrics.set_kafka_up(True)
-            if not first:
-                metrics.reconnect()
+        events.set_kafka_up(True)
+        if not first:
+            events.reconnect()
         backoff.reset()
         log.info("kafka_connected", extra={"client": what})
         return client

@@ -741,17 +741,21 @@ class OnlineGMM(Estimator):
         return persistence.loads(cls, data)  # type: ignore[no-any-return]
 
     def save(self, path: str) -> None:
-        """Write :meth:`to_bytes` to ``path`` atomically (``streamem.io.files.atomic_write``)."""
-        from streamem.io.files import atomic_write
-
-        atomic_write(path, self.to_bytes())
+        """Write :meth:`to_bytes` to ``path`` (plainly; for a write that a crash cannot leave
+        half done, ``streamem.io.files.atomic_write(path, model.to_bytes())``)."""
+        with open(path, "wb") as fh:
+            fh.write(self.to_bytes())
 
     @classmethod
     def load(cls, path: str, max_bytes: int = 1 << 30) -> OnlineGMM:
         """The model saved at ``path``; ``ValueError`` when it is not one or over ``max_bytes``."""
-        from streamem.io.files import read_bounded
+        import os
 
-        return cls.from_bytes(read_bounded(path, max_bytes))
+        with open(path, "rb") as fh:  # read(n) allocates n bytes: ask for the file's size only
+            data = fh.read(min(os.fstat(fh.fileno()).st_size, max_bytes) + 1)
+        if len(data) > max_bytes:
+            raise ValueError(f"{path} is more than the limit of {max_bytes:,} bytes")
+        return cls.from_bytes(data)
 
     def __repr__(self) -> str:
         return (f"OnlineGMM(n_components={self.n_components}, "

@@ -3,16 +3,80 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy import sparse
 
-_CHOICES = {
-    "covariance_type": ("full", "diag", "spherical"),
-    "init": ("kmeans++", "random"),
-    "assignment": ("soft", "hard"),
+
+@dataclass(frozen=True)
+class Interval:
+    """A number between ``lo`` and ``hi`` (either may be None: unbounded), an integer when
+    ``integer``; ``finite`` refuses +-inf, ``none`` accepts None too. NaN and booleans never
+    pass."""
+
+    integer: bool
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    finite: bool = True
+    none: bool = False
+
+    def __contains__(self, value: Any) -> bool:
+        if value is None:
+            return self.none
+        kinds = (int, np.integer) if self.integer else (int, float, np.number)
+        if isinstance(value, bool) or not isinstance(value, kinds) or np.iscomplexobj(value):
+            return False
+        if np.isnan(value) or (self.finite and not np.isfinite(value)):
+            return False
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return False
+        return bool(self.hi is None or (value < self.hi if self.hi_open else value <= self.hi))
+
+    def __str__(self) -> str:
+        bounds = [f"{'>' if self.lo_open else '>='} {self.lo:g}" if self.lo is not None else "",
+                  f"{'<' if self.hi_open else '<='} {self.hi:g}" if self.hi is not None else ""]
+        kind = "an integer" if self.integer else "a finite number" if self.finite else "a number"
+        text = " ".join([kind, " and ".join(b for b in bounds if b)]).strip()
+        return f"{text} or None" if self.none else text
+
+
+@dataclass(frozen=True)
+class Options:
+    """One of ``values`` (strings)."""
+
+    values: tuple[str, ...]
+
+    def __contains__(self, value: Any) -> bool:
+        return isinstance(value, str) and value in self.values
+
+    def __str__(self) -> str:
+        return f"one of {self.values}"
+
+
+Constraint = Interval | Options
+
+PARAMETER_CONSTRAINTS: dict[str, Constraint] = {
+    "n_components": Interval(integer=True, lo=1),
+    "covariance_type": Options(("full", "diag", "spherical")),
+    "reg_covar": Interval(integer=False, lo=0.0, lo_open=True),
+    # stepwise EM converges for step sizes (t + offset)^-decay with decay in (0.5, 1]
+    "learning_decay": Interval(integer=False, lo=0.5, hi=1.0, lo_open=True),
+    "learning_offset": Interval(integer=False, lo=0.0),
+    "halflife": Interval(integer=False, lo=0.0, lo_open=True, finite=False, none=True),
+    "warmup": Interval(integer=True, lo=1, none=True),
+    "init": Options(("kmeans++", "random")),
+    "assignment": Options(("soft", "hard")),
+    "anomaly_rate": Interval(integer=False, lo=0.0, hi=1.0, lo_open=True, hi_open=True),
+    "random_state": Interval(integer=True, lo=0, none=True),
+    "max_iter": Interval(integer=True, lo=1),
+    "tol": Interval(integer=False, lo=0.0),
 }
+"""Each hyperparameter's valid values, declared once (as scikit-learn's
+``_parameter_constraints``): the model checks against it, the config reads its ranges."""
 
 
 def check_hyperparameters(params: dict[str, Any]) -> None:
@@ -20,46 +84,9 @@ def check_hyperparameters(params: dict[str, Any]) -> None:
 
     Run when learning starts, not by ``__init__`` or ``set_params`` (scikit-learn's convention).
     """
-    for name, choices in _CHOICES.items():
-        if not isinstance(params[name], str) or params[name] not in choices:
-            raise ValueError(f"{name} must be one of {choices}, got {params[name]!r}")
-    k = params["n_components"]
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"n_components must be an integer >= 1, got {k!r}")
-    for name in ("reg_covar", "learning_decay", "learning_offset", "anomaly_rate"):
-        value = params[name]
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
-                or not np.isfinite(value):
-            raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if not params["reg_covar"] > 0:
-        raise ValueError(f"reg_covar must be > 0, got {params['reg_covar']!r}")
-    if not 0.5 < params["learning_decay"] <= 1.0:
-        raise ValueError(
-            f"learning_decay must be in (0.5, 1] for stepwise EM to converge, "
-            f"got {params['learning_decay']!r}"
-        )
-    if not params["learning_offset"] >= 0:
-        raise ValueError(f"learning_offset must be >= 0, got {params['learning_offset']!r}")
-    halflife = params["halflife"]
-    if halflife is not None and (isinstance(halflife, bool) or not isinstance(
-            halflife, (int, float, np.number))):
-        raise ValueError(f"halflife must be a number of points or None, got {halflife!r}")
-    if params["halflife"] is not None and not params["halflife"] > 0:
-        raise ValueError(f"halflife must be > 0 points or None, got {params['halflife']!r}")
-    for name in ("warmup", "random_state"):
-        value, low = params[name], 1 if name == "warmup" else 0
-        if value is not None and (isinstance(value, bool)
-                                  or not isinstance(value, (int, np.integer)) or value < low):
-            raise ValueError(f"{name} must be an integer >= {low} or None, got {value!r}")
-    if not 0.0 < params["anomaly_rate"] < 1.0:
-        raise ValueError(f"anomaly_rate must be in (0, 1), got {params['anomaly_rate']!r}")
-    max_iter = params["max_iter"]
-    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
-    tol = params["tol"]
-    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.number)) \
-            or not 0.0 <= tol < np.inf:
-        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+    for name, constraint in PARAMETER_CONSTRAINTS.items():
+        if params[name] not in constraint:
+            raise ValueError(f"{name} must be {constraint}, got {params[name]!r}")
 
 
 class NonNumericPoints(ValueError, TypeError):

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 from daemon_helpers import Reader, daemon_settings, points_of, start_daemon
-from kafka import KafkaAdminClient
 from kafka_helpers import KafkaBroker, free_port, produce
 from observability.prometheus_server import PrometheusServer
+
+from streamem.io.kafka_admin import create_topics
 
 ALERTS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.yml"
 DOWN_WITHIN_S = 10.0
@@ -88,14 +89,12 @@ def messages(start: int, n: int) -> list[bytes]:
 def test_kafka_up_drops_during_an_outage_the_alert_fires_and_nothing_is_lost(
         stoppable_broker: KafkaBroker, tmp_path: Path) -> None:
     bootstrap = stoppable_broker.bootstrap
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     suffix = str(time.monotonic_ns())
     topics = {"input": f"outage-in-{suffix}", "output": f"outage-out-{suffix}",
               "dead": f"outage-dead-{suffix}"}
-    admin.create_topics({t: {"num_partitions": 2 if k == "input" else 1,
-                             "replication_factor": 1} for k, t in topics.items()},
-                        wait_for_metadata=True)
-    admin.close()
+    admin = {"bootstrap_servers": bootstrap}
+    create_topics(admin, [topics["input"]], partitions=2, replication_factor=1)
+    create_topics(admin, [topics["output"], topics["dead"]], replication_factor=1)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     settings = daemon_settings(bootstrap, tmp_path, topics, metrics__enabled="true",

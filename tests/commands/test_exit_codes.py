@@ -15,7 +15,7 @@ import pytest
 from streamem.io.checkpoint import Checkpoint, FileCheckpointStore
 from streamem.model import OnlineGMM
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").exists())
 LINES = "".join(json.dumps([float(i % 7), float(i % 3)]) + "\n" for i in range(50))
 
 

@@ -9,13 +9,14 @@ import threading
 import uuid
 
 import pytest
-from kafka import KafkaAdminClient
 from kafka_helpers import consume_all
 from prometheus_client import CollectorRegistry
 
+from streamem import assemble
+from streamem.clients.kafka_python import consumer_settings, producer_settings
 from streamem.config import Config, load_config
 from streamem.errors import ConfigError
-from streamem.io.kafka import KafkaSink, KafkaSource
+from streamem.io.kafka_admin import create_topics
 from streamem.metrics import Metrics
 from streamem.runtime import Runtime, restore_model
 
@@ -26,12 +27,8 @@ TOPIC_LIMIT = 8 * 1024 * 1024
 def create_topic(bootstrap: str, prefix: str, max_message_bytes: int | None = None) -> str:
     name = f"{prefix}-{uuid.uuid4().hex[:12]}"
     configs = {} if max_message_bytes is None else {"max.message.bytes": str(max_message_bytes)}
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        admin.create_topics({name: {"num_partitions": 1, "replication_factor": 1,
-                                    "configs": configs}}, wait_for_metadata=True)
-    finally:
-        admin.close()
+    create_topics({"bootstrap_servers": bootstrap}, [name], replication_factor=1,
+                  configs=configs)
     return name
 
 
@@ -46,7 +43,7 @@ def daemon_config(bootstrap: str, inp: str, dead: str, *extra: str) -> Config:
 
 
 def run_until(cfg: Config, metrics: Metrics, done: threading.Event) -> None:
-    source, sink = KafkaSource.create(cfg, metrics), KafkaSink.create(cfg, metrics)
+    source, sink = assemble.kafka_source(cfg, metrics), assemble.kafka_sink(cfg, metrics)
     model, _ = restore_model(cfg, [])
     runtime = Runtime(cfg, source, sink, model, metrics, stop=done)
     runtime.run()
@@ -123,7 +120,7 @@ def test_per_client_options_go_to_their_client_only() -> None:
                              "kafka.producer_options.max_request_size=2000000",
                              "kafka.client_options.linger_ms=9",
                              "kafka.client_options.retry_backoff_ms=50"], environ={})
-    consumer, producer = KafkaSource.settings(cfg), KafkaSink.settings(cfg)
+    consumer, producer = consumer_settings(cfg), producer_settings(cfg)
     assert consumer["fetch_min_bytes"] == 7 and "fetch_min_bytes" not in producer
     assert "linger_ms" not in consumer and producer["linger_ms"] == 9
     assert consumer["retry_backoff_ms"] == producer["retry_backoff_ms"] == 50
@@ -134,7 +131,7 @@ def test_per_client_options_go_to_their_client_only() -> None:
 def test_reconnect_back_off_follows_the_runtime_settings() -> None:
     cfg = load_config(None, ["runtime.retry_initial_s=0.25", "runtime.retry_max_s=4"],
                       environ={})
-    for settings in (KafkaSource.settings(cfg), KafkaSink.settings(cfg)):
+    for settings in (consumer_settings(cfg), producer_settings(cfg)):
         assert settings["reconnect_backoff_ms"] == 250
         assert settings["reconnect_backoff_max_ms"] == 4000
         assert settings["retry_backoff_ms"] == 250

@@ -10,6 +10,7 @@ from kafka import KafkaConsumer
 from kafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 from prometheus_client import CollectorRegistry
 
+from streamem import assemble
 from streamem.config import load_config
 from streamem.errors import TransportError
 from streamem.io.kafka import KafkaSource
@@ -23,7 +24,7 @@ def source(bootstrap: str, topic: str, group: str, metrics: Metrics) -> KafkaSou
                              f"kafka.input_topic={topic}", "kafka.session_timeout_ms=6000",
                              "kafka.heartbeat_interval_ms=1000",
                              f"kafka.unassigned_rejoin_s={REJOIN_AFTER_S}"], environ={})
-    return KafkaSource.create(cfg, metrics)
+    return assemble.kafka_source(cfg, metrics)
 
 
 def poll_until(sources: list, done, timeout_s: float) -> bool:
