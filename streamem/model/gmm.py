@@ -214,6 +214,7 @@ class OnlineGMM(Estimator):
         self._flagged_at = np.empty(0, dtype=np.int64)
         self._conditioning = None
         self._factored = None
+        self._settled: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def _kind(self) -> CovarianceKind:
@@ -519,6 +520,7 @@ class OnlineGMM(Estimator):
         self._sum_sq_weights = 1.0 / max(n_points, 1)
         self._usage = stats.nk.copy()
         self._refresh(threshold=True)
+        self._remember_settled()
 
     def _online_step(self, X: np.ndarray, learning_rate: float | None) -> BatchResult:
         assert self.stats_ is not None and self._params is not None
@@ -545,6 +547,7 @@ class OnlineGMM(Estimator):
         if checked:
             self._since_check = 0
             self._reset_components()
+            self._remember_settled()
         if len(X):
             self._refresh(threshold=checked, lazy=len(X) == 1)
         return _result(resp, log_lik, anomaly, np.zeros(len(X), dtype=bool), version)
@@ -570,14 +573,25 @@ class OnlineGMM(Estimator):
             -HISTORY_LENGTH:
         ]
 
+    def _remember_settled(self) -> None:
+        """Keep the components as they are while flags are rare: what a drift refit continues.
+
+        By the time a drift refit happens, the flagged points of the new regime have already
+        pulled some components away (they update the model once flags are frequent); the
+        last components seen while flags were rare still describe the clusters the drift left.
+        """
+        if self._params is not None and not self._flags_excessive():
+            self._settled = (self._params.means.copy(), self._params.covariances.copy())
+
     def _keep_ids(self, stats: SufficientStatistics) -> SufficientStatistics:
         """``stats`` of a refit, reordered so that each component continues the closest old id."""
-        if self._params is None:
+        if self._settled is None:
             return stats
         d = stats.means.shape[1]
+        means, covariances = self._settled
         new = self._kind.to_full(stats.covariances(self._kind, self.reg_covar), d)
-        old = self._kind.to_full(self._params.covariances, d)
-        order = matching.match_components(self._params.means, old, stats.means, new)
+        old = self._kind.to_full(covariances, d)
+        order = matching.match_components(means, old, stats.means, new)
         return SufficientStatistics(stats.nk[order], stats.means[order], stats.scatter[order])
 
     def _update(self, Y: np.ndarray, resp: np.ndarray, learning_rate: float | None) -> None:
@@ -788,6 +802,7 @@ class OnlineGMM(Estimator):
         if checked:
             self._since_check = 0
             self._reset_components()
+            self._remember_settled()
         if n:
             self._refresh(threshold=checked)
 

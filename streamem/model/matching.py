@@ -2,7 +2,10 @@
 
 A drift refit fits a fresh mixture to the new regime; its components come in seeding order.
 :func:`match_components` pairs them with the previous ones by the Hungarian assignment on the
-Bhattacharyya distance between Gaussians, so a cluster the drift left alone keeps its id.
+squared Hellinger distance between Gaussians, H² = 1 − exp(−D_B) with D_B the Bhattacharyya
+distance, so a cluster the drift left alone keeps its id. H² is bounded by one: components that
+moved far cost about one whatever the pairing, so their distances (which grow with the square of
+the shift in D_B) cannot outweigh the pairing of the components that stayed.
 """
 
 from __future__ import annotations
@@ -41,11 +44,12 @@ def match_components(
 ) -> np.ndarray:
     """The order (K,) of the new components that best continues the old ids.
 
-    ``new[order[k]]`` takes id k: the assignment minimising the total Bhattacharyya distance
-    between old component k and the new one it is given. Means (K, d), covariances (K, d, d).
+    ``new[order[k]]`` takes id k: the assignment minimising the total squared Hellinger
+    distance between old component k and the new one it is given. Means (K, d), covariances
+    (K, d, d).
     """
-    cost = bhattacharyya(means_old, covs_old, means_new, covs_new)
-    cost = np.where(np.isfinite(cost), cost, np.finfo(np.float64).max / (4 * len(cost) + 4))
+    cost = -np.expm1(-bhattacharyya(means_old, covs_old, means_new, covs_new))
+    cost = np.where(np.isfinite(cost), cost, 1.0)
     rows, cols = linear_sum_assignment(cost)
     order = np.empty(len(rows), dtype=np.int64)
     order[rows] = cols
