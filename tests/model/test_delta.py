@@ -1,0 +1,113 @@
+"""Statistic deltas: folding the workers' deltas is one model's update on the joined stream."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+from streamem import OnlineGMM
+from streamem.model.delta import StatsDelta, coalesce
+from streamem.synthetic import Mixture
+
+MIX = Mixture.random(4, 3, random_state=0)
+
+
+def started(n: int = 3000, **kwargs) -> tuple[OnlineGMM, np.ndarray]:
+    X, _ = MIX.sample(n + 1600, random_state=1)
+    model = OnlineGMM(4, halflife=None, warmup=1000, random_state=0, **kwargs)
+    model.partial_fit(X[:n])
+    return model, X[n:]
+
+
+def assert_same_model(a: OnlineGMM, b: OnlineGMM, tol: float) -> None:
+    for name in ("weights_", "means_", "covariances_"):
+        np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=0, atol=tol)
+    assert (a.n_seen_, a._n_steps) == (b.n_seen_, b._n_steps)
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag", "spherical"])
+@pytest.mark.parametrize("assignment", ["soft", "hard"])
+def test_folding_the_deltas_of_w_workers_is_one_update_on_the_joined_stream(
+        covariance_type, assignment):
+    model, X = started(covariance_type=covariance_type, assignment=assignment)
+    one, leader = copy.deepcopy(model), copy.deepcopy(model)
+    batches = np.array_split(X[:1500], 4)  # 4 workers, all answering with the same parameters
+    deltas = [model.delta(b)[1] for b in batches]
+    one.partial_fit(np.concatenate(batches))  # one E-step with the same parameters
+    for d in deltas:
+        leader.fold(StatsDelta.from_bytes(d.to_bytes()))
+    assert_same_model(one, leader, 1e-10)
+    assert leader.version_ == one.version_ + len(deltas) - 1
+
+
+def test_the_workers_answers_are_the_models():
+    model, X = started()
+    result, delta = model.delta(X[:300])
+    expected = copy.deepcopy(model).partial_fit(X[:300])
+    np.testing.assert_array_equal(result.labels, expected.labels)
+    np.testing.assert_allclose(result.log_likelihood, expected.log_likelihood, rtol=1e-12)
+    assert result.model_version == delta.version == model.version_
+    assert delta.n_points == 300 and delta.nk.sum() == pytest.approx(delta.n_updating)
+
+
+def test_coalescing_equals_folding_in_order():
+    model, X = started(anomaly_rate=0.05)  # some points flagged, so flagged buffers move too
+    deltas = [model.delta(b)[1] for b in np.array_split(X[:1200], 6)]
+    assert sum(d.n_flagged for d in deltas) > 0
+    one, each = copy.deepcopy(model), copy.deepcopy(model)
+    one.fold(coalesce(deltas))
+    for d in deltas:
+        each.fold(d)
+    assert_same_model(one, each, 1e-12)
+    np.testing.assert_allclose(one._usage, each._usage, rtol=1e-12)
+    assert one._flag_share == pytest.approx(each._flag_share, rel=1e-12)
+    np.testing.assert_array_equal(one._flagged, each._flagged)
+    np.testing.assert_array_equal(one._flagged_at, each._flagged_at)
+
+
+def test_a_leader_warms_up_on_warm_up_deltas_as_one_model_would():
+    X, _ = MIX.sample(3000, random_state=2)
+    worker = OnlineGMM(4, warmup=1000, random_state=0)  # has never heard from a leader
+    leader, one = OnlineGMM(4, warmup=1000, random_state=0), OnlineGMM(4, warmup=1000,
+                                                                      random_state=0)
+    for batch in np.array_split(X, 10):
+        result, delta = worker.delta(batch)
+        assert delta.warmup and result.warmup.all() == (len(batch) + worker._buffered() < 1000)
+        leader.fold(StatsDelta.from_bytes(delta.to_bytes()))
+        one.partial_fit(batch)
+    assert_same_model(one, leader, 0.0)
+
+
+def test_simulated_staleness_costs_under_a_hundredth_of_a_nat_per_point():
+    """4 workers answer with parameters up to 32 versions old; the leader folds in order."""
+    mix = Mixture.random(6, 4, random_state=3)
+    X, _ = mix.sample(60_000, random_state=4)
+    held_out, _ = mix.sample(5000, random_state=5)
+    one, leader = OnlineGMM(6, random_state=0), OnlineGMM(6, random_state=0)
+    rng = np.random.default_rng(6)
+    history = [copy.deepcopy(leader)]
+    for batch in np.array_split(X, 600):
+        one.partial_fit(batch)
+        replica = history[-1 - rng.integers(0, min(33, len(history)))]
+        leader.fold(replica.delta(batch)[1])
+        history = (history + [copy.deepcopy(leader)])[-33:]
+    assert abs(one.score(held_out) - leader.score(held_out)) < 0.01
+
+
+def test_a_delta_of_another_model_or_damaged_bytes_is_refused():
+    model, X = started()
+    delta = model.delta(X[:100])[1]
+    with pytest.raises(ValueError, match="another model"):
+        OnlineGMM(5, halflife=None, random_state=0).fold(delta)
+    data = delta.to_bytes()
+    for damaged in (data[:len(data) // 2], b"not a delta", data.replace(b"<f8", b"<f4", 1)):
+        with pytest.raises(ValueError):
+            StatsDelta.from_bytes(damaged)
+    bad = delta.__class__(**{**delta.__dict__, "means": np.full_like(delta.means, np.nan)})
+    with pytest.raises(ValueError, match="not finite"):
+        StatsDelta.from_bytes(bad.to_bytes())
+    bad = delta.__class__(**{**delta.__dict__, "n_updating": delta.n_updating - 5})
+    with pytest.raises(ValueError, match="Σ N_k"):
+        StatsDelta.from_bytes(bad.to_bytes())
