@@ -53,3 +53,36 @@ def test_untouched_clusters_keep_their_ids_through_a_drift_refit():
     results = [drift_trial(seed) for seed in range(20)]
     assert all(refits >= 1 for refits, _ in results), results  # a drift refit really happened
     assert sum(kept for _, kept in results) >= 19, results
+
+
+def test_a_collapse_reset_keeps_every_other_id():
+    """A starved component is re-seeded by a split; the clusters not involved keep their ids."""
+    mix = Mixture.random(4, 3, separation=8.0, random_state=1)
+    model = OnlineGMM.from_params(
+        np.append(mix.weights * (1 - 1e-9), 1e-9), np.vstack([mix.means, mix.means.mean(0) + 50.0]),
+        np.concatenate([mix.covariances, np.eye(3)[None]]), random_state=0)
+    before = model.predict(mix.means)
+    np.testing.assert_array_equal(before, np.arange(4))
+    for batch in np.array_split(mix.sample(4096, random_state=2)[0], 16):
+        model.partial_fit(batch)
+    assert model.resets_["weight"] >= 1 and {k for _, k, _ in model.collapse_history_} == {4}
+    # The split shares one cluster between its heaviest component and the re-seeded one 4:
+    # that cluster may answer 4 now; every other cluster keeps its id.
+    after = model.predict(mix.means)
+    changed = np.flatnonzero(after != before)
+    assert len(changed) <= 1 and (after[changed] == 4).all(), after
+
+
+def test_the_settled_components_are_saved_and_older_files_load():
+    X = Mixture.random(3, 2, random_state=0).sample(3000, random_state=1)[0]
+    model = OnlineGMM(3, warmup=500, random_state=0)
+    model.partial_fit(X)
+    assert model._settled is not None
+    loaded = OnlineGMM.from_bytes(model.to_bytes())
+    for a, b in zip(model._settled, loaded._settled, strict=True):
+        np.testing.assert_array_equal(a, b)
+    model._settled = None  # as a file written before the settled components existed
+    older = OnlineGMM.from_bytes(model.to_bytes())
+    assert older._settled is None
+    older.partial_fit(X[:2100])  # the next check records them
+    assert older._settled is not None
