@@ -66,9 +66,9 @@ class StatsDelta:
     flagged_at : (f,) int64, each flagged point's position among the n points.
     recent_keep, usage_add, flag_add : the recent-usage (K,) and flagged-share averages move as
         u ← recent_keep·u + usage_add and s ← recent_keep·s + flag_add.
-    points : (n or 0, d) the points themselves, when the leader needs them: before it is
-        initialised (``warmup``: no statistics then, the leader learns from the points itself)
-        and while it collects points to refit after a drift.
+    points : (p, d) the last p ≤ n points themselves, when the leader needs them: all n before
+        it is initialised (``warmup``: no statistics then, the leader learns from the points
+        itself), and while it collects points to refit after a drift.
     warmup : the worker had no initialised parameters; only ``points`` count.
     """
 
@@ -198,8 +198,12 @@ class StatsDelta:
         if len(self.flagged_at) and not (0 <= self.flagged_at.min()
                                          and self.flagged_at.max() < n):
             raise ValueError("statistics delta: a flagged position outside the batch")
-        if self.points.ndim != 2 or len(self.points) not in (0, n):
-            raise ValueError("statistics delta: points must be all n points or none")
+        if kind.name == "full":
+            scale = np.abs(self.scatter).max(initial=0.0)
+            if (np.abs(self.scatter - np.swapaxes(self.scatter, 1, 2)) > 1e-8 * scale).any():
+                raise ValueError("statistics delta: scatter is not symmetric")
+        if self.points.ndim != 2 or len(self.points) > n:
+            raise ValueError("statistics delta: more points than n_points")
         check_points(self.points, d, allow_empty=True)
         if self.warmup and (len(self.points) != n or self.n_updating or self.nk.any()):
             raise ValueError("statistics delta: a warm-up delta carries its points only")
@@ -279,8 +283,8 @@ def coalesce(deltas: list[StatsDelta]) -> StatsDelta:
     """One delta equal to folding ``deltas`` (consecutive, of one worker) in order.
 
     Statistics combine by Chan's update, the recent averages compose, flagged points and their
-    positions concatenate (the last ``flagged_capacity`` kept). A warm-up delta coalesces only
-    with warm-up deltas.
+    positions concatenate (the last ``flagged_capacity`` kept), and so do the carried points as
+    far as they are the last ones. A warm-up delta coalesces only with warm-up deltas.
     """
     if not deltas:
         raise ValueError("nothing to coalesce")
@@ -298,9 +302,9 @@ def coalesce(deltas: list[StatsDelta]) -> StatsDelta:
         cap = flagged_capacity(out.n_components, out.n_features)
         flagged = np.concatenate([out.flagged, d.flagged])[-cap:]
         flagged_at = np.concatenate([out.flagged_at, d.flagged_at + out.n_points])[-cap:]
-        points = np.concatenate([out.points, d.points]) if (
-            len(out.points) or not out.n_points) and (len(d.points) or not d.n_points) \
-            else np.empty((0, out.n_features))
+        points = d.points  # the last points only: a gap would break the suffix
+        if len(d.points) == d.n_points:
+            points = np.concatenate([out.points, d.points])
         out = replace(
             out, version=min(out.version, d.version), n_points=out.n_points + d.n_points,
             n_updating=out.n_updating + d.n_updating, nk=stats.nk, means=stats.means,

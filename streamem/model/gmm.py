@@ -740,8 +740,9 @@ class OnlineGMM(Estimator):
         The delta's unit-weight statistics are blended in with the step sizes of its
         ``n_updating`` points (see :mod:`streamem.model.delta`), the recent averages and flagged
         points are taken over, and the reset, drift and threshold logic runs as after
-        ``partial_fit``. A warm-up delta, or any delta while this model is not initialised yet,
-        is learned from its points. ``ValueError`` for a delta of another model;
+        ``partial_fit`` (a refit after a drift collects the points deltas carry). A warm-up
+        delta, or any delta while this model is not initialised yet, is learned from its points
+        (it must carry all of them). ``ValueError`` for a delta of another model;
         ``ModelRejected`` (the model unchanged) when folding would make it invalid.
         """
         self._ready()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -111,3 +112,36 @@ def test_a_delta_of_another_model_or_damaged_bytes_is_refused():
     bad = delta.__class__(**{**delta.__dict__, "n_updating": delta.n_updating - 5})
     with pytest.raises(ValueError, match="Σ N_k"):
         StatsDelta.from_bytes(bad.to_bytes())
+
+
+def test_a_leader_refits_after_a_drift_from_the_points_deltas_carry():
+    """Workers carry their points once the stream changes; the leader's drift refit uses them."""
+    mix = Mixture.random(6, 4, separation=8.0, random_state=0)
+    mix = replace(mix, weights=np.full(6, 1.0 / 6))
+    moved = mix.means.copy()
+    moved[:3] += 100.0 * np.random.default_rng(100).choice([-1.0, 1.0], size=(3, 4))
+    leader = OnlineGMM(6, random_state=0)
+    X = np.concatenate([mix.sample(6000, random_state=1)[0],
+                        replace(mix, means=moved).sample(8000, random_state=2)[0]])
+    carried = []
+    for i, batch in enumerate(np.array_split(X, 70)):
+        replica = copy.deepcopy(leader)  # a worker with the newest parameters
+        delta = replica.delta(batch)[1]
+        carried.append(len(delta.points))
+        if i == 29:
+            before = leader.predict(mix.means[3:])
+        leader.fold(delta)
+    assert leader.resets_["drift"] == 1
+    assert sum(carried[30:]) >= leader.warmup_ and sum(carried[10:30]) == 0
+    np.testing.assert_array_equal(leader.predict(mix.means[3:]), before)
+    np.testing.assert_allclose(np.sort(leader.means_, axis=0),
+                               np.sort(np.vstack([moved[:3], mix.means[3:]]), axis=0), atol=0.5)
+
+
+def test_coalesced_points_are_the_last_ones():
+    model, X = started()
+    a, b = (model.delta(X[i:i + 100])[1] for i in (0, 100))
+    full = [replace(d, points=X[i:i + 100]) for d, i in ((a, 0), (b, 100))]
+    np.testing.assert_array_equal(coalesce(full).points, X[:200])
+    np.testing.assert_array_equal(coalesce([a, full[1]]).points, X[100:200])
+    assert len(coalesce([full[0], b]).points) == 0
