@@ -40,6 +40,8 @@ _HEADER = {"format", "format_version", "covariance_type", "n_components", "n_fea
 MAX_HEADER_BYTES = 4096
 #: Σ_k N_k must equal the updating points' count to this relative tolerance.
 MASS_TOLERANCE = 1e-6
+#: Relative size below which a negative diagonal scatter is rounding (see ``validate``).
+NEGATIVE_TOLERANCE = 1e-9
 
 
 def flagged_capacity(n_components: int, n_features: int) -> int:
@@ -188,8 +190,11 @@ class StatsDelta:
         if abs(self.nk.sum() - self.n_updating) > MASS_TOLERANCE * max(1, self.n_updating):
             raise ValueError(f"statistics delta: Σ N_k = {self.nk.sum()!r} for "
                              f"{self.n_updating} updating points")
-        if kind.name != "full" and (self.scatter < 0).any():
-            raise ValueError("statistics delta: negative scatter")
+        if kind.name != "full":  # rounding leaves ~1e-16 × N_k·x² below zero, no more
+            size = self.nk * (1.0 + (self.means**2).sum(axis=1))
+            if (self.scatter < -NEGATIVE_TOLERANCE * size.reshape(-1, *[1] * (
+                    self.scatter.ndim - 1))).any():
+                raise ValueError("statistics delta: negative scatter")
         if not (0.0 < self.recent_keep <= 1.0 and 0.0 <= self.flag_add <= 1.0):
             raise ValueError("statistics delta: recent_keep or flag_add out of range")
         if len(self.flagged) > min(self.n_flagged, flagged_capacity(K, d)) or len(

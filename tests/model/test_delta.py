@@ -145,3 +145,16 @@ def test_coalesced_points_are_the_last_ones():
     np.testing.assert_array_equal(coalesce(full).points, X[:200])
     np.testing.assert_array_equal(coalesce([a, full[1]]).points, X[100:200])
     assert len(coalesce([full[0], b]).points) == 0
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag", "spherical"])
+def test_one_point_and_empty_deltas_fold_like_partial_fit(covariance_type):
+    model, X = started(covariance_type=covariance_type)
+    one = copy.deepcopy(model)
+    empty = model.delta(X[:0])[1]
+    assert (empty.n_points, empty.recent_keep) == (0, 1.0)
+    model.fold(StatsDelta.from_bytes(empty.to_bytes()))
+    for x in X[:300]:
+        model.fold(StatsDelta.from_bytes(model.delta(x[None])[1].to_bytes()))
+        one.partial_fit(x[None])
+    assert_same_model(one, model, 1e-10)
