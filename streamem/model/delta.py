@@ -195,7 +195,7 @@ class StatsDelta:
             if (self.scatter < -NEGATIVE_TOLERANCE * size.reshape(-1, *[1] * (
                     self.scatter.ndim - 1))).any():
                 raise ValueError("statistics delta: negative scatter")
-        if not (0.0 < self.recent_keep <= 1.0 and 0.0 <= self.flag_add <= 1.0):
+        if not (0.0 <= self.recent_keep <= 1.0 and 0.0 <= self.flag_add <= 1.0):
             raise ValueError("statistics delta: recent_keep or flag_add out of range")
         if len(self.flagged) > min(self.n_flagged, flagged_capacity(K, d)) or len(
                 self.flagged_at) != len(self.flagged):
