@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -9,9 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from streamem.model import collapse, persistence, point
+from streamem.model import collapse, matching, persistence, point
 from streamem.model.anomaly import anomaly_threshold
 from streamem.model.covariance import KINDS, CovarianceKind
+from streamem.model.delta import StatsDelta, compute_delta, flagged_capacity, warmup_delta
 from streamem.model.estimator import Estimator, not_fitted, sklearn_tags
 from streamem.model.params import (
     Params,
@@ -212,6 +214,7 @@ class OnlineGMM(Estimator):
         self._flagged_at = np.empty(0, dtype=np.int64)
         self._conditioning = None
         self._factored = None
+        self._settled: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def _kind(self) -> CovarianceKind:
@@ -517,6 +520,7 @@ class OnlineGMM(Estimator):
         self._sum_sq_weights = 1.0 / max(n_points, 1)
         self._usage = stats.nk.copy()
         self._refresh(threshold=True)
+        self._remember_settled()
 
     def _online_step(self, X: np.ndarray, learning_rate: float | None) -> BatchResult:
         assert self.stats_ is not None and self._params is not None
@@ -543,6 +547,7 @@ class OnlineGMM(Estimator):
         if checked:
             self._since_check = 0
             self._reset_components()
+            self._remember_settled()
         if len(X):
             self._refresh(threshold=checked, lazy=len(X) == 1)
         return _result(resp, log_lik, anomaly, np.zeros(len(X), dtype=bool), version)
@@ -557,6 +562,7 @@ class OnlineGMM(Estimator):
         stats = fit_batch(buffered, self.n_components, self._kind, reg_covar=self.reg_covar,
                           init=self.init, hard=self.assignment == "hard", rng=rng,
                           n_init=WARMUP_RESTARTS)
+        stats = self._keep_ids(stats)
         self._rewarm = []
         self._flag_share = 0.0
         self._flagged = self._flagged[:0]
@@ -566,6 +572,27 @@ class OnlineGMM(Estimator):
         self.collapse_history_ = (self.collapse_history_ + [(self.n_seen_, -1, "drift")])[
             -HISTORY_LENGTH:
         ]
+
+    def _remember_settled(self) -> None:
+        """Keep the components as they are while flags are rare: what a drift refit continues.
+
+        By the time a drift refit happens, the flagged points of the new regime have already
+        pulled some components away (they update the model once flags are frequent); the
+        last components seen while flags were rare still describe the clusters the drift left.
+        """
+        if self._params is not None and not self._flags_excessive():
+            self._settled = (self._params.means.copy(), self._params.covariances.copy())
+
+    def _keep_ids(self, stats: SufficientStatistics) -> SufficientStatistics:
+        """``stats`` of a refit, reordered so that each component continues the closest old id."""
+        if self._settled is None:
+            return stats
+        d = stats.means.shape[1]
+        means, covariances = self._settled
+        new = self._kind.to_full(stats.covariances(self._kind, self.reg_covar), d)
+        old = self._kind.to_full(covariances, d)
+        order = matching.match_components(means, old, stats.means, new)
+        return SufficientStatistics(stats.nk[order], stats.means[order], stats.scatter[order])
 
     def _update(self, Y: np.ndarray, resp: np.ndarray, learning_rate: float | None) -> None:
         """Blend the statistics of points ``Y`` (centred on ``params.center``) in."""
@@ -684,6 +711,102 @@ class OnlineGMM(Estimator):
                 start=self.anomaly_threshold_,
             )
 
+    # ------------------------------------------------------------------ one model, many workers
+    def delta(self, X: Any) -> tuple[BatchResult, StatsDelta]:
+        """A worker's answers to a batch X (n, d) and the delta its leader folds (see ``fold``).
+
+        The model (the worker's copy of the leader's) is left unchanged. Before it is
+        initialised, the batch is answered as a copy of it learning X alone would answer, and
+        the delta carries the points only (the leader warms up on them itself).
+        """
+        self._ready()
+        X = self._check(X)
+        if not self.initialized_:
+            out = warmup_delta(self.covariance_type, self.n_components, X)
+            if not len(X):
+                return _empty_result(self.n_components, self.version_), out
+            return copy.deepcopy(self)._learn(X, None), out
+        params = self._fitted()
+        out, resp, log_lik, anomaly = compute_delta(
+            self._kind, params, X, version=self.version_, threshold=self.anomaly_threshold_,
+            protecting=self.protecting_, hard=self.assignment == "hard",
+            recent_halflife=RECENT_HALFLIFE, keep_points=self.drifting_ or bool(self._rewarm),
+            drift_share=DRIFT_SHARE)
+        return _result(resp, log_lik, anomaly, np.zeros(len(X), dtype=bool), self.version_), out
+
+    def fold(self, delta: StatsDelta) -> None:
+        """Learn from a worker's delta as if its points had arrived here: the leader's update.
+
+        The delta's unit-weight statistics are blended in with the step sizes of its
+        ``n_updating`` points (see :mod:`streamem.model.delta`), the recent averages and flagged
+        points are taken over, and the reset, drift and threshold logic runs as after
+        ``partial_fit`` (a refit after a drift collects the points deltas carry). A warm-up
+        delta, or any delta while this model is not initialised yet, is learned from its points
+        (it must carry all of them). ``ValueError`` for a delta of another model;
+        ``ModelRejected`` (the model unchanged) when folding would make it invalid.
+        """
+        self._ready()
+        delta.validate()
+        if (delta.covariance_type, delta.n_components) != (self.covariance_type,
+                                                           self.n_components) or (
+                self._n_features not in (None, delta.n_features)):
+            raise ValueError("the delta was computed for another model (covariance type, "
+                             "components or features differ)")
+        if (delta.warmup or not self.initialized_) and len(delta.points) != delta.n_points:
+            raise ValueError("this model is not initialised: it can fold only deltas that carry "
+                             "their points")
+        saved = self._snapshot()
+        try:
+            self._fold(delta)
+            problem = self._invalid_state(_empty_result(self.n_components, self.version_))
+        except Exception as exc:
+            self._restore(saved)
+            raise ModelRejected(f"the model refused the delta and is unchanged: {exc!r}") \
+                from exc
+        if problem:
+            self._restore(saved)
+            raise ModelRejected(f"the model refused the delta and is unchanged: {problem}")
+
+    def _fold(self, delta: StatsDelta) -> None:
+        if self._n_features is None:
+            self._n_features = delta.n_features
+        if delta.warmup or not self.initialized_:
+            if delta.n_points:
+                self._learn(delta.points, None)
+            return
+        assert self.stats_ is not None
+        n, m = delta.n_points, delta.n_updating
+        if m:
+            decay, w, self.learning_rate_ = batch_schedule(
+                self._n_steps, m, learning_decay=self.learning_decay,
+                learning_offset=self.learning_offset, floor=floor_for_halflife(self.halflife))
+            weight = float(w.sum()) / m  # exact when the steps are 1/(t + τ0)
+            self.stats_.blend(SufficientStatistics(delta.nk * weight, delta.means.copy(),
+                                                   delta.scatter * weight), decay, self._kind)
+            self.stats_.normalise()
+            self._n_steps += m
+            self._sum_sq_weights = decay**2 * self._sum_sq_weights + m * weight**2
+        self._usage = delta.recent_keep * self._usage + delta.usage_add
+        self._flag_share = delta.recent_keep * self._flag_share + delta.flag_add
+        if len(delta.flagged):
+            capacity = flagged_capacity(self.n_components, delta.n_features)
+            flagged, arrivals = delta.flagged, self.n_seen_ + delta.flagged_at
+            if self._flagged.size:
+                flagged = np.concatenate([self._flagged, flagged])
+                arrivals = np.concatenate([self._flagged_at, arrivals])
+            self._flagged, self._flagged_at = flagged[-capacity:], arrivals[-capacity:]
+        if (self.drifting_ or self._rewarm) and len(delta.points):
+            self._collect_rewarm(delta.points)
+        self.n_seen_ += n
+        self._since_check += n
+        checked = self._since_check >= CHECK_EVERY
+        if checked:
+            self._since_check = 0
+            self._reset_components()
+            self._remember_settled()
+        if n:
+            self._refresh(threshold=checked)
+
     # ------------------------------------------------------------------ helpers
     def _settle(self) -> None:
         """Factorise every covariance afresh, as loading a saved model will (bit for bit)."""
@@ -766,6 +889,11 @@ def _result(
     resp: np.ndarray, log_lik: np.ndarray, anomaly: np.ndarray, warmup: np.ndarray, version: int
 ) -> BatchResult:
     return BatchResult(row_argmax(resp), row_max(resp), resp, log_lik, anomaly, warmup, version)
+
+
+def _empty_result(n_components: int, version: int) -> BatchResult:
+    empty = np.zeros(0, dtype=bool)
+    return _result(np.zeros((0, n_components)), np.zeros(0), empty, empty, version)
 
 
 def _concatenate(parts: list[BatchResult]) -> BatchResult:

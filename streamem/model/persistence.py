@@ -45,7 +45,8 @@ _PARAMS = ("n_components", "covariance_type", "reg_covar", "learning_decay", "le
 _LATER_PARAMS = {"max_iter": 10, "tol": 1e-3}
 RESET_REASONS = ("weight", "singular", "stranded", "drift")
 _ARRAYS = ("header", "usage", "flagged", "flagged_at", "buffer", "rewarm", "nk", "stat_means",
-           "scatter", "weights", "means", "covariances", "center")
+           "scatter", "weights", "means", "covariances", "center", "settled_means",
+           "settled_covariances")
 #: The JSON header of a real model is a few KB (the collapse history is its longest part).
 MAX_HEADER_BYTES = 1 << 20
 MAX_HISTORY = 10_000
@@ -73,6 +74,8 @@ def dumps(model: Any) -> bytes:
         p = model._params
         arrays.update(weights=p.weights, means=p.means, covariances=p.covariances,
                       center=p.center)
+    if model._settled is not None:
+        arrays.update(settled_means=model._settled[0], settled_covariances=model._settled[1])
     arrays["header"] = np.array(json.dumps(header))
     return npz.dumps(arrays)
 
@@ -176,6 +179,14 @@ def _build(cls: Callable[..., Any], header: dict[str, Any], archive: npz.Archive
             usable = False
         if not usable:
             raise ValueError("the statistics do not give positive definite covariances")
+    if ("settled_means" in parts) != ("settled_covariances" in parts) or (
+            "settled_means" in parts and "nk" not in parts):
+        raise ValueError("settled components without statistics, or means without covariances")
+    if "settled_means" in parts:  # older files have none: the next check records them
+        settled = (arrays.get("settled_means", (K, d)),
+                   arrays.get("settled_covariances", kind.scatter_shape(K, d)))
+        _params(kind, np.full(K, 1.0 / K), *settled, settled[0].mean(axis=0))
+        model._settled = settled
     return model
 
 
