@@ -17,12 +17,20 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kafka_helpers import BrokerError, KafkaBroker  # noqa: E402
 
 from streamem.io.kafka_admin import create_topics  # noqa: E402
+
+# CI replays the same examples every run (a property test fails there only for a change of
+# code, not for a new draw) and has no per-example deadline on a loaded machine; locally each
+# run explores new examples.
+settings.register_profile("ci", derandomize=True, deadline=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 KAFKA_FIXTURES = {"kafka_broker", "kafka_bootstrap", "topic_factory"}
 _start_failures: list[str] = []
