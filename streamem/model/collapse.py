@@ -5,8 +5,10 @@ Reasons a component is reset (the keys of ``OnlineGMM.resets_``):
 * ``weight`` — its responsibility mass is too small to support a covariance: fewer than d + 1
   effective points (N_k × the effective sample size of the statistics).
 * ``singular`` — it has shrunk onto a point or a few: in the frame whitened by the pooled
-  covariance its smallest variance is below ``SINGULAR_RATIO`` (a constant feature, singular for
-  every component alike, does not trigger it).
+  covariance, at least half its variances are below ``SINGULAR_RATIO``. A constant feature,
+  singular for every component alike, does not trigger it; nor does a component of real data
+  that is flat in a few features only (integer readings stuck at one value for a subgroup), which
+  is a legitimate and often the best explanation of those points.
 * ``stranded`` — no inlier has used it recently while recent flagged points gather in a dense
   group the model does not explain (after drift, or a new cluster): it is moved there.
 
@@ -46,13 +48,13 @@ def pooled_cholesky(params: Params, kind: CovarianceKind) -> np.ndarray:
     return np.ascontiguousarray(chol)
 
 
-def whitened_min_variance(params: Params, kind: CovarianceKind) -> np.ndarray:
-    """Each component's smallest variance relative to the pooled covariance, (K,).
+def whitened_median_variance(params: Params, kind: CovarianceKind) -> np.ndarray:
+    """Each component's median variance relative to the pooled covariance, (K,).
 
-    Exact where it matters: with W_k = L⁻¹ Σ_k L⁻ᵀ (L L ᵀ the pooled covariance),
-    λ_min(W_k) ≥ 1 / trace(W_k⁻¹) and trace(W_k⁻¹) = ‖P_kᵀ L‖²_F, one small product. That bound
-    is returned for components it clears of ``SINGULAR_RATIO``; only the others pay for
-    eigenvalues.
+    The median is the (d // 2 + 1)-th smallest eigenvalue of W_k = L⁻¹ Σ_k L⁻ᵀ (L Lᵀ the pooled
+    covariance). Exact where it matters: λ_min(W_k) ≥ 1 / trace(W_k⁻¹) and
+    trace(W_k⁻¹) = ‖P_kᵀ L‖²_F, one small product. That lower bound is returned for components it
+    clears of ``SINGULAR_RATIO``; only the others pay for eigenvalues.
     """
     d = params.means.shape[1]
     chol = pooled_cholesky(params, kind)
@@ -64,7 +66,7 @@ def whitened_min_variance(params: Params, kind: CovarianceKind) -> np.ndarray:
         full = kind.to_full(params.covariances[suspect], d)
         half = np.linalg.solve(chol[None], full)
         white = np.linalg.solve(chol[None], np.swapaxes(half, -1, -2))
-        bound[suspect] = np.linalg.eigvalsh(0.5 * (white + np.swapaxes(white, -1, -2)))[:, 0]
+        bound[suspect] = np.linalg.eigvalsh(0.5 * (white + np.swapaxes(white, -1, -2)))[:, d // 2]
     return bound
 
 
@@ -75,7 +77,7 @@ def find_collapsed(
     d = params.means.shape[1]
     support = d + 1 if kind.name == "full" else 2
     starved = stats.nk * n_effective < support
-    singular = whitened_min_variance(params, kind) < SINGULAR_RATIO
+    singular = whitened_median_variance(params, kind) < SINGULAR_RATIO
     return [(int(k), "weight") for k in np.flatnonzero(starved)] + [
         (int(k), "singular") for k in np.flatnonzero(singular & ~starved)
     ]

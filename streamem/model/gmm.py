@@ -49,6 +49,10 @@ NOT_FITTED = "this OnlineGMM is not fitted yet: call fit or partial_fit with som
 
 class ModelRejected(ValueError):
     """``partial_fit`` refused a batch that would make the model invalid; it was rolled back."""
+#: The forgetting half-life is at least this many points per free parameter of the mixture: an
+#: estimate from n effective points costs about (parameters)/(2n) nats per point, so a larger
+#: model must average over more points to match batch EM (about 0.007 nats/point here).
+POINTS_PER_PARAMETER = 25.0
 
 
 @dataclass(frozen=True)
@@ -603,7 +607,7 @@ class OnlineGMM(Estimator):
         if learning_rate is None:
             decay, w, self.learning_rate_ = batch_schedule(
                 self._n_steps, m, learning_decay=self.learning_decay,
-                learning_offset=self.learning_offset, floor=floor_for_halflife(self.halflife))
+                learning_offset=self.learning_offset, floor=floor_for_halflife(self._halflife()))
         else:
             decay, w = 1.0 - learning_rate, np.full(m, learning_rate / m)
             self.learning_rate_ = float(learning_rate)
@@ -618,6 +622,14 @@ class OnlineGMM(Estimator):
             self.stats_.normalise()
         self._n_steps += m
         self._sum_sq_weights = decay**2 * self._sum_sq_weights + float(w @ w)
+
+    def _halflife(self) -> float | None:
+        """``halflife``, raised to ``POINTS_PER_PARAMETER`` points per free parameter."""
+        if self.halflife is None or self._n_features is None:
+            return self.halflife
+        K, d = self.n_components, self._n_features
+        n_parameters = K * d + self._kind.n_parameters(K, d) + K - 1
+        return max(float(self.halflife), POINTS_PER_PARAMETER * n_parameters)
 
     def _track_recent(
         self, X: np.ndarray, resp: np.ndarray, anomaly: np.ndarray, n_flagged: int
@@ -779,7 +791,7 @@ class OnlineGMM(Estimator):
         if m:
             decay, w, self.learning_rate_ = batch_schedule(
                 self._n_steps, m, learning_decay=self.learning_decay,
-                learning_offset=self.learning_offset, floor=floor_for_halflife(self.halflife))
+                learning_offset=self.learning_offset, floor=floor_for_halflife(self._halflife()))
             weight = float(w.sum()) / m  # exact when the steps are 1/(t + τ0)
             self.stats_.blend(SufficientStatistics(delta.nk * weight, delta.means.copy(),
                                                    delta.scatter * weight), decay, self._kind)
