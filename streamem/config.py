@@ -160,6 +160,9 @@ def _client_keys(client: str) -> frozenset[str]:
     return frozenset(cls.DEFAULT_CONFIG)
 
 
+KAFKA_PYTHON = "kafka-python"
+CONFLUENT_KAFKA = "confluent-kafka"
+"""The values of ``kafka.client``: the Kafka client library (librdkafka's is an extra)."""
 CLIENTS = ("consumer", "producer", "admin")
 #: The option maps: ``client_options`` goes to every client that accepts a key, the others to one.
 OPTION_KEYS = ("client_options", *(f"{c}_options" for c in CLIENTS))
@@ -176,6 +179,31 @@ def _client_options(*clients: str) -> Check:
             if key not in known:
                 raise _Invalid(f"options the {expected} accepts; {key!r} is not one"
                                f"{_suggest(key, sorted(known))}")
+        return options
+
+    return check
+
+
+def _rdkafka_options(key: str) -> Check:
+    """``kafka.<key>`` with confluent-kafka: librdkafka properties its client(s) accept."""
+    roles = {"client_options": ("consumer", "producer"), "consumer_options": ("consumer",),
+             "producer_options": ("producer",)}.get(key)
+
+    def check(v: Any) -> dict[str, Any]:
+        options = _options(v)
+        if roles is None:
+            if not options:
+                return options
+            raise _Invalid(f"nothing: it has no meaning with kafka.client={CONFLUENT_KAFKA}")
+        try:
+            from streamem.io.rdkafka import check_properties
+        except ImportError:
+            raise _Invalid("nothing without confluent-kafka installed "
+                           "(pip install 'streamem[rdkafka]')") from None
+        for role in roles:
+            refused = check_properties(role, options)
+            if refused is not None:
+                raise _Invalid(f"librdkafka {role} properties; {refused}")
         return options
 
     return check
@@ -224,9 +252,10 @@ def _section_dict(section: Any, *, redact: bool) -> dict[str, Any]:
 
 @dataclass(frozen=True, repr=False)
 class KafkaConfig:
-    """Where to read and write, and how the kafka-python clients connect."""
+    """Where to read and write, and how the Kafka clients (``client``) connect."""
 
     bootstrap_servers: str = _opt("127.0.0.1:9092", _servers)
+    client: str = _opt(KAFKA_PYTHON, _choice(KAFKA_PYTHON, CONFLUENT_KAFKA))
     client_id: str = _opt("streamem", _text)
     group_id: str = _opt("streamem", _text)
     input_topic: str = _opt("streamem.points", _topic)
@@ -590,12 +619,19 @@ def _redact(value: Any) -> Any:
 
 def _build(merged: _Layer) -> Config:
     sections = {}
+    client_raw = merged.get("kafka", {}).get("client")
+    client = KAFKA_PYTHON if client_raw is None else _check_value(
+        "kafka", "client", {f.name: f for f in fields(KafkaConfig)}["client"].metadata,
+        client_raw)
     for name, cls in SECTIONS.items():
         values = {}
         for f in fields(cls):
             raw = merged.get(name, {}).get(f.name)
             if raw is not None:
-                values[f.name] = _check_value(name, f.name, f.metadata, raw)
+                meta: Mapping[str, Any] = f.metadata
+                if name == "kafka" and f.name in OPTION_KEYS and client != KAFKA_PYTHON:
+                    meta = {**meta, "check": _rdkafka_options(f.name)}
+                values[f.name] = _check_value(name, f.name, meta, raw)
         sections[name] = cls(**values)
     return Config(**sections)
 

@@ -144,6 +144,10 @@ def _open_source(cfg: Config, kind: str, metrics: Metrics,
         limit = cfg.input.max_bytes  # a binary line is base64: 4 characters per 3 bytes
         return StdinSource(binary=binary, batch_size=cfg.kafka.max_poll_records,
                            max_line_bytes=-(-limit // 3) * 4 if binary else limit)
+    if cfg.kafka.client == "confluent-kafka":
+        from streamem.clients import confluent
+
+        return confluent.open_source(cfg, metrics, stop)
     from streamem.io.kafka import KafkaSource, connect
 
     return connect(lambda: KafkaSource.create(cfg, metrics), what="consumer", backoff=_backoff(cfg),
@@ -155,6 +159,10 @@ def _open_sink(cfg: Config, kind: str, metrics: Metrics, stop: threading.Event) 
         from streamem.io.stdio import StdoutSink
 
         return StdoutSink(cfg.kafka.output_topic)
+    if cfg.kafka.client == "confluent-kafka":
+        from streamem.clients import confluent
+
+        return confluent.open_sink(cfg, metrics, stop)
     from streamem.io.kafka import KafkaSink, connect
 
     return connect(lambda: KafkaSink.create(cfg, metrics), what="producer", backoff=_backoff(cfg),

@@ -129,3 +129,46 @@ class Sink(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class ClientEvents(Protocol):
+    """What a Kafka transport reports: outages, reconnects, re-joins, health, dropped values.
+
+    :class:`streamem.metrics.Metrics` satisfies it; :data:`NO_EVENTS` ignores everything.
+    """
+
+    def kafka_error(self, kind: str) -> None: ...
+
+    def set_kafka_up(self, up: bool) -> None: ...
+
+    def reconnect(self) -> None: ...
+
+    def rejoin(self) -> None: ...
+
+    def set_healthy(self, healthy: bool, reason: str = "") -> None: ...
+
+    def dead_letter_value_dropped(self) -> None: ...
+
+
+class _NoEvents:
+    def kafka_error(self, kind: str) -> None:
+        pass
+
+    def set_kafka_up(self, up: bool) -> None:
+        pass
+
+    def reconnect(self) -> None:
+        pass
+
+    def rejoin(self) -> None:
+        pass
+
+    def set_healthy(self, healthy: bool, reason: str = "") -> None:
+        pass
+
+    def dead_letter_value_dropped(self) -> None:
+        pass
+
+
+NO_EVENTS: ClientEvents = _NoEvents()
+"""Events nobody listens to."""

@@ -1,0 +1,1 @@
+"""Config → Kafka client settings, one module per client library."""
