@@ -8,6 +8,7 @@ are marked ``kafka`` automatically (``-m "not kafka"`` deselects them).
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import sys
@@ -21,6 +22,7 @@ from kafka import KafkaAdminClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import daemon_helpers  # noqa: E402
 from kafka_helpers import BrokerError, KafkaBroker  # noqa: E402
 
 KAFKA_FIXTURES = {"kafka_broker", "kafka_bootstrap", "topic_factory"}
@@ -33,6 +35,32 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if KAFKA_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.kafka)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run every daemon test against the broker once per Kafka client (``kafka.client``).
+
+    A test is one when it is under ``tests/runtime``, uses a broker fixture and builds its
+    daemon's settings with ``daemon_settings``; a test may also ask for ``kafka_client``.
+    """
+    names = metafunc.fixturenames
+    daemon_test = ("runtime" in Path(metafunc.definition.path).parts
+                   and KAFKA_FIXTURES.intersection(names)
+                   and "daemon_settings" in inspect.getsource(metafunc.function))
+    if daemon_test and "kafka_client" not in names:
+        names.append("kafka_client")
+    if "kafka_client" in names:
+        metafunc.parametrize("kafka_client", daemon_helpers.KAFKA_CLIENTS, indirect=True)
+
+
+@pytest.fixture
+def kafka_client(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The ``kafka.client`` this test's daemons run on (``daemon_helpers.daemon_settings``)."""
+    previous, daemon_helpers.client = daemon_helpers.client, request.param
+    try:
+        yield request.param
+    finally:
+        daemon_helpers.client = previous
 
 
 @pytest.fixture(scope="session")
