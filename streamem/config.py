@@ -547,12 +547,12 @@ def _put(layer: _Layer, path: list[str], text: str, source: str) -> None:
     if len(path) == 2:
         layer.setdefault(section, {})[key] = _Raw(value, source, text)
         return
-    if key not in OPTION_KEYS or len(path) != 3:
+    if key not in OPTION_KEYS:
         raise ConfigError(f"unknown key '{'.'.join(path)}' ({source})")
     raw = layer.setdefault(section, {}).setdefault(key, _Raw({}, source))
     if not isinstance(raw.value, dict):
         raw.value = {}
-    raw.value = {**raw.value, path[2]: value}
+    raw.value = {**raw.value, ".".join(path[2:]): value}  # librdkafka names have dots
 
 
 def _env_layer(environ: Environ) -> _Layer:
@@ -647,7 +647,9 @@ def _check_together(cfg: Config) -> None:
         raise _fail("kafka.heartbeat_interval_ms",
                     f"an integer < kafka.session_timeout_ms ({k.session_timeout_ms})",
                     k.heartbeat_interval_ms)
-    fetch_wait = k.kwargs_for("consumer").get("fetch_max_wait_ms", 500)
+    fetch_wait = k.kwargs_for("consumer").get("fetch_max_wait_ms", 500) \
+        if k.client == KAFKA_PYTHON else \
+        {**k.client_options, **k.consumer_options}.get("fetch.wait.max.ms", 500)
     if isinstance(fetch_wait, int) and k.request_timeout_ms <= fetch_wait:
         raise _fail("kafka.request_timeout_ms",
                     f"an integer > the consumer's fetch_max_wait_ms ({fetch_wait})",
