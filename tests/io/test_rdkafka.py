@@ -320,3 +320,45 @@ def test_no_broker_is_reported_as_down_within_seconds() -> None:
         assert events.counts["error:connect"] >= 2
     finally:
         source.close()
+
+
+def stats(broker_state: str, group_state: str = "up", join_state: str = "steady",
+          partitions: tuple[int, ...] = (0, 1)) -> dict:
+    """The parts of librdkafka's statistics the health checks read."""
+    return {"brokers": {"b:1/1": {"nodeid": 1, "source": "learned", "state": broker_state},
+                        ":0/internal": {"nodeid": -1, "source": "internal", "state": "UP"}},
+            "cgrp": {"state": group_state, "join_state": join_state},
+            "topics": {"t": {"partitions": {str(p): {} for p in (-1, *partitions)}}}}
+
+
+def test_health_checks_read_the_statistics_down_up_and_rejoin() -> None:
+    cfg = config(f"127.0.0.1:{free_port()}", "t")
+    events = Events()
+    source = RdKafkaSource(confluent.consumer_conf(cfg), ["t"], events=events,
+                           rejoin_after_s=5)
+    try:
+        source._check(stats("DOWN"), 0.0)
+        assert events.up == []  # one failed check may catch a reconnect
+        source._check(stats("CONNECT", "query-coord"), 1.0)
+        assert events.up == [False] and events.counts["error:connect"] == 2
+        source._check(stats("UP", "wait-coord"), 2.0)
+        assert events.counts["error:coordinator"] == 1 and events.up == [False]
+        source._check(stats("UP"), 3.0)
+        assert events.up == [False, True] and events.counts["reconnect"] == 1
+        # steady without partitions (more members than partitions): no re-join
+        for t in range(4, 20):
+            source._check(stats("UP"), float(t))
+        # not steady and no partitions for 5 s: re-join at the next poll
+        source._check(stats("UP", join_state="wait-join"), 20.0)
+        source._check(stats("UP", join_state="wait-join"), 24.0)
+        assert events.counts["rejoin"] == 0
+        source._check(stats("UP", join_state="wait-join"), 25.5)
+        source.poll(0.01)
+        assert events.counts["rejoin"] == 1 and source.rejoins == 1
+        # a topic without partitions is no reason to re-join
+        for t in (30.0, 40.0, 50.0):
+            source._check(stats("UP", join_state="wait-join", partitions=()), t)
+        source.poll(0.01)
+        assert events.counts["rejoin"] == 1
+    finally:
+        source.close()
