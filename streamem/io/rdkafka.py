@@ -130,7 +130,7 @@ class RdKafkaSource:
     def __init__(self, conf: Mapping[str, Any], topics: list[str], *, max_records: int = 2000,
                  commit_timeout_s: float = 30.0, events: ClientEvents = NO_EVENTS,
                  rejoin_after_s: float = 30.0) -> None:
-        self._conf = {**conf, "statistics.interval.ms": STATS_INTERVAL_MS,
+        self._conf = {"logger": log, **conf, "statistics.interval.ms": STATS_INTERVAL_MS,
                       "error_cb": self._on_error, "stats_cb": self._on_stats}
         self._reset = str(conf.get("auto.offset.reset", "earliest"))
         self._topics = topics
@@ -383,8 +383,43 @@ def _record(m: Message) -> Record:
                   value or b"", headers, ts if ts >= 0 else None)
 
 
+class _Batch:
+    """The delivery reports of the sends since one flush: a report arriving after its batch's
+    flush gave up only touches that batch (already failed)."""
+
+    __slots__ = ("pending", "sent", "errors", "refused", "report")
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self.sent = 0
+        self.errors: list[str] = []
+        self.refused: list[tuple[str, bytes | None, int, Headers]] = []
+
+        def report(err: KafkaError | None, msg: Message) -> None:
+            self.pending -= 1
+            if err is not None:
+                self.errors.append(err.str())
+
+        self.report = report
+
+    def droppable_report(self, topic: str, key: bytes | None, size: int,
+                         headers: Headers) -> Callable[[KafkaError | None, Message], None]:
+        """A dead letter's report: a broker's refusal for its size is noted, not an error."""
+
+        def report(err: KafkaError | None, msg: Message) -> None:
+            self.pending -= 1
+            if err is None:
+                return
+            if err.code() in _SIZE:
+                self.refused.append((topic, key, size, headers))
+            else:
+                self.errors.append(err.str())
+
+        return report
+
+
 class RdKafkaSink:
-    """Produces through ``producer``; :meth:`flush` checks every delivery report since the last.
+    """Produces; :meth:`flush` checks every delivery report since the last flush.
 
     Parameters
     ----------
@@ -406,20 +441,17 @@ class RdKafkaSink:
                  max_message_bytes: int = OUTPUT_MAX_BYTES, enqueue_timeout_s: float = 60.0,
                  events: ClientEvents = NO_EVENTS) -> None:
         self._events = events
-        self._producer = Producer({**conf, "error_cb": self._on_error})
+        self._producer = Producer({"logger": log, **conf, "error_cb": self._on_error})
         try:
-            self._dead = Producer({**dead_letter_conf, "error_cb": self._on_error})
+            self._dead = Producer({"logger": log, **dead_letter_conf,
+                                   "error_cb": self._on_error})
         except BaseException:
             self._producer.flush(0)
             raise
         self._value_drop_topics = value_drop_topics
         self._max_message_bytes = max_message_bytes
         self._enqueue_timeout_s = enqueue_timeout_s
-        self._generation = 0
-        self._pending = 0
-        self._sent = 0
-        self._errors: list[str] = []
-        self._refused: list[tuple[str, bytes | None, int, Headers]] = []
+        self._batch = _Batch()
 
     def _on_error(self, err: KafkaError) -> None:
         kind = _error_kind(err)
@@ -434,62 +466,64 @@ class RdKafkaSink:
             raise TransportError(f"no broker answered: {exc}") from exc
 
     def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = ()) -> None:
-        droppable = topic in self._value_drop_topics
-        size = len(value) + len(key or b"") + sum(len(n) + len(v) for n, v in headers)
-        if not droppable and size > self._max_message_bytes:
+        if topic in self._value_drop_topics:
+            self._send_dead_letter(topic, key, value, headers)
+            return
+        size = len(value) + (len(key) if key else 0)
+        if headers:
+            size += sum(len(n) + len(v) for n, v in headers)
+        if size > self._max_message_bytes:
             raise RecordTooLarge(f"a {size}-byte message to {topic} exceeds "
                                  f"{self._max_message_bytes} bytes")
-        producer = self._dead if droppable else self._producer
-        report = self._report(topic, key, len(value), headers if droppable else None)
+        batch = self._batch
         try:
-            self._produce(producer, topic, key, value, headers, report)
+            if headers:
+                self._producer.produce(topic, value, key, headers=list(headers),
+                                       on_delivery=batch.report)
+            else:
+                self._producer.produce(topic, value, key, on_delivery=batch.report)
+        except BufferError:
+            self._produce_when_room(self._producer, topic, key, value, headers, batch.report)
+            return
         except KafkaException as exc:
             err = exc.args[0]
-            if not (isinstance(err, KafkaError) and err.code() in _SIZE):
-                self._errors.append(str(exc))
-            elif not droppable:
+            if isinstance(err, KafkaError) and err.code() in _SIZE:
                 raise RecordTooLarge(err.str()) from exc
-            else:
-                self._send_without_value(topic, key, len(value), headers)
+            batch.errors.append(str(exc))
+            return
+        batch.pending += 1
+        batch.sent += 1
 
-    def _produce(self, producer: Producer, topic: str, key: bytes | None, value: bytes,
-                 headers: Headers, report: Callable[[KafkaError | None, Message], None]) -> None:
+    def _send_dead_letter(self, topic: str, key: bytes | None, value: bytes,
+                          headers: Headers) -> None:
+        report = self._batch.droppable_report(topic, key, len(value), headers)
+        try:
+            self._produce_when_room(self._dead, topic, key, value, headers, report)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if isinstance(err, KafkaError) and err.code() in _SIZE:
+                self._send_without_value(topic, key, len(value), headers)
+            else:
+                self._batch.errors.append(str(exc))
+
+    def _produce_when_room(self, producer: Producer, topic: str, key: bytes | None,
+                           value: bytes, headers: Headers,
+                           report: Callable[[KafkaError | None, Message], None]) -> None:
         """Queue one message; a full queue serves delivery reports until there is room."""
-        deadline: float | None = None
+        deadline = time.monotonic() + self._enqueue_timeout_s
         while True:
             try:
-                producer.produce(topic, value=value, key=key, headers=list(headers),
-                                 on_delivery=report)
-                self._pending += 1
-                self._sent += 1
-                return
+                producer.produce(topic, value, key, headers=list(headers), on_delivery=report)
             except BufferError:
-                now = time.monotonic()
-                deadline = deadline if deadline is not None else now + self._enqueue_timeout_s
-                if now > deadline:
-                    self._errors.append(f"the local queue stayed full for "
-                                        f"{self._enqueue_timeout_s:g} s")
+                if time.monotonic() > deadline:
+                    self._batch.errors.append(f"the local queue stayed full for "
+                                              f"{self._enqueue_timeout_s:g} s")
                     return
                 producer.poll(0.05)
-
-    def _report(self, topic: str, key: bytes | None, size: int,
-                headers: Headers | None) -> Callable[[KafkaError | None, Message], None]:
-        """The delivery callback of one message; late reports of an earlier batch are ignored
-        (that batch already failed)."""
-        generation = self._generation
-
-        def report(err: KafkaError | None, msg: Message) -> None:
-            if generation != self._generation:
-                return
-            self._pending -= 1
-            if err is None:
-                return
-            if headers is not None and err.code() in _SIZE:
-                self._refused.append((topic, key, size, headers))
-            else:
-                self._errors.append(err.str())
-
-        return report
+                continue
+            self._batch.pending += 1
+            self._batch.sent += 1
+            return
 
     def _send_without_value(self, topic: str, key: bytes | None, size: int,
                             headers: Headers) -> None:
@@ -497,25 +531,26 @@ class RdKafkaSink:
         self._events.dead_letter_value_dropped()
         dropped = [*headers, (VALUE_DROPPED_HEADER, str(size).encode())]
         try:
-            self._produce(self._dead, topic, key, b"", dropped, self._report(topic, key, 0, None))
+            self._produce_when_room(self._dead, topic, key, b"", dropped, self._batch.report)
         except KafkaException as exc:
-            self._errors.append(str(exc))
+            self._batch.errors.append(str(exc))
 
     def flush(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
+        batch = self._batch
         self._flush_both(deadline)
-        if self._refused:  # the broker refused them: send them again without their values
-            refused, self._refused = self._refused, []
+        if batch.refused:  # the broker refused them: send them again without their values
+            refused, batch.refused = batch.refused, []
             for topic, key, size, headers in refused:
                 self._send_without_value(topic, key, size, headers)
             self._flush_both(deadline)
-        errors, pending, sent = self._errors, self._pending, self._sent
-        self._errors, self._pending, self._sent, self._refused = [], 0, 0, []
-        self._generation += 1
-        if pending:
-            errors.append(f"{pending} not acknowledged in time")
+        self._batch = _Batch()
+        errors = list(batch.errors)
+        if batch.pending > 0:
+            errors.append(f"{batch.pending} not acknowledged in time")
         if errors:
-            raise TransportError(f"{len(errors)} of {sent} sends failed; first: {errors[0]}")
+            raise TransportError(f"{len(errors)} of {batch.sent} sends failed; "
+                                 f"first: {errors[0]}")
 
     def _flush_both(self, deadline: float) -> None:
         for producer in (self._producer, self._dead):
