@@ -125,16 +125,20 @@ class RdKafkaSource:
         Where outages, errors and re-joins are reported.
     rejoin_after_s : float
         How long a member may hold no partitions while its group state is not steady.
+    max_batch_bytes : int
+        A poll stops adding messages once their values reach this many bytes (like one fetch
+        of kafka-python's): a backlog of large messages is answered in bounded batches.
     """
 
     def __init__(self, conf: Mapping[str, Any], topics: list[str], *, max_records: int = 2000,
                  commit_timeout_s: float = 30.0, events: ClientEvents = NO_EVENTS,
-                 rejoin_after_s: float = 30.0) -> None:
+                 rejoin_after_s: float = 30.0, max_batch_bytes: int = 8 * MiB) -> None:
         self._conf = {"logger": log, **conf, "statistics.interval.ms": STATS_INTERVAL_MS,
                       "error_cb": self._on_error, "stats_cb": self._on_stats}
         self._reset = str(conf.get("auto.offset.reset", "earliest"))
         self._topics = topics
         self._max_records = max_records
+        self._max_batch_bytes = max_batch_bytes
         self._commit_timeout_s = commit_timeout_s
         self._events = events
         self._rejoin_after_s = rejoin_after_s
@@ -195,7 +199,8 @@ class RdKafkaSource:
     # -- the Source interface ---------------------------------------------------------------
 
     def poll(self, timeout_s: float) -> list[Record]:
-        """The first message within ``timeout_s``, then whatever else is ready, up to the limit."""
+        """The first message within ``timeout_s``, then whatever else is ready, up to the
+        record and byte limits."""
         if self._pending_rejoin:
             self._pending_rejoin = False
             self.rejoin()
@@ -206,8 +211,13 @@ class RdKafkaSource:
             if first is None:
                 return []
             messages = [first]
-            if self._max_records > 1:
-                messages += self.consumer.consume(self._max_records - 1, 0)
+            size = len(first.value() or b"")
+            while len(messages) < self._max_records and size < self._max_batch_bytes:
+                more = self.consumer.consume(min(self._max_records - len(messages), 500), 0)
+                if not more:
+                    break
+                messages += more
+                size += sum(len(m.value() or b"") for m in more)
         except KafkaException as exc:
             raise TransportError(f"poll failed: {exc}") from exc
         except RuntimeError as exc:  # the consumer was closed
