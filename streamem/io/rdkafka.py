@@ -229,8 +229,7 @@ class RdKafkaSource:
                 self._message_error(err)
                 continue
             records.append(_record(m))
-        for r in records:
-            self._next[(r.topic, r.partition)] = r.offset + 1
+        self._next.update({(r.topic, r.partition): r.offset + 1 for r in records})
         return records
 
     def _message_error(self, err: KafkaError) -> None:
@@ -384,13 +383,12 @@ def _has_partitions(stats: Mapping[str, Any], topics: list[str]) -> bool:
 
 def _record(m: Message) -> Record:
     """A consumed message as a :class:`Record` (the consumer has no deserializers: bytes)."""
+    raw: Any = m.headers()
+    headers = tuple((k, v if isinstance(v, bytes) else b"") for k, v in raw) if raw else ()
     ts: int = m.timestamp()[1]
-    raw: Any = m.headers() or ()
-    headers = tuple((k, v if isinstance(v, bytes) else b"") for k, v in raw)
-    key: Any = m.key()
-    value: Any = m.value()
-    return Record(str(m.topic()), int(m.partition() or 0), int(m.offset() or 0), key,
-                  value or b"", headers, ts if ts >= 0 else None)
+    message: Any = m  # topic, partition and offset are set on consumed messages
+    return Record(message.topic(), message.partition(), message.offset(), message.key(),
+                  message.value() or b"", headers, ts if ts >= 0 else None)
 
 
 class _Batch:
