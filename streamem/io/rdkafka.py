@@ -213,7 +213,10 @@ class RdKafkaSource:
             messages = [first]
             size = len(first.value() or b"")
             while len(messages) < self._max_records and size < self._max_batch_bytes:
-                more = self.consumer.consume(min(self._max_records - len(messages), 500), 0)
+                mean = max(size // len(messages), 1)  # take about what still fits
+                want = min(self._max_records - len(messages),
+                           max((self._max_batch_bytes - size) // mean, 1))
+                more = self.consumer.consume(want, 0)
                 if not more:
                     break
                 messages += more
