@@ -40,14 +40,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Run every daemon test against the broker once per Kafka client (``kafka.client``).
 
-    A test is one when it is under ``tests/runtime`` (or scrapes the daemon's metrics), uses a
-    broker fixture and builds its daemon's settings with ``daemon_settings``; a test may also
-    ask for ``kafka_client``.
+    A test is one when it is under ``tests/runtime`` (or scrapes the daemon's metrics) and builds
+    its daemon's settings with ``daemon_settings``; a test may also ask for ``kafka_client``.
     """
     names = metafunc.fixturenames
     path = Path(metafunc.definition.path)
     daemon_test = (("runtime" in path.parts or path.name == "test_daemon_scrape.py")
-                   and KAFKA_FIXTURES.intersection(names)
                    and "daemon_settings" in inspect.getsource(metafunc.function))
     if daemon_test and "kafka_client" not in names:
         names.append("kafka_client")
