@@ -18,18 +18,22 @@ if TYPE_CHECKING:
     from streamem.io.rdkafka import RdKafkaSink, RdKafkaSource
 
 MiB = 1024 * 1024
+RETRY_MAX_MS = 300_000
+"""librdkafka's upper bound of ``retry.backoff.max.ms`` (and so of the back-offs here)."""
+SOCKET_TIMEOUT_MAX_MS = 300_000
+"""librdkafka's upper bound of ``socket.timeout.ms``."""
 
 
 def common(cfg: Config) -> dict[str, Any]:
     """Connection, security and back-off properties every client gets."""
     k, r = cfg.kafka, cfg.runtime
-    initial_ms = max(int(r.retry_initial_s * 1000), 1)
-    max_ms = max(int(r.retry_max_s * 1000), initial_ms)
+    initial_ms = min(max(int(r.retry_initial_s * 1000), 1), RETRY_MAX_MS)
+    max_ms = min(max(int(r.retry_max_s * 1000), initial_ms), RETRY_MAX_MS)
     conf: dict[str, Any] = {
         "bootstrap.servers": k.bootstrap_servers,
         "client.id": k.client_id,
         "security.protocol": k.security_protocol.lower(),
-        "socket.timeout.ms": max(k.request_timeout_ms, 10),
+        "socket.timeout.ms": min(max(k.request_timeout_ms, 10), SOCKET_TIMEOUT_MAX_MS),
         "reconnect.backoff.ms": initial_ms,
         "reconnect.backoff.max.ms": max_ms,
         "retry.backoff.ms": initial_ms,
