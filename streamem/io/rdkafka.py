@@ -97,15 +97,12 @@ def check_properties(role: str, options: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _error_kind(err: KafkaError) -> str:
+def _error_kind(err: KafkaError, other: str) -> str:
+    """The ``kafka_errors_total`` kind of a client error: "connect", else ``other``."""
     if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT,
-                      KafkaError._RESOLVE):
+                      KafkaError._RESOLVE, KafkaError._AUTHENTICATION, KafkaError._SSL):
         return "connect"
-    if err.code() in (KafkaError._TIMED_OUT, KafkaError._MSG_TIMED_OUT):
-        return "timeout"
-    if err.code() in (KafkaError._AUTHENTICATION, KafkaError._SSL):
-        return "auth"
-    return "fatal" if err.fatal() else "client"
+    return other
 
 
 class RdKafkaSource:
@@ -185,7 +182,7 @@ class RdKafkaSource:
         log.info("partitions_revoked", extra={"partitions": sorted(map(str, gone))})
 
     def _on_error(self, err: KafkaError) -> None:
-        kind = _error_kind(err)
+        kind = _error_kind(err, "poll")
         self._events.kafka_error(kind)
         log.warning("kafka_error", extra={"kind": kind, "error": err.str()})
 
@@ -465,7 +462,7 @@ class RdKafkaSink:
         self._batch = _Batch()
 
     def _on_error(self, err: KafkaError) -> None:
-        kind = _error_kind(err)
+        kind = _error_kind(err, "produce")
         self._events.kafka_error(kind)
         log.warning("kafka_error", extra={"kind": kind, "error": err.str()})
 
