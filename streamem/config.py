@@ -194,7 +194,7 @@ def _rdkafka_options(key: str) -> Check:
         if roles is None:
             if not options:
                 return options
-            raise _Invalid(f"nothing: it has no meaning with kafka.client={CONFLUENT_KAFKA}")
+            raise _Invalid(f"an empty mapping (no meaning with kafka.client={CONFLUENT_KAFKA})")
         try:
             from streamem.io.rdkafka import check_properties
         except ImportError:
