@@ -111,6 +111,12 @@ def source(cfg: Config, kind: str, events: ClientEvents,
         limit = cfg.input.max_bytes  # a binary line is base64: 4 characters per 3 bytes
         return StdinSource(binary=binary, batch_size=cfg.kafka.max_poll_records,
                            max_line_bytes=-(-limit // 3) * 4 if binary else limit)
+    if cfg.kafka.client == "confluent-kafka":
+        from streamem.clients import confluent
+        from streamem.io import rdkafka
+
+        return rdkafka.connect(lambda: confluent.create_source(cfg, events), what="consumer",
+                               backoff=backoff(cfg), stop=stop, events=events)
     return connect(lambda: kafka_source(cfg, events), what="consumer", backoff=backoff(cfg),
                    stop=stop, events=events)
 
@@ -121,8 +127,16 @@ def sink(cfg: Config, kind: str, events: ClientEvents, stop: threading.Event) ->
         from streamem.io.stdio import StdoutSink
 
         return StdoutSink(cfg.kafka.output_topic)
-    sink = connect(lambda: kafka_sink(cfg, events), what="producer", backoff=backoff(cfg),
-                   stop=stop, events=events)
+    if cfg.kafka.client == "confluent-kafka":
+        from streamem.clients import confluent
+        from streamem.io import rdkafka
+
+        sink: Sink | None = rdkafka.connect(lambda: confluent.create_sink(cfg, events),
+                                            what="producer", backoff=backoff(cfg), stop=stop,
+                                            events=events)
+    else:
+        sink = connect(lambda: kafka_sink(cfg, events), what="producer", backoff=backoff(cfg),
+                       stop=stop, events=events)
     if sink is not None:
         ensure_anomaly_topic(cfg)
     return sink

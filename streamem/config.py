@@ -161,6 +161,9 @@ def _client_keys(client: str) -> frozenset[str]:
     return frozenset(cls.DEFAULT_CONFIG)
 
 
+KAFKA_PYTHON = "kafka-python"
+CONFLUENT_KAFKA = "confluent-kafka"
+"""The values of ``kafka.client``: the Kafka client library (librdkafka's is an extra)."""
 CLIENTS = ("consumer", "producer", "admin")
 #: The option maps: ``client_options`` goes to every client that accepts a key, the others to one.
 OPTION_KEYS = ("client_options", *(f"{c}_options" for c in CLIENTS))
@@ -193,6 +196,31 @@ def _model(name: str) -> Check:
         assert not (c.lo_open or c.hi_open), "integer bounds are inclusive"
         return _integer(None if c.lo is None else int(c.lo), None if c.hi is None else int(c.hi))
     return _number(c.lo, c.hi, lo_open=c.lo_open, hi_open=c.hi_open)
+
+
+def _rdkafka_options(key: str) -> Check:
+    """``kafka.<key>`` with confluent-kafka: librdkafka properties its client(s) accept."""
+    roles = {"client_options": ("consumer", "producer"), "consumer_options": ("consumer",),
+             "producer_options": ("producer",)}.get(key)
+
+    def check(v: Any) -> dict[str, Any]:
+        options = _options(v)
+        if roles is None:
+            if not options:
+                return options
+            raise _Invalid(f"an empty mapping (no meaning with kafka.client={CONFLUENT_KAFKA})")
+        try:
+            from streamem.io.rdkafka import check_properties
+        except ImportError:
+            raise _Invalid("nothing without confluent-kafka installed "
+                           "(pip install 'streamem[rdkafka]')") from None
+        for role in roles:
+            refused = check_properties(role, options)
+            if refused is not None:
+                raise _Invalid(f"librdkafka {role} properties; {refused}")
+        return options
+
+    return check
 
 
 def _optional(check: Check) -> Check:
@@ -238,9 +266,10 @@ def _section_dict(section: Any, *, redact: bool) -> dict[str, Any]:
 
 @dataclass(frozen=True, repr=False)
 class KafkaConfig:
-    """Where to read and write, and how the kafka-python clients connect."""
+    """Where to read and write, and how the Kafka clients (``client``) connect."""
 
     bootstrap_servers: str = _opt("127.0.0.1:9092", _servers)
+    client: str = _opt(KAFKA_PYTHON, _choice(KAFKA_PYTHON, CONFLUENT_KAFKA))
     client_id: str = _opt("streamem", _text)
     group_id: str = _opt("streamem", _text)
     input_topic: str = _opt("streamem.points", _topic)
@@ -532,12 +561,12 @@ def _put(layer: _Layer, path: list[str], text: str, source: str) -> None:
     if len(path) == 2:
         layer.setdefault(section, {})[key] = _Raw(value, source, text)
         return
-    if key not in OPTION_KEYS or len(path) != 3:
+    if key not in OPTION_KEYS:
         raise ConfigError(f"unknown key '{'.'.join(path)}' ({source})")
     raw = layer.setdefault(section, {}).setdefault(key, _Raw({}, source))
     if not isinstance(raw.value, dict):
         raw.value = {}
-    raw.value = {**raw.value, path[2]: value}
+    raw.value = {**raw.value, ".".join(path[2:]): value}  # librdkafka names have dots
 
 
 def _env_layer(environ: Environ) -> _Layer:
@@ -604,12 +633,19 @@ def _redact(value: Any) -> Any:
 
 def _build(merged: _Layer) -> Config:
     sections = {}
+    client_raw = merged.get("kafka", {}).get("client")
+    client = KAFKA_PYTHON if client_raw is None else _check_value(
+        "kafka", "client", {f.name: f for f in fields(KafkaConfig)}["client"].metadata,
+        client_raw)
     for name, cls in SECTIONS.items():
         values = {}
         for f in fields(cls):
             raw = merged.get(name, {}).get(f.name)
             if raw is not None:
-                values[f.name] = _check_value(name, f.name, f.metadata, raw)
+                meta: Mapping[str, Any] = f.metadata
+                if name == "kafka" and f.name in OPTION_KEYS and client != KAFKA_PYTHON:
+                    meta = {**meta, "check": _rdkafka_options(f.name)}
+                values[f.name] = _check_value(name, f.name, meta, raw)
         sections[name] = cls(**values)
     return Config(**sections)
 
@@ -625,7 +661,9 @@ def _check_together(cfg: Config) -> None:
         raise _fail("kafka.heartbeat_interval_ms",
                     f"an integer < kafka.session_timeout_ms ({k.session_timeout_ms})",
                     k.heartbeat_interval_ms)
-    fetch_wait = k.kwargs_for("consumer").get("fetch_max_wait_ms", 500)
+    fetch_wait = k.kwargs_for("consumer").get("fetch_max_wait_ms", 500) \
+        if k.client == KAFKA_PYTHON else \
+        {**k.client_options, **k.consumer_options}.get("fetch.wait.max.ms", 500)
     if isinstance(fetch_wait, int) and k.request_timeout_ms <= fetch_wait:
         raise _fail("kafka.request_timeout_ms",
                     f"an integer > the consumer's fetch_max_wait_ms ({fetch_wait})",

@@ -8,6 +8,7 @@ are marked ``kafka`` automatically (``-m "not kafka"`` deselects them).
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import sys
@@ -21,6 +22,7 @@ from hypothesis import settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import daemon_helpers  # noqa: E402
 from kafka_helpers import BrokerError, KafkaBroker  # noqa: E402
 
 from streamem.io.kafka_admin import create_topics  # noqa: E402
@@ -42,6 +44,32 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if KAFKA_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.kafka)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run every daemon test against the broker once per Kafka client (``kafka.client``).
+
+    A test is one when it is under ``tests/runtime`` (or scrapes the daemon's metrics) and builds
+    its daemon's settings with ``daemon_settings``; a test may also ask for ``kafka_client``.
+    """
+    names = metafunc.fixturenames
+    path = Path(metafunc.definition.path)
+    daemon_test = (("runtime" in path.parts or path.name == "test_daemon_scrape.py")
+                   and "daemon_settings" in inspect.getsource(metafunc.function))
+    if daemon_test and "kafka_client" not in names:
+        names.append("kafka_client")
+    if "kafka_client" in names:
+        metafunc.parametrize("kafka_client", daemon_helpers.KAFKA_CLIENTS, indirect=True)
+
+
+@pytest.fixture
+def kafka_client(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The ``kafka.client`` this test's daemons run on (``daemon_helpers.daemon_settings``)."""
+    previous, daemon_helpers.client = daemon_helpers.client, request.param
+    try:
+        yield request.param
+    finally:
+        daemon_helpers.client = previous
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,10 @@ from pathlib import Path
 from kafka import KafkaConsumer, TopicPartition
 
 WAIT_S = 120.0  # longest wait for outputs; a deadline against hanging, not a speed assertion
+KAFKA_CLIENTS = ("kafka-python", "confluent-kafka")
+"""The values of ``kafka.client``: every daemon test against the broker runs on each."""
+client = KAFKA_CLIENTS[0]
+"""The ``kafka.client`` of :func:`daemon_settings`, set per test by the ``kafka_client`` fixture."""
 
 
 @dataclass
@@ -53,6 +57,7 @@ def daemon_settings(bootstrap: str, tmp_path: Path, topics: dict[str, str],
     """Settings for a test daemon; ``extra`` keys use ``__`` for the dot (``input__format``)."""
     return {
         "kafka.bootstrap_servers": bootstrap,
+        "kafka.client": client,
         "kafka.group_id": f"group-{topics['input']}",
         "kafka.input_topic": topics["input"],
         "kafka.output_topic": topics["output"],

@@ -147,7 +147,9 @@ class _TimedSink(KafkaSink):
         src.created_ms = np.empty(0)
 
 
-def _clients(cfg: Config, side: Side, ppm: int, *, e2e: bool) -> tuple[_TimedSource, _TimedSink]:
+def _clients(cfg: Config, side: Side, ppm: int, *, e2e: bool) -> tuple[Any, Any]:
+    if cfg.kafka.client == "confluent-kafka":
+        return _rdkafka_clients(cfg, side, ppm, e2e=e2e)
     source = assemble.kafka_source(cfg, cls=_TimedSource)
     sink = assemble.kafka_sink(cfg, cls=_TimedSink)
     source.points_per_message = ppm
@@ -328,10 +330,11 @@ def _produce_steadily(bootstrap: str, topic: str, ppm: int, n_messages: int,
 # --- one run --------------------------------------------------------------------------------
 
 
-def _config(bootstrap: str, topic: str, row: Row, k: int) -> Config:
+def _config(bootstrap: str, topic: str, row: Row, k: int,
+            client: str = "kafka-python") -> Config:
     group = f"bench-{uuid.uuid4().hex[:8]}"
     return load_config(None, [
-        f"kafka.bootstrap_servers={bootstrap}", f"kafka.group_id={group}",
+        f"kafka.client={client}", f"kafka.bootstrap_servers={bootstrap}", f"kafka.group_id={group}",
         f"kafka.input_topic={topic}", f"kafka.output_topic={topic}.out.{group}",
         f"kafka.dead_letter_topic={topic}.dead.{group}", "kafka.model_topic=null",
         f"input.format={row.input_format}", f"output.format={row.output_format}",
@@ -363,8 +366,8 @@ class _Topics:
 
 def run(bootstrap: str, *, n_points: int, points_per_message: int = 1, output_formats:
         tuple[str, ...] | None = None, d: int = 8, k: int = 8,
-        latency: bool = True) -> list[dict[str, Any]]:
-    """Measure the rows of one message shape on one pre-produced topic.
+        latency: bool = True, client: str = "kafka-python") -> list[dict[str, Any]]:
+    """Measure the rows of one message shape on one pre-produced topic, with ``client``.
 
     Returns one dict per output format: ``row``, ``settings``, ``pass_through`` and ``daemon``
     (each ``points``, ``seconds``, ``points_per_s``, ``batch_latency_p50_s``/``_p99_s``,
@@ -380,11 +383,12 @@ def run(bootstrap: str, *, n_points: int, points_per_message: int = 1, output_fo
         passthrough, daemons = Side(), [Side() for _ in rows]
         for _ in range(REPEATS):  # alternate the sides; keep each one's best run
             passthrough = _best(passthrough, lambda side: _measure_throughput(
-                lambda s, e2e: _PassThrough(_config(bootstrap, topic, rows[0], k), s, ppm,
+                lambda s, e2e: _PassThrough(_config(bootstrap, topic, rows[0], k, client), s, ppm,
                                             e2e=e2e), side, n_points))
             for j, row in enumerate(rows):
                 daemons[j] = _best(daemons[j], lambda side, row=row: _measure_throughput(
-                    lambda s, e2e: _Daemon(_config(bootstrap, topic, row, k), s, ppm, e2e=e2e),
+                    lambda s, e2e: _Daemon(_config(bootstrap, topic, row, k, client), s, ppm,
+                                           e2e=e2e),
                     side, n_points))
         results = []
         for row, daemon in zip(rows, daemons, strict=True):
@@ -395,10 +399,11 @@ def run(bootstrap: str, *, n_points: int, points_per_message: int = 1, output_fo
                     side.e2e_latencies.clear()
                     _measure_latency(
                         lambda s, e2e, cls=cls, fresh=fresh, row=row: cls(
-                            _config(bootstrap, fresh, row, k), s, ppm, e2e=e2e),
+                            _config(bootstrap, fresh, row, k, client), s, ppm, e2e=e2e),
                         side, bootstrap, fresh, row, rate, d, k)
             results.append({"row": row.name, "points_per_message": ppm,
-                            "settings": _settings_text(_config(bootstrap, topic, row, k)),
+                            "client": client,
+                            "settings": _settings_text(_config(bootstrap, topic, row, k, client)),
                             "pass_through": passthrough.summary(), "daemon": daemon.summary(),
                             "ratio": daemon.points_per_s / passthrough.points_per_s})
         return results
@@ -409,6 +414,8 @@ def run(bootstrap: str, *, n_points: int, points_per_message: int = 1, output_fo
 def _settings_text(cfg: Config) -> str:
     from kafka.record import default_records
 
+    if cfg.kafka.client == "confluent-kafka":
+        return _rdkafka_settings_text(cfg)
     consumer = kafka_python.consumer_settings(cfg)
     producer = kafka_python.producer_settings(cfg)
     shown = {
@@ -431,7 +438,7 @@ def report(results: list[dict[str, Any]]) -> str:
     """A table: per row, each side's points/s and latencies, and the ratio."""
     lines = []
     for result in results:
-        lines.append(f"{result['row']}")
+        lines.append(f"{result['row']}, {result.get('client', 'kafka-python')}")
         for name in ("pass_through", "daemon"):
             r = result[name]
             lines.append(
@@ -466,12 +473,91 @@ def broker(bootstrap: str) -> Iterator[str]:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Single-point rows use ``--points`` points; multi-point rows 2000 messages' worth."""
+    """Single-point rows use ``--points`` points; multi-point rows 2000 messages' worth.
+
+    Each shape runs on every installed Kafka client (:func:`_kafka_clients`), side by side.
+    """
     with broker(args.bootstrap_servers) as bootstrap:
-        for i, ppm in enumerate(args.points_per_message):
+        shown: set[str] = set()
+        for ppm in args.points_per_message:
             n_points = args.points if ppm == 1 else max(args.points, 2000 * ppm)
-            results = run(bootstrap, n_points=n_points, points_per_message=ppm)
-            if i == 0:
-                print(f"settings: {results[0]['settings']}", flush=True)
-            print(report(results), flush=True)
+            for client in _kafka_clients():
+                results = run(bootstrap, n_points=n_points, points_per_message=ppm,
+                              client=client)
+                if client not in shown:
+                    shown.add(client)
+                    print(f"settings ({client}): {results[0]['settings']}", flush=True)
+                print(report(results), flush=True)
     return 0
+
+
+# --- librdkafka (kafka.client=confluent-kafka): the same timing over its source and sink ---
+
+
+def _kafka_clients() -> tuple[str, ...]:
+    """kafka-python, and confluent-kafka when the ``rdkafka`` extra is installed."""
+    try:
+        import confluent_kafka  # noqa: F401
+    except ImportError:
+        return ("kafka-python",)
+    return ("kafka-python", "confluent-kafka")
+
+
+def _rdkafka_clients(cfg: Config, side: Side, ppm: int, *, e2e: bool) -> tuple[Any, Any]:
+    """An RdKafkaSource/RdKafkaSink pair timed like :class:`_TimedSource`/:class:`_TimedSink`."""
+    from streamem.clients import confluent
+    from streamem.io.base import NO_EVENTS
+    from streamem.io.rdkafka import RdKafkaSink, RdKafkaSource
+
+    class TimedSource(RdKafkaSource):
+        polled_at = 0.0
+        created_ms: np.ndarray = np.empty(0)
+        points_per_message = ppm
+
+        def poll(self, timeout_s: float) -> list[Record]:
+            records = super().poll(timeout_s)
+            if records:
+                self.polled_at = time.time()
+                self.created_ms = np.array([r.timestamp_ms or 0 for r in records],
+                                           dtype=np.float64)
+            return records
+
+    class TimedSink(RdKafkaSink):
+        def flush(self, timeout_s: float) -> None:
+            super().flush(timeout_s)
+            _record_latencies(source, side, e2e)
+
+    k = cfg.kafka
+    source = TimedSource(confluent.consumer_conf(cfg), [k.input_topic],
+                         max_records=k.max_poll_records, events=NO_EVENTS)
+    sink = TimedSink(confluent.producer_conf(cfg), confluent.dead_letter_conf(cfg),
+                     value_drop_topics=frozenset([k.dead_letter_topic]),
+                     max_message_bytes=confluent.output_limit(cfg))
+    return source, sink
+
+
+def _record_latencies(src: Any, side: Side, e2e: bool) -> None:
+    """After a successful flush: the latencies of the last poll's records (see _TimedSink)."""
+    if not src.created_ms.size:
+        return
+    acked_at = time.time()
+    if e2e:
+        side.e2e_latencies.append(np.repeat(acked_at - src.created_ms / 1000.0,
+                                            src.points_per_message))
+    else:
+        side.batch_latencies.append(np.full(src.created_ms.size * src.points_per_message,
+                                            acked_at - src.polled_at))
+    src.created_ms = np.empty(0)
+
+
+def _rdkafka_settings_text(cfg: Config) -> str:
+    from streamem.clients import confluent
+
+    consumer, producer = confluent.consumer_conf(cfg), confluent.producer_conf(cfg)
+    shown = {"max_poll_records": cfg.kafka.max_poll_records,
+             **{key: consumer.get(key) for key in ("max.partition.fetch.bytes",
+                                                   "fetch.max.bytes", "fetch.min.bytes")},
+             **{key: producer.get(key) for key in ("linger.ms", "batch.size",
+                                                   "compression.type", "acks",
+                                                   "enable.idempotence")}}
+    return " ".join(f"{key}={value}" for key, value in shown.items() if value is not None)

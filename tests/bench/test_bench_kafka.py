@@ -10,10 +10,12 @@ from streamem.bench import kafka as bench
 
 
 @pytest.mark.kafka
-def test_bench_measures_both_sides_and_their_latencies(kafka_bootstrap, monkeypatch) -> None:
+def test_bench_measures_both_sides_and_their_latencies(kafka_bootstrap, kafka_client,
+                                                        monkeypatch) -> None:
     monkeypatch.setattr(bench, "REPEATS", 1)
     monkeypatch.setattr(bench, "LATENCY_SECONDS", 1.0)
-    [result] = bench.run(kafka_bootstrap, n_points=8_000, points_per_message=1)
+    [result] = bench.run(kafka_bootstrap, n_points=8_000, points_per_message=1,
+                         client=kafka_client)
     assert result["row"] == "1 pt/msg, json in, json out"
     for side in ("pass_through", "daemon"):
         r = result[side]
@@ -22,6 +24,8 @@ def test_bench_measures_both_sides_and_their_latencies(kafka_bootstrap, monkeypa
         assert 0 < r["e2e_latency_p50_s"] <= r["e2e_latency_p99_s"]
     assert math.isclose(result["ratio"], result["daemon"]["points_per_s"]
                         / result["pass_through"]["points_per_s"])
-    assert "acks=all" in result["settings"] and "linger_ms=5" in result["settings"]
+    linger = "linger_ms=5" if kafka_client == "kafka-python" else "linger.ms=5"
+    assert "acks=all" in result["settings"] and linger in result["settings"]
     text = bench.report([result])
+    assert kafka_client in text
     assert "daemon / pass-through" in text and "end-to-end p50/p99" in text
