@@ -41,7 +41,6 @@ from kafka.errors import (
 )
 
 from streamem.errors import TransportError
-from streamem.io import crc32c
 from streamem.io.base import (
     VALUE_DROPPED_HEADER,
     Backoff,
@@ -156,7 +155,6 @@ class KafkaSource:
     @classmethod
     def create(cls, cfg: Config, metrics: Metrics | None = None) -> KafkaSource:
         """Connect once; raises kafka-python's KafkaTimeoutError if no broker answers."""
-        crc32c.install()
         k = cfg.kafka
 
         def build() -> KafkaConsumer:
@@ -403,7 +401,6 @@ class KafkaSink:
     @classmethod
     def create(cls, cfg: Config, metrics: Metrics | None = None) -> KafkaSink:
         """Connect once; raises kafka-python's KafkaTimeoutError if no broker answers."""
-        crc32c.install()
         k = cfg.kafka
         limit = k.kwargs_for("producer").get("max_request_size", OUTPUT_MAX_BYTES)
         settings = cls.settings(cfg)
@@ -418,7 +415,8 @@ class KafkaSink:
         return cls(producer, max_message_bytes=limit, dead_letter_producer=dead,
                    value_drop_topics=frozenset([k.dead_letter_topic]), metrics=metrics)
 
-    def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = ()) -> None:
+    def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = (),
+             timestamp_ms: int | None = None) -> None:
         droppable = topic in self._value_drop_topics
         size = len(value) + len(key or b"") + sum(len(n) + len(v) for n, v in headers)
         if not droppable and size > self._max_message_bytes:
@@ -426,7 +424,8 @@ class KafkaSink:
                                  f"{self._max_message_bytes} bytes")
         producer = self._dead_producer if droppable else self._producer
         try:
-            future = producer.send(topic, value=value, key=key, headers=list(headers))
+            future = producer.send(topic, value=value, key=key, headers=list(headers),
+                                   timestamp_ms=timestamp_ms)
         except MessageSizeTooLargeError as exc:
             if not droppable:
                 raise RecordTooLarge(str(exc)) from exc

@@ -69,22 +69,26 @@ class MemorySource:
 
 @dataclass
 class MemorySink:
-    """Keeps flushed messages in :attr:`sent`; ``fail_flushes`` makes the next N flushes fail."""
+    """Keeps flushed messages in :attr:`sent` and their timestamps (epoch ms, None for "now")
+    in :attr:`timestamps`, one per message; ``fail_flushes`` makes the next N flushes fail."""
 
     sent: list[Message] = field(default_factory=list)
-    pending: list[Message] = field(default_factory=list)
+    timestamps: list[int | None] = field(default_factory=list)
+    pending: list[tuple[Message, int | None]] = field(default_factory=list)
     fail_flushes: int = 0
     closed: bool = False
 
-    def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = ()) -> None:
-        self.pending.append((topic, key, value, tuple(headers)))
+    def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = (),
+             timestamp_ms: int | None = None) -> None:
+        self.pending.append(((topic, key, value, tuple(headers)), timestamp_ms))
 
     def flush(self, timeout_s: float) -> None:
         if self.fail_flushes > 0:
             self.fail_flushes -= 1
             self.pending.clear()
             raise TransportError("memory sink: injected delivery failure")
-        self.sent.extend(self.pending)
+        self.sent.extend(m for m, _ in self.pending)
+        self.timestamps.extend(t for _, t in self.pending)
         self.pending.clear()
 
     def on(self, topic: str) -> list[Message]:

@@ -160,7 +160,9 @@ class StdoutSink:
         self._out = out or sys.stdout.buffer
         self._err = err or sys.stderr.buffer
 
-    def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = ()) -> None:
+    def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = (),
+             timestamp_ms: int | None = None) -> None:
+        """Write one message; lines carry no timestamp, so ``timestamp_ms`` is not written."""
         try:
             if topic == self._output_topic:
                 self._out.write(value + b"\n")

@@ -25,7 +25,8 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka_helpers import committed_offsets, free_port, produce
 from sklearn.metrics import adjusted_rand_score
 
-from streamem import codec
+from streamem import formats
+from streamem.formats.block import decode_result_block, encode_block
 from streamem.io.checkpoint import FileCheckpointStore
 from streamem.model import OnlineGMM
 from streamem.synthetic import Mixture
@@ -35,7 +36,7 @@ MIX = Mixture.random(8, 8, random_state=7)
 
 def block_messages(X: np.ndarray, size: int) -> list[bytes]:
     """Block messages of ``size`` points whose ids are their row numbers in ``X``."""
-    return [codec.encode_block(X[s:s + size], ids=list(range(s, min(s + size, len(X)))))
+    return [encode_block(X[s:s + size], ids=list(range(s, min(s + size, len(X)))))
             for s in range(0, len(X), size)]
 
 
@@ -188,7 +189,7 @@ def test_kill_9_mid_stream_then_restart_answers_everything_and_resumes_the_model
 
 
 def points_of_message(value: bytes) -> np.ndarray:
-    return codec.decode(value, "block", None).X
+    return formats.decode(value, "block", None).X
 
 
 def values_from(bootstrap: str, topic: str, start: dict[int, int]) -> list[bytes]:
@@ -307,7 +308,7 @@ def test_block_output_answers_every_message_with_one_decodable_block(
         outputs.close()
         dead.close()
 
-    docs = [codec.decode_result_block(r.value) for r in answered]
+    docs = [decode_result_block(r.value) for r in answered]
     coords = Counter((d["partition"], d["offset"]) for d in docs)
     coords.update((int(dict(r.headers)["streamem.source.partition"]),
                    int(dict(r.headers)["streamem.source.offset"])) for r in dead_letters)

@@ -1,4 +1,4 @@
-"""The codec: every input format, every DecodeError reason, output records and headers."""
+"""The formats: every input format, every DecodeError reason, output records and headers."""
 
 from __future__ import annotations
 
@@ -13,23 +13,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from streamem import codec
-from streamem.codec import (
-    REASONS,
-    Limits,
-    Points,
+from streamem.errors import DecodeError
+from streamem.formats import REASONS, decode, decode_all, encode_results, json_in
+from streamem.formats.block import (
     anomalous_rows_block,
-    dead_letter_headers,
-    decode,
-    decode_all,
     decode_result_block,
     encode_block,
-    encode_result,
     encode_result_block,
-    encode_results,
-    result_headers,
 )
-from streamem.errors import DecodeError
+from streamem.formats.headers import dead_letter_headers, result_headers
+from streamem.formats.json_out import encode_result
+from streamem.formats.points import Limits, Points, finite_log_likelihood
 
 RECORD_KEYS = {"id", "cluster", "probability", "log_likelihood", "anomaly", "warmup",
                "model_version", "topic", "partition", "offset", "index"}
@@ -596,9 +590,9 @@ BAD_OR_ODD = [b"", None, b"{oops", b"[1, 2, 3]", b'{"x": "nope"}', b'{"x": [1, t
 try:
     import orjson
 
-    PARSERS = [codec._parse_stdlib, orjson.loads]  # the ``fast`` extra, installed by CI
+    PARSERS = [json.loads, orjson.loads]  # the ``fast`` extra, installed by CI
 except ImportError:
-    PARSERS = [codec._parse_stdlib]
+    PARSERS = [json.loads]
 
 
 @settings(max_examples=60, deadline=None)
@@ -614,7 +608,7 @@ def test_decode_all_gives_exactly_what_decode_gives(picks):
         except DecodeError as exc:
             expected.append(outcome(exc))
     for parse in PARSERS:
-        with mock.patch.object(codec, "_parse_fast", parse):
+        with mock.patch.object(json_in, "_parse_fast", parse):
             assert [outcome(item) for item in decode_all(values, "json", 2)] == expected
 
 
@@ -678,7 +672,7 @@ def assert_block_matches(doc: dict, res, rows: slice, ids, top_k: int) -> None:
     assert doc["cluster"].dtype == np.int32 and doc["probability"].dtype == np.float32
     np.testing.assert_array_equal(doc["cluster"], res.labels[rows])
     np.testing.assert_array_equal(doc["probability"], res.probabilities[rows].astype(np.float32))
-    clamped = codec.finite_log_likelihood(res.log_likelihood[rows])
+    clamped = finite_log_likelihood(res.log_likelihood[rows])
     np.testing.assert_array_equal(doc["log_likelihood"], clamped.astype(np.float32))
     np.testing.assert_array_equal(doc["anomaly"], res.anomaly[rows])
     np.testing.assert_array_equal(doc["warmup"], res.warmup[rows])
