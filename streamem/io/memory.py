@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
 
 from streamem.errors import TransportError
@@ -17,15 +17,17 @@ class MemorySource:
 
     Parameters
     ----------
-    values : iterable of bytes
-        Message values, read lazily; offsets count from 0.
+    values : iterable of bytes or Record
+        Message values (or whole records, for their key, headers and timestamp), read lazily;
+        offsets count from 0.
     topic : str
         The topic name the records carry.
     batch_size : int
         Most records per :meth:`poll`.
     """
 
-    def __init__(self, values: Iterable[bytes], topic: str = "memory", batch_size: int = 500):
+    def __init__(self, values: Iterable[bytes | Record], topic: str = "memory",
+                 batch_size: int = 500):
         self._values = iter(values)
         self._topic = topic
         self._batch_size = batch_size
@@ -38,7 +40,9 @@ class MemorySource:
     def poll(self, timeout_s: float) -> list[Record]:
         batch, self._replay = self._replay[: self._batch_size], self._replay[self._batch_size:]
         for value in islice(self._values, self._batch_size - len(batch)):
-            batch.append(Record(self._topic, 0, self._next, None, value))
+            batch.append(replace(value, topic=self._topic, partition=0, offset=self._next)
+                         if isinstance(value, Record) else
+                         Record(self._topic, 0, self._next, None, value))
             self._next += 1
         self._ended = not batch
         self._uncommitted.extend(batch)
