@@ -607,9 +607,15 @@ def test_decode_all_gives_exactly_what_decode_gives(picks):
             expected.append(outcome(decode(value, "json", 2)))
         except DecodeError as exc:
             expected.append(outcome(exc))
+    plain = [value for i, value in zip(picks, values, strict=True) if i >= len(BAD_OR_ODD)]
     for parse in PARSERS:
         with mock.patch.object(json_in, "_parse_fast", parse):
             assert [outcome(item) for item in decode_all(values, "json", 2)] == expected
+            # and the batch path is taken: it alone decodes every plainly valid message
+            out: list = [None] * len(plain)
+            json_in._decode_many(plain, 2, Limits(), out)
+            assert [outcome(item) for item in out] == \
+                [outcome(decode(value, "json", 2)) for value in plain]
 
 
 def test_decode_all_without_n_features_is_fixed_by_the_first_valid_message():
