@@ -125,7 +125,7 @@ class StdinSource:
         try:
             return base64.b64decode(line, validate=True)
         except binascii.Error:
-            return line  # the codec rejects it and it goes to the dead letters
+            return line  # decoding rejects it and it goes to the dead letters
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         pass
