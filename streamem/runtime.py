@@ -325,12 +325,12 @@ class Runtime:
             if value is None:
                 batch.dead.append(_Dead(rec, "internal_error", "encoding the answer failed"))
                 continue
-            headers = out_headers.merged(rec.headers, own)
+            headers, stamp = out_headers.merged(rec.headers, own), _event_time(rec)
             try:
-                send(k.output_topic, rec.key, value, headers, rec.timestamp_ms)
+                send(k.output_topic, rec.key, value, headers, stamp)
                 if i in anomalous:
                     send(k.anomaly_topic, rec.key,  # type: ignore[arg-type]
-                         anomalous_only(value, points.multi), headers, rec.timestamp_ms)
+                         anomalous_only(value, points.multi), headers, stamp)
             except RecordTooLarge as exc:
                 batch.dead.append(_Dead(rec, "too_large", str(exc)))
                 continue
@@ -344,13 +344,12 @@ class Runtime:
         headers = out_headers.dead_letter_headers(dead.reason, dead.detail, rec.topic,
                                                   rec.partition, rec.offset, dead.bad_points,
                                                   rec.headers)
+        stamp = _event_time(rec)
         try:
-            self.sink.send(self.cfg.kafka.dead_letter_topic, rec.key, rec.value, headers,
-                           rec.timestamp_ms)
+            self.sink.send(self.cfg.kafka.dead_letter_topic, rec.key, rec.value, headers, stamp)
         except RecordTooLarge:  # keep key and headers, say how large the value was
             dropped = (*headers, (VALUE_DROPPED_HEADER, str(len(rec.value)).encode()))
-            self.sink.send(self.cfg.kafka.dead_letter_topic, rec.key, b"", dropped,
-                           rec.timestamp_ms)
+            self.sink.send(self.cfg.kafka.dead_letter_topic, rec.key, b"", dropped, stamp)
             self.metrics.dead_letter_value_dropped()
 
     def _report(self, batch: _Batch, result: Any, polled_at: float, acked_at: float,
@@ -483,6 +482,13 @@ def _latencies(messages: list[Points], n_points: int, polled_at: float,
         return np.full(n_points, waited)
     lat = acked_at - np.concatenate(times) / 1000.0
     return np.where(np.isnan(lat), waited, lat)
+
+
+def _event_time(rec: Record) -> int | None:
+    """The input record's timestamp for the messages it causes; None (the send time) when it
+    has none (Kafka gives -1 for messages written without one)."""
+    ts = rec.timestamp_ms
+    return ts if ts is not None and ts >= 0 else None
 
 
 def _partial_dead_letter(rec: Record, points: Points) -> _Dead:
