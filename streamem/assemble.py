@@ -105,9 +105,10 @@ def source(cfg: Config, kind: str, events: ClientEvents,
            stop: threading.Event) -> Source | None:
     """``stdin`` lines, or the Kafka input retried until it connects (None if stopped first)."""
     if kind == "stdin":
+        from streamem.formats import input_format
         from streamem.io.stdio import StdinSource
 
-        binary = cfg.input.format != "json"
+        binary = input_format(cfg.input.format).binary
         limit = cfg.input.max_bytes  # a binary line is base64: 4 characters per 3 bytes
         return StdinSource(binary=binary, batch_size=cfg.kafka.max_poll_records,
                            max_line_bytes=-(-limit // 3) * 4 if binary else limit)

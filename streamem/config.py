@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from streamem.errors import ConfigError
+from streamem.formats import INPUT_FORMATS, OUTPUT_FORMATS
 from streamem.model.validation import PARAMETER_CONSTRAINTS, Options
 
 Check = Callable[[Any], Any]  #: raw value -> validated value; raises _Invalid(expected)
@@ -342,9 +343,9 @@ class KafkaConfig:
 
 @dataclass(frozen=True)
 class InputConfig:
-    """How input messages are encoded (see :mod:`streamem.codec`)."""
+    """How input messages are encoded (see :mod:`streamem.formats`)."""
 
-    format: str = _opt("json", _choice("json", "f32", "f64", "block"))
+    format: str = _opt("json", _choice(*INPUT_FORMATS))
     n_features: int | None = _opt(None, _optional(_integer(1)))
     max_bytes: int = _opt(4 << 20, _integer(1))
     max_points: int = _opt(10_000, _integer(1))
@@ -354,9 +355,9 @@ class InputConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    """How output messages are encoded (see :mod:`streamem.codec`) and what they carry."""
+    """How output messages are encoded (see :mod:`streamem.formats`) and what they carry."""
 
-    format: str = _opt("json", _choice("json", "block"))
+    format: str = _opt("json", _choice(*OUTPUT_FORMATS))
     top_k: int = _opt(0, _integer(0))
 
 

@@ -42,7 +42,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
 
 import streamem
-from streamem.codec import REASONS, RUNTIME_REASONS
+from streamem.formats import REASONS, RUNTIME_REASONS
 
 if TYPE_CHECKING:
     from streamem.model import OnlineGMM

@@ -39,8 +39,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from streamem import codec
+from streamem import formats
 from streamem.errors import CheckpointError, ConfigError, DecodeError, TransportError
+from streamem.formats import headers as out_headers
+from streamem.formats.points import Limits, Points
 from streamem.io.base import (
     VALUE_DROPPED_HEADER,
     Backoff,
@@ -78,7 +80,7 @@ class _Batch:
 
     records: list[Record]
     answered: list[Record] = field(default_factory=list)
-    points: list[codec.Points] = field(default_factory=list)
+    points: list[Points] = field(default_factory=list)
     dead: list[_Dead] = field(default_factory=list)
 
     def stacked(self) -> np.ndarray:
@@ -155,7 +157,7 @@ class Runtime:
         self.offsets: dict[TP, int] = dict(resume.offsets) if resume else {}
         self.n_features = cfg.input.n_features or (resume.n_features if resume else None)
         i = cfg.input
-        self.limits = codec.Limits(i.max_bytes, i.max_points, i.max_features, i.max_abs_value)
+        self.limits = Limits(i.max_bytes, i.max_points, i.max_features, i.max_abs_value)
         self._dirty = False  # offsets committed since the last checkpoint
         self._last_checkpoint = self._last_publish = time.monotonic()
 
@@ -215,13 +217,13 @@ class Runtime:
         values = [r.value for r in records]
         fmt = self.cfg.input.format
         try:
-            decoded = codec.decode_all(values, fmt, self.n_features, self.limits)
+            decoded = formats.decode_all(values, fmt, self.n_features, self.limits)
         except Exception:  # a bug, not a bad message: decode each message alone
             self.log.exception("decode_failed", extra={"messages": len(values)})
             decoded, n_features = [], self.n_features
             for value in values:
                 one = self._decode_one(value, fmt, n_features)
-                n_features = n_features or (one.X.shape[1] if isinstance(one, codec.Points)
+                n_features = n_features or (one.X.shape[1] if isinstance(one, Points)
                                             else None)
                 decoded.append(one)
         for rec, points in zip(records, decoded, strict=True):
@@ -240,9 +242,9 @@ class Runtime:
         return batch
 
     def _decode_one(self, value: bytes | None, fmt: str,
-                    n_features: int | None) -> codec.Points | DecodeError:
+                    n_features: int | None) -> Points | DecodeError:
         try:
-            return codec.decode(value, fmt, n_features, self.limits)
+            return formats.decode(value, fmt, n_features, self.limits)
         except DecodeError as exc:
             return exc
         except Exception as exc:
@@ -285,13 +287,17 @@ class Runtime:
                 self._bisect(X, starts, a, b, exc, parts, refused)
 
     def _encode(self, batch: _Batch, result: BatchResult | None) -> list[bytes | None]:
-        """The output message of each answered message; None where encoding failed (a bug)."""
+        """The output message of each answered message; None where encoding failed (a bug).
+
+        Stamped with ``result.model_version``, the version that answered (for a bisected batch,
+        the version that answered its first part).
+        """
         if not batch.points or result is None:
             return []
-        fmt, top_k, version = self.cfg.output.format, self.cfg.output.top_k, self.model.version_
+        fmt, top_k, version = self.cfg.output.format, self.cfg.output.top_k, result.model_version
         sources = [(r.topic, r.partition, r.offset) for r in batch.answered]
         try:
-            return list(codec.encode_results(batch.points, result, fmt=fmt, top_k=top_k,
+            return list(formats.encode_results(batch.points, result, fmt=fmt, top_k=top_k,
                                              model_version=version, sources=sources))
         except Exception:
             self.log.exception("encode_failed", extra={"messages": len(batch.points)})
@@ -300,7 +306,7 @@ class Runtime:
         for i, (points, source) in enumerate(zip(batch.points, sources, strict=True)):
             try:
                 rows = _rows(result, starts[i], starts[i + 1])
-                out.extend(codec.encode_results([points], rows, fmt=fmt, top_k=top_k,
+                out.extend(formats.encode_results([points], rows, fmt=fmt, top_k=top_k,
                                                 model_version=version, sources=[source]))
             except Exception:
                 self.log.exception("message_encode_failed", extra={"offset": source[2]})
@@ -309,8 +315,8 @@ class Runtime:
 
     def _publish(self, batch: _Batch, result: BatchResult | None) -> None:
         k = self.cfg.kafka
-        fmt = self.cfg.output.format
-        headers = codec.result_headers(int(self.model.version_))
+        anomalous_only = formats.output_format(self.cfg.output.format).anomalous_only
+        own = out_headers.result_headers(result.model_version) if result is not None else []
         values = self._encode(batch, result)
         anomalous = _anomalous_messages(batch.points, result) if k.anomaly_topic else ()
         send = self.sink.send
@@ -319,11 +325,12 @@ class Runtime:
             if value is None:
                 batch.dead.append(_Dead(rec, "internal_error", "encoding the answer failed"))
                 continue
+            headers, stamp = out_headers.merged(rec.headers, own), _event_time(rec)
             try:
-                send(k.output_topic, rec.key, value, headers)
+                send(k.output_topic, rec.key, value, headers, stamp)
                 if i in anomalous:
                     send(k.anomaly_topic, rec.key,  # type: ignore[arg-type]
-                         _anomalous_only(value, points.multi, fmt), headers)
+                         anomalous_only(value, points.multi), headers, stamp)
             except RecordTooLarge as exc:
                 batch.dead.append(_Dead(rec, "too_large", str(exc)))
                 continue
@@ -334,13 +341,15 @@ class Runtime:
 
     def _send_dead_letter(self, dead: _Dead) -> None:
         rec = dead.record
-        headers = codec.dead_letter_headers(dead.reason, dead.detail, rec.topic, rec.partition,
-                                            rec.offset, dead.bad_points)
+        headers = out_headers.dead_letter_headers(dead.reason, dead.detail, rec.topic,
+                                                  rec.partition, rec.offset, dead.bad_points,
+                                                  rec.headers)
+        stamp = _event_time(rec)
         try:
-            self.sink.send(self.cfg.kafka.dead_letter_topic, rec.key, rec.value, headers)
+            self.sink.send(self.cfg.kafka.dead_letter_topic, rec.key, rec.value, headers, stamp)
         except RecordTooLarge:  # keep key and headers, say how large the value was
             dropped = (*headers, (VALUE_DROPPED_HEADER, str(len(rec.value)).encode()))
-            self.sink.send(self.cfg.kafka.dead_letter_topic, rec.key, b"", dropped)
+            self.sink.send(self.cfg.kafka.dead_letter_topic, rec.key, b"", dropped, stamp)
             self.metrics.dead_letter_value_dropped()
 
     def _report(self, batch: _Batch, result: Any, polled_at: float, acked_at: float,
@@ -463,7 +472,7 @@ class Runtime:
         return saved
 
 
-def _latencies(messages: list[codec.Points], n_points: int, polled_at: float,
+def _latencies(messages: list[Points], n_points: int, polled_at: float,
                acked_at: float) -> np.ndarray:
     """(n_points,) seconds from each point's event time (or the poll, without one) to its ack."""
     waited = acked_at - polled_at
@@ -475,7 +484,14 @@ def _latencies(messages: list[codec.Points], n_points: int, polled_at: float,
     return np.where(np.isnan(lat), waited, lat)
 
 
-def _partial_dead_letter(rec: Record, points: codec.Points) -> _Dead:
+def _event_time(rec: Record) -> int | None:
+    """The input record's timestamp for the messages it causes; None (the send time) when it
+    has none (Kafka gives -1 for messages written without one)."""
+    ts = rec.timestamp_ms
+    return ts if ts is not None and ts >= 0 else None
+
+
+def _partial_dead_letter(rec: Record, points: Points) -> _Dead:
     """The dead letter of a message whose good points were answered: its refused points."""
     bad = points.rejected
     listed = "; ".join(f"point {pos}: {reason}: {detail}" for pos, reason, detail in bad[:10])
@@ -501,21 +517,12 @@ def _joined(parts: list[BatchResult]) -> BatchResult:
     return BatchResult(**arrays, model_version=parts[0].model_version)
 
 
-def _anomalous_messages(messages: list[codec.Points], result: Any) -> set[int]:
+def _anomalous_messages(messages: list[Points], result: Any) -> set[int]:
     """Positions of the messages with at least one anomalous point."""
     if result is None or not np.any(result.anomaly):
         return set()
     starts = np.cumsum([0] + [len(p) for p in messages[:-1]])
     return set(np.flatnonzero(np.add.reduceat(result.anomaly.astype(np.int64), starts)).tolist())
-
-
-def _anomalous_only(value: bytes, multi: bool, fmt: str) -> bytes:
-    """An output message cut down to its anomalous records (the whole of a single one)."""
-    if fmt == "block":
-        return codec.anomalous_rows_block(value)
-    if not multi:
-        return value
-    return json.dumps([r for r in json.loads(value) if r["anomaly"]]).encode()
 
 
 def _offsets_text(offsets: dict[TP, int]) -> str:

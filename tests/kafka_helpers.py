@@ -77,8 +77,10 @@ def produce(
     keys: Sequence[bytes | None] | None = None,
     headers: Sequence[Headers] | None = None,
     partition: int | None = None,
+    timestamps: Sequence[int] | None = None,
 ) -> None:
-    """Send `values` (with the i-th key and header list) and raise unless every send was acked."""
+    """Send `values` (with the i-th key, header list and timestamp) and raise unless every send
+    was acked."""
     producer = KafkaProducer(bootstrap_servers=bootstrap)
     try:
         futures = [
@@ -88,6 +90,7 @@ def produce(
                 key=None if keys is None else keys[i],
                 headers=None if headers is None else list(headers[i]),
                 partition=partition,
+                timestamp_ms=None if timestamps is None else timestamps[i],
             )
             for i, value in enumerate(values)
         ]

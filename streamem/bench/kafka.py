@@ -30,7 +30,6 @@ temporary data dir) and stops it at the end.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import shutil
 import sys
@@ -48,10 +47,11 @@ import numpy as np
 from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry
 
-from streamem import assemble, codec
+from streamem import assemble
 from streamem.clients import kafka_python
 from streamem.config import Config, load_config
-from streamem.io import crc32c, kafka_admin
+from streamem.formats import OUTPUT_FORMATS, input_format
+from streamem.io import kafka_admin
 from streamem.io.base import Headers, Record
 from streamem.io.kafka import KafkaSink, KafkaSource
 from streamem.metrics import BatchReport, Metrics
@@ -72,7 +72,7 @@ class Row:
 
     @property
     def input_format(self) -> str:
-        return "json" if self.points_per_message == 1 else "block"
+        return _input_format(self.points_per_message)
 
     @property
     def name(self) -> str:
@@ -290,17 +290,20 @@ def _measure_latency(make: Any, side: Side, bootstrap: str, topic: str, row: Row
 # --- producing ------------------------------------------------------------------------------
 
 
+def _input_format(ppm: int) -> str:
+    """The input format of messages of ``ppm`` points: JSON for one, blocks for more."""
+    return "json" if ppm == 1 else "block"
+
+
 def _values(n_points: int, ppm: int, d: int, k: int, seed: int) -> Iterator[bytes]:
     X, _ = Mixture.random(k, d, random_state=0).sample(n_points, random_state=seed)
+    codec = input_format(_input_format(ppm))
     for s in range(0, n_points, ppm):
-        if ppm == 1:
-            yield json.dumps({"id": s, "x": X[s].tolist()}).encode()
-        else:
-            yield codec.encode_block(X[s:s + ppm], ids=range(s, s + len(X[s:s + ppm])))
+        chunk = X[s:s + ppm]
+        yield codec.encode(chunk, range(s, s + len(chunk)), None, ppm > 1)
 
 
 def _produce(bootstrap: str, topic: str, n_points: int, ppm: int, d: int, k: int) -> int:
-    crc32c.install()
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=1 << 20)
     n = 0
     for value in _values(n_points, ppm, d, k, seed=1):
@@ -314,7 +317,6 @@ def _produce(bootstrap: str, topic: str, n_points: int, ppm: int, d: int, k: int
 def _produce_steadily(bootstrap: str, topic: str, ppm: int, n_messages: int,
                       messages_per_s: float, d: int, k: int) -> None:
     """Send ``n_messages`` at ``messages_per_s`` (in a child process: no GIL shared)."""
-    crc32c.install()
     values = list(_values(n_messages * ppm, ppm, d, k, seed=2))
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
     start = time.perf_counter()
@@ -373,7 +375,8 @@ def run(bootstrap: str, *, n_points: int, points_per_message: int = 1, output_fo
     (each ``points``, ``seconds``, ``points_per_s``, ``batch_latency_p50_s``/``_p99_s``,
     ``e2e_latency_p50_s``/``_p99_s``) and ``ratio`` (daemon / pass-through points/s).
     """
-    formats = output_formats or (("json",) if points_per_message == 1 else ("block", "json"))
+    formats = output_formats or (("json",) if points_per_message == 1 else
+                                 tuple(sorted(OUTPUT_FORMATS)))
     rows = [Row(points_per_message, f) for f in formats]
     topics = _Topics(bootstrap)
     try:
@@ -412,7 +415,7 @@ def run(bootstrap: str, *, n_points: int, points_per_message: int = 1, output_fo
 
 
 def _settings_text(cfg: Config) -> str:
-    from kafka.record import default_records
+    from kafka.record import util
 
     if cfg.kafka.client == "confluent-kafka":
         return _rdkafka_settings_text(cfg)
@@ -429,7 +432,7 @@ def _settings_text(cfg: Config) -> str:
         "enable_idempotence": producer["enable_idempotence"],
         "max_in_flight_requests_per_connection":
             producer.get("max_in_flight_requests_per_connection", 5),
-        "crc32c": default_records.calc_crc32c.__module__,
+        "crc32c": "C (crc32c package)" if util.crc32c_c is not None else "pure Python",
     }
     return " ".join(f"{key}={value}" for key, value in shown.items())
 

@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="one progress line per second even on a terminal")
     parser.add_argument("--rate", type=float, default=0.0, metavar="PTS_PER_S",
                         help="pace the stream (default 0: as fast as the loop goes)")
-    parser.add_argument("--format", choices=("json", "block"), default="json",
+    parser.add_argument("--format", choices=_multi_point_formats(), default="json",
                         help="message format (default: json)")
     parser.add_argument("--points-per-message", type=positive_int, default=200, metavar="M",
                         help="points per message (default: 200)")
@@ -290,3 +290,10 @@ def _enough_points(text: str) -> int:
             f"must be at least {MIN_POINTS} (the model warms up on the first 1000 points and the "
             f"stream drifts half-way), got {text}")
     return value
+
+
+def _multi_point_formats() -> list[str]:
+    """The input formats whose messages hold several points (the demo sends batches)."""
+    from streamem.formats import INPUT_FORMATS, input_format
+
+    return [name for name in INPUT_FORMATS if input_format(name).max_points_per_message is None]

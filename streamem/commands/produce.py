@@ -22,7 +22,6 @@ exit codes: 0 done (or stopped by a signal), 1 Kafka failed, 2 bad usage or conf
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import threading
 import time
@@ -31,13 +30,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from streamem.commands.arguments import positive_float, positive_int
+from streamem.formats import INPUT_FORMATS, input_format
 
 if TYPE_CHECKING:
     import numpy as np
 
     from streamem.synthetic import Mixture
 
-FORMATS = ("json", "block", "f32", "f64")
 BOOTSTRAP_TIMEOUT_MS = 10_000
 MAX_CHUNK_POINTS = 1000  #: points drawn and paced at a time
 
@@ -63,8 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drift-every", type=positive_float, default=None, metavar="SECONDS",
                         help="switch to a new random mixture every SECONDS (default: never)")
     parser.add_argument("--points-per-message", type=positive_int, default=1, metavar="M",
-                        help="points per message, json and block only (default: 1)")
-    parser.add_argument("--format", choices=FORMATS, default="json",
+                        help="points per message, not for f32/f64 (default: 1)")
+    parser.add_argument("--format", choices=tuple(INPUT_FORMATS), default="json",
                         help="message format, as the daemon's input.format (default: json)")
     parser.add_argument("--seed", type=int, default=None, metavar="N",
                         help="random seed (default: drawn, and printed in the summary)")
@@ -155,33 +154,20 @@ def encode_messages(X: np.ndarray, ids: np.ndarray, fmt: str, per_message: int,
     Parameters
     ----------
     X : (n, d) points; ids : (n,) non-negative integer ids.
-    fmt : ``json`` (one object, or ``{"points": [...]}`` for several per message), ``block``
-        (always multi-point), ``f32`` / ``f64`` (one raw vector; ``per_message`` must be 1).
-    ts_ms : event time put on JSON points.
+    fmt : an input format (:data:`streamem.formats.INPUT_FORMATS`); with ``per_message`` > 1
+        each message is a batch, which a one-point format (``f32``, ``f64``) refuses.
+    ts_ms : event time put on the points, where the format carries one.
 
     Yields
     ------
     (first id of the message, message bytes)
     """
-    from streamem.codec import encode_block
-
-    if fmt in ("f32", "f64"):
-        if per_message != 1:
-            raise ValueError(f"format {fmt} carries one point per message, not {per_message}")
-        dtype = "<f4" if fmt == "f32" else "<f8"
-        for i, row in zip(ids.tolist(), X.astype(dtype), strict=True):
-            yield i, row.tobytes()
-        return
+    codec = input_format(fmt)
+    if codec.max_points_per_message == 1 and per_message != 1:
+        raise ValueError(f"format {fmt} carries one point per message, not {per_message}")
     for start in range(0, len(X), per_message):
         chunk, chunk_ids = X[start:start + per_message], ids[start:start + per_message]
-        first = int(chunk_ids[0])
-        if fmt == "block":
-            yield first, encode_block(chunk, ids=chunk_ids.tolist())
-            continue
-        points = [{"id": i, "x": x} if ts_ms is None else {"id": i, "x": x, "ts": ts_ms}
-                  for i, x in zip(chunk_ids.tolist(), chunk.tolist(), strict=True)]
-        doc: Any = points[0] if per_message == 1 else {"points": points}
-        yield first, json.dumps(doc, separators=(",", ":")).encode()
+        yield int(chunk_ids[0]), codec.encode(chunk, chunk_ids.tolist(), ts_ms, per_message > 1)
 
 
 def produce(settings: ProduceSettings, send: Callable[[bytes | None, bytes, int], None],
@@ -286,9 +272,9 @@ def main(args: argparse.Namespace) -> int:
     from streamem.errors import ConfigError
     from streamem.runtime import stop_on_signals
 
-    if args.format in ("f32", "f64") and args.points_per_message != 1:
+    if input_format(args.format).max_points_per_message == 1 and args.points_per_message != 1:
         print(f"streamem produce: --format {args.format} carries one point per message; "
-              "use --format block or json for --points-per-message > 1", file=sys.stderr)
+              "use another format for --points-per-message > 1", file=sys.stderr)
         return 2
     overrides = [f"kafka.bootstrap_servers={args.bootstrap_servers}"] \
         if args.bootstrap_servers else []

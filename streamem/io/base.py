@@ -173,8 +173,13 @@ class Source(Protocol):
 class Sink(Protocol):
     """Where results go."""
 
-    def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = ()) -> None:
-        """Queue one message; failures surface at the next :meth:`flush`."""
+    def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = (),
+             timestamp_ms: int | None = None) -> None:
+        """Queue one message; failures surface at the next :meth:`flush`.
+
+        ``timestamp_ms``: the record's timestamp (epoch ms); the runtime passes the input
+        record's, so outputs carry event time. None lets the transport stamp the send time.
+        """
         ...
 
     def flush(self, timeout_s: float) -> None:

@@ -42,7 +42,6 @@ from kafka.errors import (
 )
 
 from streamem.errors import TransportError
-from streamem.io import crc32c
 from streamem.io.base import (
     NO_EVENTS,
     VALUE_DROPPED_HEADER,
@@ -151,7 +150,6 @@ class KafkaSource:
         """Connect once with the KafkaConsumer keyword arguments ``settings``; raises
         kafka-python's KafkaTimeoutError if no broker answers. Re-joins use a fresh consumer
         built from the same settings."""
-        crc32c.install()
         logging.getLogger("kafka.cluster").addFilter(_MISSING_TOPIC_FILTER)  # once: a set
 
         def build() -> KafkaConsumer:
@@ -368,7 +366,6 @@ class KafkaSink:
         ``max_request_size`` at least :data:`DEAD_LETTER_MAX_BYTES`); raises kafka-python's
         KafkaTimeoutError if no broker answers. Dead letters go through a second, non-idempotent
         producer with the same settings."""
-        crc32c.install()
         producer = KafkaProducer(**settings)
         try:
             dead = KafkaProducer(**{**settings, "enable_idempotence": False,
@@ -381,7 +378,8 @@ class KafkaSink:
         return cls(producer, max_message_bytes=max_message_bytes, dead_letter_producer=dead,
                    value_drop_topics=drop, events=events)
 
-    def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = ()) -> None:
+    def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = (),
+             timestamp_ms: int | None = None) -> None:
         droppable = topic in self._value_drop_topics
         size = len(value) + len(key or b"") + sum(len(n) + len(v) for n, v in headers)
         if not droppable and size > self._max_message_bytes:
@@ -389,7 +387,8 @@ class KafkaSink:
                                  f"{self._max_message_bytes} bytes")
         producer = self._dead_producer if droppable else self._producer
         try:
-            future = producer.send(topic, value=value, key=key, headers=list(headers))
+            future = producer.send(topic, value=value, key=key, headers=list(headers),
+                                   timestamp_ms=timestamp_ms)
         except MessageSizeTooLargeError as exc:
             if not droppable:
                 raise RecordTooLarge(str(exc)) from exc

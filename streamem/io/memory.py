@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
 
 from streamem.errors import TransportError
@@ -17,15 +17,17 @@ class MemorySource:
 
     Parameters
     ----------
-    values : iterable of bytes
-        Message values, read lazily; offsets count from 0.
+    values : iterable of bytes or Record
+        Message values (or whole records, for their key, headers and timestamp), read lazily;
+        offsets count from 0.
     topic : str
         The topic name the records carry.
     batch_size : int
         Most records per :meth:`poll`.
     """
 
-    def __init__(self, values: Iterable[bytes], topic: str = "memory", batch_size: int = 500):
+    def __init__(self, values: Iterable[bytes | Record], topic: str = "memory",
+                 batch_size: int = 500):
         self._values = iter(values)
         self._topic = topic
         self._batch_size = batch_size
@@ -38,7 +40,9 @@ class MemorySource:
     def poll(self, timeout_s: float) -> list[Record]:
         batch, self._replay = self._replay[: self._batch_size], self._replay[self._batch_size:]
         for value in islice(self._values, self._batch_size - len(batch)):
-            batch.append(Record(self._topic, 0, self._next, None, value))
+            batch.append(replace(value, topic=self._topic, partition=0, offset=self._next)
+                         if isinstance(value, Record) else
+                         Record(self._topic, 0, self._next, None, value))
             self._next += 1
         self._ended = not batch
         self._uncommitted.extend(batch)
@@ -69,22 +73,26 @@ class MemorySource:
 
 @dataclass
 class MemorySink:
-    """Keeps flushed messages in :attr:`sent`; ``fail_flushes`` makes the next N flushes fail."""
+    """Keeps flushed messages in :attr:`sent` and their timestamps (epoch ms, None for "now")
+    in :attr:`timestamps`, one per message; ``fail_flushes`` makes the next N flushes fail."""
 
     sent: list[Message] = field(default_factory=list)
-    pending: list[Message] = field(default_factory=list)
+    timestamps: list[int | None] = field(default_factory=list)
+    pending: list[tuple[Message, int | None]] = field(default_factory=list)
     fail_flushes: int = 0
     closed: bool = False
 
-    def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = ()) -> None:
-        self.pending.append((topic, key, value, tuple(headers)))
+    def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = (),
+             timestamp_ms: int | None = None) -> None:
+        self.pending.append(((topic, key, value, tuple(headers)), timestamp_ms))
 
     def flush(self, timeout_s: float) -> None:
         if self.fail_flushes > 0:
             self.fail_flushes -= 1
             self.pending.clear()
             raise TransportError("memory sink: injected delivery failure")
-        self.sent.extend(self.pending)
+        self.sent.extend(m for m, _ in self.pending)
+        self.timestamps.extend(t for _, t in self.pending)
         self.pending.clear()
 
     def on(self, topic: str) -> list[Message]:

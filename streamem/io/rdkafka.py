@@ -473,9 +473,11 @@ class RdKafkaSink:
         except KafkaException as exc:
             raise TransportError(f"no broker answered: {exc}") from exc
 
-    def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = ()) -> None:
+    def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = (),
+             timestamp_ms: int | None = None) -> None:
+        stamp = timestamp_ms or 0  # librdkafka: 0 stamps the send time
         if topic in self._value_drop_topics:
-            self._send_dead_letter(topic, key, value, headers)
+            self._send_dead_letter(topic, key, value, headers, stamp)
             return
         size = len(value) + (len(key) if key else 0)
         if headers:
@@ -487,11 +489,13 @@ class RdKafkaSink:
         try:
             if headers:
                 self._producer.produce(topic, value, key, headers=list(headers),
-                                       on_delivery=batch.report)
+                                       on_delivery=batch.report, timestamp=stamp)
             else:
-                self._producer.produce(topic, value, key, on_delivery=batch.report)
+                self._producer.produce(topic, value, key, on_delivery=batch.report,
+                                       timestamp=stamp)
         except BufferError:
-            self._produce_when_room(self._producer, topic, key, value, headers, batch.report)
+            self._produce_when_room(self._producer, topic, key, value, headers, batch.report,
+                                    stamp)
             return
         except KafkaException as exc:
             err = exc.args[0]
@@ -503,10 +507,10 @@ class RdKafkaSink:
         batch.sent += 1
 
     def _send_dead_letter(self, topic: str, key: bytes | None, value: bytes,
-                          headers: Headers) -> None:
+                          headers: Headers, timestamp_ms: int = 0) -> None:
         report = self._batch.droppable_report(topic, key, len(value), headers)
         try:
-            self._produce_when_room(self._dead, topic, key, value, headers, report)
+            self._produce_when_room(self._dead, topic, key, value, headers, report, timestamp_ms)
         except KafkaException as exc:
             err = exc.args[0]
             if isinstance(err, KafkaError) and err.code() in _SIZE:
@@ -516,12 +520,14 @@ class RdKafkaSink:
 
     def _produce_when_room(self, producer: Producer, topic: str, key: bytes | None,
                            value: bytes, headers: Headers,
-                           report: Callable[[KafkaError | None, Message], None]) -> None:
+                           report: Callable[[KafkaError | None, Message], None],
+                           timestamp_ms: int = 0) -> None:
         """Queue one message; a full queue serves delivery reports until there is room."""
         deadline = time.monotonic() + self._enqueue_timeout_s
         while True:
             try:
-                producer.produce(topic, value, key, headers=list(headers), on_delivery=report)
+                producer.produce(topic, value, key, headers=list(headers), on_delivery=report,
+                                 timestamp=timestamp_ms)
             except BufferError:
                 if time.monotonic() > deadline:
                     self._batch.errors.append(f"the local queue stayed full for "

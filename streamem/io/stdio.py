@@ -125,7 +125,7 @@ class StdinSource:
         try:
             return base64.b64decode(line, validate=True)
         except binascii.Error:
-            return line  # the codec rejects it and it goes to the dead letters
+            return line  # decoding rejects it and it goes to the dead letters
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         pass
@@ -160,7 +160,9 @@ class StdoutSink:
         self._out = out or sys.stdout.buffer
         self._err = err or sys.stderr.buffer
 
-    def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = ()) -> None:
+    def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = (),
+             timestamp_ms: int | None = None) -> None:
+        """Write one message; lines carry no timestamp, so ``timestamp_ms`` is not written."""
         try:
             if topic == self._output_topic:
                 self._out.write(value + b"\n")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from kafka_helpers import consume_all, free_port
 
-from streamem import cli, codec
+from streamem import cli, formats
 from streamem.commands.produce import (
     KafkaSender,
     ProduceSettings,
@@ -40,7 +40,7 @@ def test_json_points_one_per_message_keyed_by_id(kafka_bootstrap, topic_factory,
     assert len(records) == 300
     assert [r.key for r in records] == [str(i).encode() for i in range(300)]
     for i, rec in enumerate(records):
-        points = codec.decode(rec.value, "json", 3)
+        points = formats.decode(rec.value, "json", 3)
         assert points.ids == [i] and not points.multi
         assert points.ts_ms is not None and points.ts_ms[0] == rec.timestamp
         assert before_ms - 1000 <= rec.timestamp <= time.time() * 1000 + 1000
@@ -55,7 +55,7 @@ def test_block_messages_carry_several_points(kafka_bootstrap, topic_factory, cap
     assert [r.key for r in records] == [str(i).encode() for i in range(0, 1000, 100)]
     ids = []
     for rec in records:
-        points = codec.decode(rec.value, "block", 2)
+        points = formats.decode(rec.value, "block", 2)
         assert points.multi and points.X.shape == (100, 2)
         ids += points.ids
     assert ids == list(range(1000))
@@ -68,7 +68,7 @@ def test_raw_vectors_without_keys(kafka_bootstrap, topic_factory, capsys, fmt: s
                 "--features", "6", "--key-by", "none")
     records = consume_all(kafka_bootstrap, topic, 50)
     assert len(records) == 50 and all(r.key is None for r in records)
-    X = np.concatenate([codec.decode(r.value, fmt, 6).X for r in records])
+    X = np.concatenate([formats.decode(r.value, fmt, 6).X for r in records])
     assert X.shape == (50, 6) and np.isfinite(X).all() and X.std() > 0
 
 
@@ -88,7 +88,7 @@ def test_drift_switches_to_a_new_mixture_and_the_rate_is_honoured(kafka_bootstra
     # Not grossly faster than asked: 2.6 s at 2000 points/s.
     assert report.points <= 2000 * 2.6 + 200
     records = consume_all(kafka_bootstrap, topic, report.messages)
-    X = np.concatenate([codec.decode(r.value, "json", 4).X for r in records])
+    X = np.concatenate([formats.decode(r.value, "json", 4).X for r in records])
     assert len(X) == report.points
     span_s = (records[-1].timestamp - records[0].timestamp) / 1000
     assert span_s >= 0.8 * report.points / 2000
@@ -174,6 +174,6 @@ def test_encode_messages_shapes() -> None:
     assert single[0][1] == b'{"id":10,"x":[0.0,1.0],"ts":5}'
     multi = list(encode_messages(X, ids, "json", 4))
     assert [first for first, _ in multi] == [10, 14]
-    assert codec.decode(multi[1][1], "json", 2).ids == [14, 15]
+    assert formats.decode(multi[1][1], "json", 2).ids == [14, 15]
     with pytest.raises(ValueError, match="one point per message"):
         list(encode_messages(X, ids, "f64", 2))

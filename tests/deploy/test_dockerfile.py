@@ -23,8 +23,15 @@ from .files import (
 )
 
 
-def test_base_image_is_python_311_slim() -> None:
-    assert last("FROM").text == "python:3.11-slim"
+def test_base_image_is_a_slim_python_the_package_supports() -> None:
+    image = last("FROM").text
+    version = re.fullmatch(r"python:(\d+)\.(\d+)-slim", image)
+    assert version, f"FROM {image}: expected an official python:X.Y-slim image"
+    requires = pyproject()["project"]["requires-python"]
+    minimum = re.fullmatch(r">=\s*(\d+)\.(\d+)", requires)
+    assert minimum, f"requires-python {requires!r}: expected >=X.Y"
+    assert tuple(map(int, version.groups())) >= tuple(map(int, minimum.groups())), (
+        f"FROM {image} is older than pyproject's requires-python {requires}")
 
 
 def test_package_is_pip_installed_from_the_copied_pyproject() -> None:

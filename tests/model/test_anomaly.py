@@ -7,7 +7,7 @@ import pytest
 from scipy.stats import chi2
 
 from streamem import OnlineGMM
-from streamem.model.anomaly import anomaly_threshold
+from streamem.model.anomaly import _newton, anomaly_threshold
 from streamem.model.covariance import LOG_2PI
 from streamem.synthetic import Mixture, Stream
 
@@ -97,6 +97,11 @@ def test_newton_from_a_nearby_threshold_finds_the_bracketed_root() -> None:
         weights = rng.dirichlet(np.full(k, rng.uniform(0.1, 3.0)))
         log_det, rate = rng.normal(0.0, 3.0, k), 10 ** rng.uniform(-5, -1)
         bracketed = anomaly_threshold(weights, log_det, d, rate)
-        for start in (bracketed + rng.normal(0.0, 2.0), bracketed - 50.0, bracketed + 50.0):
+        nearby = bracketed + rng.normal(0.0, 2.0)
+        for start in (nearby, bracketed - 50.0, bracketed + 50.0):
             assert anomaly_threshold(weights, log_det, d, rate, start=start) == pytest.approx(
                 bracketed, abs=2e-6)
+        # from a nearby start Newton itself settles there (not the bracketing fallback)
+        log_peak = np.log(weights) - 0.5 * d * LOG_2PI + log_det
+        found = _newton(nearby, float(log_peak.max()), log_peak, weights, d, np.log(rate))
+        assert found == pytest.approx(bracketed, abs=2e-6)

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import streamem
-from streamem.codec import REASONS
+from streamem.formats import REASONS
 from streamem.metrics import (
     DEAD_LETTER_REASONS,
     KAFKA_ERROR_KINDS,

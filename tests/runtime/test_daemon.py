@@ -25,7 +25,8 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka_helpers import committed_offsets, free_port, produce
 from sklearn.metrics import adjusted_rand_score
 
-from streamem import codec
+from streamem import formats
+from streamem.formats.block import decode_result_block, encode_block
 from streamem.io.checkpoint import FileCheckpointStore
 from streamem.model import OnlineGMM
 from streamem.synthetic import Mixture
@@ -35,7 +36,7 @@ MIX = Mixture.random(8, 8, random_state=7)
 
 def block_messages(X: np.ndarray, size: int) -> list[bytes]:
     """Block messages of ``size`` points whose ids are their row numbers in ``X``."""
-    return [codec.encode_block(X[s:s + size], ids=list(range(s, min(s + size, len(X)))))
+    return [encode_block(X[s:s + size], ids=list(range(s, min(s + size, len(X)))))
             for s in range(0, len(X), size)]
 
 
@@ -188,7 +189,7 @@ def test_kill_9_mid_stream_then_restart_answers_everything_and_resumes_the_model
 
 
 def points_of_message(value: bytes) -> np.ndarray:
-    return codec.decode(value, "block", None).X
+    return formats.decode(value, "block", None).X
 
 
 def values_from(bootstrap: str, topic: str, start: dict[int, int]) -> list[bytes]:
@@ -292,7 +293,11 @@ def test_block_output_answers_every_message_with_one_decodable_block(
     values += [json.dumps({"id": f"p{i}", "x": X[i].tolist()}).encode()  # not block input:
                for i in range(20_000, 20_010)]                           # dead letters
     values += block_messages(X[20_000:], 1_000)
-    produce(kafka_bootstrap, topics["input"], values, keys=[b"k%d" % i for i in range(len(values))])
+    stamps = [1_600_000_000_000 + 7 * i for i in range(len(values))]  # event times, not "now"
+    traces = [[("traceparent", b"00-%032x-01" % i), ("streamem.model_version", b"spoofed")]
+              for i in range(len(values))]
+    produce(kafka_bootstrap, topics["input"], values, keys=[b"k%d" % i for i in range(len(values))],
+            headers=traces, timestamps=stamps)
     settings = daemon_settings(kafka_bootstrap, tmp_path, topics, input__format="block",
                                output__format="block", output__top_k=3)
     daemon = start_daemon(tmp_path, "block-out", settings)
@@ -307,7 +312,7 @@ def test_block_output_answers_every_message_with_one_decodable_block(
         outputs.close()
         dead.close()
 
-    docs = [codec.decode_result_block(r.value) for r in answered]
+    docs = [decode_result_block(r.value) for r in answered]
     coords = Counter((d["partition"], d["offset"]) for d in docs)
     coords.update((int(dict(r.headers)["streamem.source.partition"]),
                    int(dict(r.headers)["streamem.source.offset"])) for r in dead_letters)
@@ -320,7 +325,20 @@ def test_block_output_answers_every_message_with_one_decodable_block(
         assert d["id"].tolist() == list(range(first, first + (500 if i < 40 else 1_000)))
         assert d["top_k_component"].shape == (len(d["id"]), 3)
         assert (d["top_k_component"][:, 0] == d["cluster"]).all()
-    assert all(dict(r.headers)["streamem.model_version"] for r in answered)
+    for r, d in zip(answered, docs, strict=True):  # input headers and event time travel
+        i = int(r.key[1:])
+        assert r.headers == [("traceparent", b"00-%032x-01" % i),
+                             ("streamem.model_version", str(d["model_version"]).encode())]
+        assert r.timestamp == stamps[i]
+    for r in dead_letters:
+        i = int(r.key[1:])
+        assert r.headers[0] == ("traceparent", b"00-%032x-01" % i)
+        assert dict(r.headers)["streamem.model_version"] == b"spoofed"  # not ours to replace
+        assert r.timestamp == stamps[i]
+    # Each answer carries the version that answered it: the update after the last batch made a
+    # version no answer can carry.
+    final = OnlineGMM.from_bytes(FileCheckpointStore(tmp_path / "checkpoint.npz").load().model)
+    assert max(d["model_version"] for d in docs) < final.version_
     late = range(50, 60)  # past the warm-up
     clusters = np.concatenate([by_key[i]["cluster"] for i in late])
     truth = np.concatenate([y[20_000 + 1_000 * (i - 50):][:1_000] for i in late])

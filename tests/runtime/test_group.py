@@ -10,7 +10,7 @@ import pytest
 from daemon_helpers import WAIT_S, daemon_settings, make_topics, points_of, start_daemon
 from kafka_helpers import committed_offsets, consume_all, produce
 
-from streamem import codec
+from streamem.formats.block import encode_block
 from streamem.synthetic import Mixture
 
 MIX = Mixture.random(8, 8, random_state=5)
@@ -20,7 +20,7 @@ PARTITIONS, WAVE_MESSAGES, POINTS_PER_MESSAGE = 4, 40, 250
 def wave(start: int, n_messages: int) -> tuple[list[bytes], list[bytes]]:
     """Block messages whose ids continue from ``start``; keys spread them over partitions."""
     X, _ = MIX.sample(n_messages * POINTS_PER_MESSAGE, random_state=start)
-    values = [codec.encode_block(X[i * POINTS_PER_MESSAGE:(i + 1) * POINTS_PER_MESSAGE],
+    values = [encode_block(X[i * POINTS_PER_MESSAGE:(i + 1) * POINTS_PER_MESSAGE],
                                  ids=range(start + i * POINTS_PER_MESSAGE,
                                            start + (i + 1) * POINTS_PER_MESSAGE))
               for i in range(n_messages)]

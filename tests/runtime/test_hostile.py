@@ -21,9 +21,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from streamem import codec
-from streamem.codec import REASONS, RUNTIME_REASONS, parse_ranges
+from streamem import formats
 from streamem.config import Config, load_config
+from streamem.formats import REASONS, RUNTIME_REASONS
+from streamem.formats.block import decode_result_block, encode_block
+from streamem.formats.headers import parse_ranges
+from streamem.formats.points import InputFormat
 from streamem.io.memory import MemorySink, MemorySource
 from streamem.metrics import Metrics
 from streamem.model import OnlineGMM
@@ -236,17 +239,17 @@ def test_a_first_message_of_100_000_features_cannot_fix_the_width():
 
 def test_block_messages_with_hostile_headers_and_points():
     X, _ = MIX.sample(400, random_state=4)
-    blocks = [codec.encode_block(X[i:i + 100], ids=range(i, i + 100), dtype="f64")
+    blocks = [encode_block(X[i:i + 100], ids=range(i, i + 100), dtype="f64")
               for i in range(0, 400, 100)]
     poisoned = X[:10].copy()
     poisoned[3, 0], poisoned[7, 2] = 1e200, np.nan
     huge = b"SEM1d\0\0\0" + (2**32 - 1).to_bytes(4, "little") * 2 + bytes(64)
     wide = b"SEM1d\0\0\0" + (1).to_bytes(4, "little") + (100_000).to_bytes(4, "little")
     values = [blocks[0], huge, wide + bytes(8 + 800_000), blocks[1],
-              codec.encode_block(poisoned, dtype="f64"), blocks[2], blocks[3]]
+              encode_block(poisoned, dtype="f64"), blocks[2], blocks[3]]
     cfg = make_config("input.format=block", "output.format=block", "input.max_bytes=1048576")
     runtime, sink, source = run(cfg, values, batch_size=3)
-    outputs = [codec.decode_result_block(v) for _, _, v, _ in sink.on(cfg.kafka.output_topic)]
+    outputs = [decode_result_block(v) for _, _, v, _ in sink.on(cfg.kafka.output_topic)]
     assert [(o["offset"], o["index"].tolist()) for o in outputs] == \
         [(0, list(range(100))), (3, list(range(100))),
          (4, [0, 1, 2, 4, 5, 6, 8, 9]), (5, list(range(100))), (6, list(range(100)))]
@@ -292,12 +295,12 @@ def test_a_bug_in_decoding_or_encoding_one_message_spares_its_neighbours():
               .encode() for s in range(0, 400, 20)]
     values[3] = json.dumps({"points": [{"id": "BOOM", "x": [1, 2, 3]}]}).encode()
     values[11] = json.dumps({"points": [{"id": "BOOM-OUT", "x": [1, 2, 3]}]}).encode()
-    real_decode, real_encode = codec.decode, codec.encode_results
+    real_decode, real_encode = InputFormat.decode, formats.encode_results
 
-    def decode(value, *args, **kwargs):
+    def decode(self, value, *args, **kwargs):
         if value is not None and b'"BOOM"' in value:
             raise RuntimeError("a bug")
-        return real_decode(value, *args, **kwargs)
+        return real_decode(self, value, *args, **kwargs)
 
     def encode_results(messages, *args, **kwargs):
         if any("BOOM-OUT" in p.ids for p in messages):
@@ -305,8 +308,8 @@ def test_a_bug_in_decoding_or_encoding_one_message_spares_its_neighbours():
         return real_encode(messages, *args, **kwargs)
 
     cfg = make_config()
-    with mock.patch.object(codec, "decode", decode), \
-            mock.patch.object(codec, "encode_results", encode_results):
+    with mock.patch.object(InputFormat, "decode", decode), \
+            mock.patch.object(formats, "encode_results", encode_results):
         runtime, sink, source = run(cfg, values, batch_size=4)
     expects = [Expect(good=list(range(20))) for _ in values]
     expects[3] = Expect(reason="internal_error")
@@ -327,9 +330,9 @@ HOSTILE_BLOCKS = {  # whole block messages: (value, reason)
     "short": (b"SEM1d", "bad_binary"),
     "empty": (b"", "empty"),
     "no_points": (_header(0, 3), "empty"),
-    "wrong_dim": (codec.encode_block(np.zeros((2, 4)), dtype="f64"), "wrong_dimension"),
-    "all_nan": (codec.encode_block(np.full((3, 3), np.nan), dtype="f64"), "non_finite"),
-    "all_huge": (codec.encode_block(np.full((2, 3), 1e200), dtype="f64"), "out_of_range"),
+    "wrong_dim": (encode_block(np.zeros((2, 4)), dtype="f64"), "wrong_dimension"),
+    "all_nan": (encode_block(np.full((3, 3), np.nan), dtype="f64"), "non_finite"),
+    "all_huge": (encode_block(np.full((2, 3), 1e200), dtype="f64"), "out_of_range"),
 }
 
 
@@ -351,7 +354,7 @@ def block_streams(draw) -> tuple[list[bytes], list[Expect]]:
                                    max_size=n))
         for i, v in bad.items():
             X[i, int(rng.integers(3))] = v
-        values.append(codec.encode_block(X, dtype="f64"))
+        values.append(encode_block(X, dtype="f64"))
         reasons = {i: "non_finite" if not np.isfinite(v) else "out_of_range"
                    for i, v in bad.items()}
         good = [i for i in range(n) if i not in bad]
@@ -363,13 +366,13 @@ def block_streams(draw) -> tuple[list[bytes], list[Expect]]:
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(stream=block_streams(), batch_size=st.integers(1, 6))
 def test_hostile_block_mixes_never_stop_the_loop_nor_poison_the_model(stream, batch_size):
-    head = codec.encode_block(MIX.sample(400, random_state=8)[0], dtype="f64")
+    head = encode_block(MIX.sample(400, random_state=8)[0], dtype="f64")
     values, expects = stream
     cfg = make_config("input.format=block", "output.format=block", "input.max_bytes=1048576")
     runtime, sink, source = run(cfg, [head, *values], batch_size)
     answered: dict[int, list[int]] = {}
     for _, _, value, _ in sink.on(cfg.kafka.output_topic):
-        doc = codec.decode_result_block(value)
+        doc = decode_result_block(value)
         assert np.isfinite(doc["log_likelihood"]).all() and np.isfinite(doc["probability"]).all()
         answered[doc["offset"]] = doc["index"].tolist()
     dead = {}

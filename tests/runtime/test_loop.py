@@ -10,9 +10,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 from sklearn.metrics import adjusted_rand_score
 
-from streamem import codec
 from streamem.config import Config, load_config
 from streamem.errors import CheckpointError, ConfigError
+from streamem.formats.block import decode_result_block, encode_block
 from streamem.io.checkpoint import FileCheckpointStore
 from streamem.io.memory import MemorySink, MemorySource
 from streamem.metrics import Metrics
@@ -158,7 +158,7 @@ def test_block_messages_and_a_stop_request_from_another_thread() -> None:
         while True:
             if i == 50:
                 stop.set()
-            yield codec.encode_block(X[i % 10 * 100:(i % 10 + 1) * 100])
+            yield encode_block(X[i % 10 * 100:(i % 10 + 1) * 100])
             i += 1
 
     source, sink = MemorySource(endless(), batch_size=5), MemorySink()
@@ -179,7 +179,7 @@ def test_block_output_answers_every_message_with_one_decodable_block() -> None:
     _, source, sink = run_loop(cfg, values, batch_size=500)
 
     out = sink.on(cfg.kafka.output_topic)
-    docs = [codec.decode_result_block(value) for _, _, value, _ in out]
+    docs = [decode_result_block(value) for _, _, value, _ in out]
     assert [d["offset"] for d in docs] == [o for o in range(len(values)) if o != 17]
     assert [len(d["cluster"]) for d in docs] == [1] * 5_000 + [100] * 10
     assert all(d["id"] is None for d in docs[:5_000])  # string ids are left out
@@ -189,7 +189,7 @@ def test_block_output_answers_every_message_with_one_decodable_block() -> None:
     assert adjusted_rand_score(y[3_000:], clusters[3_000:]) >= 0.95  # past the warm-up
     assert all(d["top_k_component"].shape[1] == 2 for d in docs)
     flagged = sum(int(d["anomaly"].sum()) for d in docs)
-    copied = [codec.decode_result_block(v) for _, _, v, _ in sink.on("anomalies")]
+    copied = [decode_result_block(v) for _, _, v, _ in sink.on("anomalies")]
     assert sum(len(d["cluster"]) for d in copied) == flagged
     assert all(d["anomaly"].all() for d in copied)
     assert source.commits[-1] == {("memory", 0): len(values)}

@@ -16,7 +16,7 @@ import pytest
 from daemon_helpers import Reader, daemon_settings, make_topics, points_of, start_daemon
 from kafka_helpers import produce
 
-from streamem.codec import parse_ranges
+from streamem.formats.headers import parse_ranges
 from streamem.io.checkpoint import FileCheckpointStore
 from streamem.model import OnlineGMM
 from streamem.synthetic import Mixture

@@ -1,4 +1,4 @@
-"""The codec: every input format, every DecodeError reason, output records and headers."""
+"""The formats: every input format, every DecodeError reason, output records and headers."""
 
 from __future__ import annotations
 
@@ -13,23 +13,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from streamem import codec
-from streamem.codec import (
-    REASONS,
-    Limits,
-    Points,
+from streamem.errors import DecodeError
+from streamem.formats import REASONS, decode, decode_all, encode_results, json_in
+from streamem.formats.block import (
     anomalous_rows_block,
-    dead_letter_headers,
-    decode,
-    decode_all,
     decode_result_block,
     encode_block,
-    encode_result,
     encode_result_block,
-    encode_results,
-    result_headers,
 )
-from streamem.errors import DecodeError
+from streamem.formats.headers import dead_letter_headers, result_headers
+from streamem.formats.json_out import encode_result
+from streamem.formats.points import Limits, Points, finite_log_likelihood
 
 RECORD_KEYS = {"id", "cluster", "probability", "log_likelihood", "anomaly", "warmup",
                "model_version", "topic", "partition", "offset", "index"}
@@ -596,9 +590,9 @@ BAD_OR_ODD = [b"", None, b"{oops", b"[1, 2, 3]", b'{"x": "nope"}', b'{"x": [1, t
 try:
     import orjson
 
-    PARSERS = [codec._parse_stdlib, orjson.loads]  # the ``fast`` extra, installed by CI
+    PARSERS = [json.loads, orjson.loads]  # the ``fast`` extra, installed by CI
 except ImportError:
-    PARSERS = [codec._parse_stdlib]
+    PARSERS = [json.loads]
 
 
 @settings(max_examples=60, deadline=None)
@@ -613,9 +607,15 @@ def test_decode_all_gives_exactly_what_decode_gives(picks):
             expected.append(outcome(decode(value, "json", 2)))
         except DecodeError as exc:
             expected.append(outcome(exc))
+    plain = [value for i, value in zip(picks, values, strict=True) if i >= len(BAD_OR_ODD)]
     for parse in PARSERS:
-        with mock.patch.object(codec, "_parse_fast", parse):
+        with mock.patch.object(json_in, "_parse_fast", parse):
             assert [outcome(item) for item in decode_all(values, "json", 2)] == expected
+            # and the batch path is taken: it alone decodes every plainly valid message
+            out: list = [None] * len(plain)
+            json_in._decode_many(plain, 2, Limits(), out)
+            assert [outcome(item) for item in out] == \
+                [outcome(decode(value, "json", 2)) for value in plain]
 
 
 def test_decode_all_without_n_features_is_fixed_by_the_first_valid_message():
@@ -678,7 +678,7 @@ def assert_block_matches(doc: dict, res, rows: slice, ids, top_k: int) -> None:
     assert doc["cluster"].dtype == np.int32 and doc["probability"].dtype == np.float32
     np.testing.assert_array_equal(doc["cluster"], res.labels[rows])
     np.testing.assert_array_equal(doc["probability"], res.probabilities[rows].astype(np.float32))
-    clamped = codec.finite_log_likelihood(res.log_likelihood[rows])
+    clamped = finite_log_likelihood(res.log_likelihood[rows])
     np.testing.assert_array_equal(doc["log_likelihood"], clamped.astype(np.float32))
     np.testing.assert_array_equal(doc["anomaly"], res.anomaly[rows])
     np.testing.assert_array_equal(doc["warmup"], res.warmup[rows])
@@ -763,3 +763,14 @@ def test_bad_result_blocks_are_refused(value):
     with pytest.raises(DecodeError) as err:
         decode_result_block(value)
     assert err.value.reason == "bad_binary"
+
+
+def test_a_message_of_only_bad_points_is_dead_lettered_with_its_first_points_reason():
+    # Found by the hostile-mix property test: a bad "ts" at point 0 and a short point 1 (the
+    # width is fixed at 3) reported the second point's wrong_dimension for the whole message.
+    value = (b'{"points": [{"x": [0.5, 4.0, 2.0], "ts": -1e307}, {"x": [-3.0, -5.9]}]}')
+    with pytest.raises(DecodeError) as err:
+        decode(value, "json", 3, Limits())
+    assert err.value.reason == "bad_schema" and "point 0" in err.value.detail
+    partly = decode(value.replace(b"-1e307", b"0"), "json", 3, Limits())
+    assert partly.rejected == [(1, "wrong_dimension", "point 1 has 2 features, expected 3")]

@@ -1,0 +1,127 @@
+"""The ``json`` output format: one record object per point (about 200 bytes each).
+
+A single-point message is answered by one record object, a multi-point one by an array of
+records in point order. Numbers are rounded to 6 decimals; log-likelihoods are clamped to
++-1e30 (an impossibly unlikely point reads -1e30, never -inf).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from streamem.formats.points import OutputFormat, Points, finite_log_likelihood, largest
+
+
+def encode_result(points: Points, result: Any, rows: slice, *, top_k: int, model_version: int,
+                  topic: str, partition: int, offset: int) -> bytes:
+    """One JSON output message for one input message: a record object, or an array of them.
+
+    ``rows`` selects the message's rows of ``result``; see :meth:`OutputFormat.encode_all`.
+    ``top_k`` pairs are written as ``[[component, r], ...]``, largest first.
+    """
+    cols = _JsonColumns.of(result, rows, top_k)
+    if len(cols.labels) != len(points):
+        raise ValueError(f"rows select {len(cols.labels)} results for {len(points)} points")
+    return cols.message(points, 0, int(model_version), json.dumps(topic), int(partition),
+                        int(offset))
+
+
+_RECORD = ('{"id":%s,"cluster":%d,"probability":%s,"log_likelihood":%s,"anomaly":%s,'
+           '"warmup":%s,"model_version":%d,"topic":%s,"partition":%d,"offset":%d,"index":%d')
+_BOOL = ("false", "true")
+
+
+@dataclass(frozen=True)
+class _JsonColumns:
+    """Result rows as Python lists, ready to format: (m,) each, top_k (m,) lists of pairs."""
+
+    labels: list[int]
+    probs: list[str]
+    loglik: list[str]
+    anomaly: list[str]
+    warmup: list[str]
+    top_k: list[str] | None
+
+    @classmethod
+    def of(cls, result: Any, rows: slice, top_k: int) -> _JsonColumns:
+        pairs = None
+        if top_k > 0:
+            pairs = [json.dumps(p, separators=(",", ":"))
+                     for p in _top_k(result.responsibilities[rows], top_k)]
+        return cls(result.labels[rows].tolist(), _json_numbers(result.probabilities[rows]),
+                   _json_numbers(finite_log_likelihood(result.log_likelihood[rows])),
+                   [_BOOL[a] for a in result.anomaly[rows].tolist()],
+                   [_BOOL[w] for w in result.warmup[rows].tolist()], pairs)
+
+    def message(self, points: Points, start: int, version: int, topic_json: str,
+                partition: int, offset: int) -> bytes:
+        """One message's JSON: its points are rows ``start:start+len(points)`` of the columns."""
+        if not points.multi:  # one point: no list to build and join
+            return self.record(start, points.ids[0], 0, version, topic_json, partition,
+                               offset).encode()
+        index = range(len(points.ids)) if points.index is None else points.index.tolist()
+        pairs = enumerate(zip(points.ids, index, strict=True))
+        return ("[" + ",".join([self.record(start + i, ident, at, version, topic_json,
+                                            partition, offset) for i, (ident, at) in pairs])
+                + "]").encode()
+
+    def record(self, r: int, ident: Any, index: int, version: int, topic_json: str,
+               partition: int, offset: int) -> str:
+        """The JSON object of row ``r``, the ``index``-th point of its message."""
+        text = _RECORD % (_json_id(ident), self.labels[r], self.probs[r], self.loglik[r],
+                          self.anomaly[r], self.warmup[r], version, topic_json, partition,
+                          offset, index)
+        return text + "}" if self.top_k is None else text + ',"top_k":' + self.top_k[r] + "}"
+
+
+def _json_id(ident: Any) -> str:
+    if type(ident) is int:
+        return str(ident)
+    return "null" if ident is None else json.dumps(ident)
+
+
+def _json_numbers(values: npt.NDArray[Any]) -> list[str]:
+    """Values (m,) rounded to 6 decimals as JSON numbers, ``null`` where not finite."""
+    rounded = np.round(np.asarray(values, dtype=np.float64), 6).tolist()
+    if np.isfinite(values).all():
+        return [repr(v) for v in rounded]
+    return [repr(v) if np.isfinite(v) else "null" for v in rounded]
+
+
+def _top_k(resp: npt.NDArray[Any], k: int) -> list[list[list[Any]]]:
+    """Per row of resp (m, K), the k largest ``[component, r]`` pairs, largest first."""
+    idx, vals = largest(resp, k)
+    ci, ri = idx.tolist(), np.round(vals, 6).tolist()
+    return [[[c, r] for c, r in zip(cs, rs, strict=True)] for cs, rs in zip(ci, ri, strict=True)]
+
+
+def _encode(messages: Sequence[Points], result: Any, top_k: int, version: int,
+            sources: Sequence[tuple[str, int, int]]) -> list[bytes]:
+    """One JSON message per input message; the columns are converted once for the batch, so
+    a message costs a string format, not numpy calls."""
+    cols = _JsonColumns.of(result, slice(None), top_k)
+    out, start = [], 0
+    topics: dict[str, str] = {}
+    for points, (topic, partition, offset) in zip(messages, sources, strict=True):
+        topic_json = topics.get(topic) or topics.setdefault(topic, json.dumps(topic))
+        out.append(cols.message(points, start, version, topic_json, int(partition),
+                                int(offset)))
+        start += len(points)
+    return out
+
+
+def _anomalous_only(value: bytes, multi: bool) -> bytes:
+    """The anomalous records of an output message (the whole of a single one)."""
+    if not multi:
+        return value
+    return json.dumps([r for r in json.loads(value) if r["anomaly"]]).encode()
+
+
+FORMAT = OutputFormat("json", "one record object per point; an array of them for a "
+                              "multi-point message", _encode, _anomalous_only)
