@@ -9,14 +9,17 @@ it takes plain values and knows nothing of the config, the metrics or the runtim
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 from streamem.errors import StreamemError, TransportError
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 TopicPartition = tuple[str, int]
 Headers = Sequence[tuple[str, bytes]]
 VALUE_DROPPED_HEADER = "streamem.value_dropped"
@@ -191,3 +194,70 @@ class Sink(Protocol):
 
     def close(self) -> None: ...
 
+
+class RejoinGuard:
+    """When a group member without partitions should re-join, and when /healthz should fail.
+
+    A member that holds no partitions of a topic that has some, while its membership is not
+    healthy, re-joins after ``rejoin_after_s``; after two re-joins that did not help, it reports
+    itself unhealthy (``events.set_healthy(False, ...)``) until partitions arrive.
+
+    >>> guard = RejoinGuard(30.0, NO_EVENTS)
+    >>> guard.due(stuck=True, now=0.0), guard.due(stuck=True, now=31.0)
+    (False, True)
+    """
+
+    def __init__(self, rejoin_after_s: float, events: ClientEvents) -> None:
+        self.rejoin_after_s = rejoin_after_s
+        self._events = events
+        self._since: float | None = None
+        self._tries = 0
+
+    def due(self, *, stuck: bool, now: float) -> bool:
+        """Whether to re-join now; ``stuck``: no partitions, some to have, membership unhealthy."""
+        if not stuck:
+            self._since = None
+            if self._tries:
+                self._tries = 0
+                self._events.set_healthy(True)
+            return False
+        if self._since is None:
+            self._since = now
+            return False
+        if now - self._since < self.rejoin_after_s:
+            return False
+        self._since = now
+        self._tries += 1
+        if self._tries > 2:
+            self._events.set_healthy(False, "no partitions after re-joining the group twice")
+        return True
+
+
+def connect(build: Callable[[], T], *, retry_on: tuple[type[BaseException], ...], what: str,
+            backoff: Backoff, stop: threading.Event, events: ClientEvents = NO_EVENTS) -> T | None:
+    """Call ``build`` until it succeeds, backing off while it raises one of ``retry_on``.
+
+    Returns None if ``stop`` is set before a connection is made. Each failure is logged and
+    counted (``kafka_error("connect")``, ``kafka_up`` 0, a reconnect when one finally succeeds).
+    """
+    first = True
+    while not stop.is_set():
+        try:
+            client = build()
+        except retry_on as exc:
+            delay = backoff.next_delay()
+            log.warning("kafka_unavailable", extra={"client": what, "error": str(exc),
+                                                    "retry_in_s": round(delay, 2)})
+            events.kafka_error("connect")
+            events.set_kafka_up(False)
+            if stop.wait(delay):
+                return None
+            first = False
+            continue
+        events.set_kafka_up(True)
+        if not first:
+            events.reconnect()
+        backoff.reset()
+        log.info("kafka_connected", extra={"client": what})
+        return client
+    return None

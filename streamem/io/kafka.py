@@ -42,6 +42,7 @@ from kafka.errors import (
 )
 
 from streamem.errors import TransportError
+from streamem.io import base
 from streamem.io.base import (
     NO_EVENTS,
     VALUE_DROPPED_HEADER,
@@ -51,6 +52,7 @@ from streamem.io.base import (
     Headers,
     Record,
     RecordTooLarge,
+    RejoinGuard,
 )
 
 log = logging.getLogger(__name__)
@@ -133,12 +135,10 @@ class KafkaSource:
         self._next: dict[TP, int] = {}
         self._rebuild = rebuild
         self._events = events
-        self._rejoin_after_s = rejoin_after_s
         self._next_check = time.monotonic() + CHECK_INTERVAL_S  # first, find the coordinator
         self._failed_checks = 0
         self._up = True
-        self._unassigned_since: float | None = None
-        self._rejoins_without_partitions = 0
+        self._rejoin_guard = RejoinGuard(rejoin_after_s, events)
         self._closed_for_rejoin = False
         self.rejoins = 0
         consumer.subscribe(topics=topics, listener=self._listener)
@@ -282,29 +282,15 @@ class KafkaSource:
         return cluster is None or any(cluster.partitions_for_topic(t) for t in self._topics)
 
     def _check_assignment(self, now: float) -> None:
-        """Re-join when unassigned and stuck for ``rejoin_after_s``; fail /healthz when that
-        did not help twice."""
-        if self._consumer.assignment() or not self._has_partitions() or not self._stuck():
-            self._unassigned_since = None
-            if self._rejoins_without_partitions:
-                self._rejoins_without_partitions = 0
-                self._events.set_healthy(True)
-            return
-        if self._unassigned_since is None:
-            self._unassigned_since = now
-            return
-        if now - self._unassigned_since < self._rejoin_after_s:
-            return
-        self._unassigned_since = now
-        self._rejoins_without_partitions += 1
-        if self._rejoins_without_partitions > 2:
-            self._events.set_healthy(False, "no partitions after re-joining the group twice")
-        self.rejoin()
+        """Re-join when unassigned and stuck for ``rejoin_after_s`` (see :class:`RejoinGuard`)."""
+        stuck = not self._consumer.assignment() and self._has_partitions() and self._stuck()
+        if self._rejoin_guard.due(stuck=stuck, now=now):
+            self.rejoin()
 
     def rejoin(self) -> None:
         """Leave the group and join it again with a fresh consumer (or by re-subscribing)."""
         self.rejoins += 1
-        log.warning("group_rejoin", extra={"after_s": self._rejoin_after_s,
+        log.warning("group_rejoin", extra={"after_s": self._rejoin_guard.rejoin_after_s,
                                            "rejoins": self.rejoins})
         self._events.rejoin()
         self._next.clear()
@@ -454,29 +440,6 @@ class KafkaSink:
 
 def connect(build: Callable[[], T], *, what: str, backoff: Backoff, stop: threading.Event,
             events: ClientEvents = NO_EVENTS) -> T | None:
-    """Call ``build`` until it succeeds, backing off while no broker answers.
-
-    Returns None if ``stop`` is set before a connection is made. Each failure is logged and
-    counted (``kafka_errors_total{kind="connect"}``, ``kafka_up=0``, ``kafka_reconnects_total``).
-    """
-    first = True
-    while not stop.is_set():
-        try:
-            client = build()
-        except (KafkaTimeoutError, KafkaConnectionError) as exc:
-            delay = backoff.next_delay()
-            log.warning("kafka_unavailable", extra={"client": what, "error": str(exc),
-                                                    "retry_in_s": round(delay, 2)})
-            events.kafka_error("connect")
-            events.set_kafka_up(False)
-            if stop.wait(delay):
-                return None
-            first = False
-            continue
-        events.set_kafka_up(True)
-        if not first:
-            events.reconnect()
-        backoff.reset()
-        log.info("kafka_connected", extra={"client": what})
-        return client
-    return None
+    """:func:`streamem.io.base.connect` for kafka-python: retried while no broker answers."""
+    return base.connect(build, retry_on=(KafkaTimeoutError, KafkaConnectionError), what=what,
+                        backoff=backoff, stop=stop, events=events)

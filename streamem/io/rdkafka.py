@@ -43,6 +43,7 @@ from confluent_kafka import (
 )
 
 from streamem.errors import TransportError
+from streamem.io import base
 from streamem.io.base import (
     NO_EVENTS,
     VALUE_DROPPED_HEADER,
@@ -52,6 +53,7 @@ from streamem.io.base import (
     Headers,
     Record,
     RecordTooLarge,
+    RejoinGuard,
 )
 
 log = logging.getLogger(__name__)
@@ -138,13 +140,11 @@ class RdKafkaSource:
         self._max_batch_bytes = max_batch_bytes
         self._commit_timeout_s = commit_timeout_s
         self._events = events
-        self._rejoin_after_s = rejoin_after_s
         self._assigned: set[TP] = set()
         self._next: dict[TP, int] = {}
         self._failed_checks = 0
         self._up = True
-        self._unassigned_since: float | None = None
-        self._rejoins_without_partitions = 0
+        self._rejoin_guard = RejoinGuard(rejoin_after_s, events)
         self._consumer: Consumer | None = None
         self._pending_rejoin = False
         self.rejoins = 0
@@ -320,31 +320,18 @@ class RdKafkaSource:
             self._events.set_kafka_up(False)
 
     def _check_assignment(self, stats: Mapping[str, Any], now: float) -> None:
-        """Re-join when unassigned and not steady for ``rejoin_after_s``; fail /healthz when
-        that did not help twice."""
+        """Re-join when unassigned and not steady for ``rejoin_after_s`` (see
+        :class:`RejoinGuard`)."""
         group = stats.get("cgrp") or {}
         steady = group.get("state") == _GROUP_UP and group.get("join_state") == "steady"
-        if self._assigned or steady or not _has_partitions(stats, self._topics):
-            self._unassigned_since = None
-            if self._rejoins_without_partitions:
-                self._rejoins_without_partitions = 0
-                self._events.set_healthy(True)
-            return
-        if self._unassigned_since is None:
-            self._unassigned_since = now
-            return
-        if now - self._unassigned_since < self._rejoin_after_s:
-            return
-        self._unassigned_since = now
-        self._rejoins_without_partitions += 1
-        if self._rejoins_without_partitions > 2:
-            self._events.set_healthy(False, "no partitions after re-joining the group twice")
-        self._pending_rejoin = True  # a consumer cannot be closed inside its own callback
+        stuck = not self._assigned and not steady and _has_partitions(stats, self._topics)
+        if self._rejoin_guard.due(stuck=stuck, now=now):
+            self._pending_rejoin = True  # a consumer cannot be closed inside its own callback
 
     def rejoin(self) -> None:
         """Leave the group and join it again with a fresh consumer (at the next poll)."""
         self.rejoins += 1
-        log.warning("group_rejoin", extra={"after_s": self._rejoin_after_s,
+        log.warning("group_rejoin", extra={"after_s": self._rejoin_guard.rejoin_after_s,
                                            "rejoins": self.rejoins})
         self._events.rejoin()
         self._next.clear()
@@ -577,29 +564,6 @@ class RdKafkaSink:
 
 def connect(build: Callable[[], T], *, what: str, backoff: Backoff, stop: threading.Event,
             events: ClientEvents = NO_EVENTS) -> T | None:
-    """Call ``build`` until it succeeds, backing off while no broker answers.
-
-    Returns None if ``stop`` is set first. Each failure is logged and counted
-    (``kafka_error("connect")``, ``kafka_up`` 0, a reconnect when one finally succeeds).
-    """
-    first = True
-    while not stop.is_set():
-        try:
-            client = build()
-        except (TransportError, KafkaException) as exc:
-            delay = backoff.next_delay()
-            log.warning("kafka_unavailable", extra={"client": what, "error": str(exc),
-                                                    "retry_in_s": round(delay, 2)})
-            events.kafka_error("connect")
-            events.set_kafka_up(False)
-            if stop.wait(delay):
-                return None
-            first = False
-            continue
-        events.set_kafka_up(True)
-        if not first:
-            events.reconnect()
-        backoff.reset()
-        log.info("kafka_connected", extra={"client": what})
-        return client
-    return None
+    """:func:`streamem.io.base.connect` for librdkafka: retried while no broker answers."""
+    return base.connect(build, retry_on=(TransportError, KafkaException), what=what,
+                        backoff=backoff, stop=stop, events=events)
