@@ -65,6 +65,9 @@ class Worker:
         self._last_sent = time.monotonic()
         self._newest_seen = 0
         self._assigned: set[tuple[str, int]] = set()
+        self._loaded = False
+        #: The state topic was read to its end since the last new assignment: the worker
+        #: answers with the newest parameters (or there are none yet). ``/readyz`` follows it.
         self.has_parameters = False
 
     @property
@@ -89,9 +92,13 @@ class Worker:
             records = batches.get(self._tp, [])
             if records:
                 self._take(records[-1])
-            if not to_end or self._consumer.position(self._tp) >= end:
+            if not to_end:
+                return
+            if self._consumer.position(self._tp) >= end:
+                self.has_parameters = True
                 return
             if time.monotonic() > deadline:
+                self.has_parameters = False
                 log.warning("model_state_not_read_to_end", extra={"end": end})
                 return
 
@@ -99,8 +106,7 @@ class Worker:
         version = header(record.headers, VERSION_HEADER)
         if version is not None:
             self._newest_seen = max(self._newest_seen, int(version))
-        if version is not None and int(version) <= int(self.model.version_) and \
-                self.has_parameters:
+        if version is not None and int(version) <= int(self.model.version_) and self._loaded:
             return
         try:
             self.model = OnlineGMM.from_bytes(record.value)
@@ -108,7 +114,7 @@ class Worker:
             log.error("model_state_unreadable", extra={"offset": record.offset,
                                                         "error": str(exc)})
             return
-        self.has_parameters = bool(self.model.initialized_)
+        self._loaded = True
 
     def answer(self, X: np.ndarray) -> BatchResult:
         """Answer X (n, d) without changing the model; its delta is queued for the leader."""
