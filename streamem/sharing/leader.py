@@ -101,6 +101,10 @@ class Leader(threading.Thread):
                     log.warning("leader_error", extra={"error": repr(exc)})
                     self._resign(consumer, "error")
                     self.stop.wait(1.0)
+                except Exception:  # a bug or an unreadable state: stand down, try again later
+                    log.exception("leader_failed")
+                    self._resign(consumer, "error")
+                    self.stop.wait(5.0)
         finally:
             if self.leading:
                 try:

@@ -125,15 +125,23 @@ class Worker:
         return result
 
     def send(self) -> None:
-        """Send the queued deltas as one (the loop's flush acknowledges it)."""
-        if not self._pending:
-            return
-        delta = coalesce(self._pending)
-        self._pending = []
+        """Send the queued deltas as one (the loop's flush acknowledges it); as two halves,
+        recursively, when one would be too large (deltas carrying warm-up points)."""
+        pending, self._pending = self._pending, []
         self._last_sent = time.monotonic()
+        if pending:
+            self._send(pending)
+
+    def _send(self, deltas: list[StatsDelta]) -> None:
+        delta = coalesce(deltas)
         try:
             self.sink.send(self.stats_topic, self.instance.encode(), delta.to_bytes(), ())
         except RecordTooLarge as exc:
+            if len(deltas) > 1:
+                half = len(deltas) // 2
+                self._send(deltas[:half])
+                self._send(deltas[half:])
+                return
             log.warning("delta_not_sent", extra={"error": str(exc), "points": delta.n_points})
             return
         self.metrics.deltas_sent()
