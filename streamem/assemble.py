@@ -27,6 +27,8 @@ from streamem.io.kafka import KafkaSink, KafkaSource, SinkT, SourceT, connect
 from streamem.metrics import Metrics, MetricsServer
 from streamem.model import OnlineGMM
 from streamem.runtime import Runtime, restore_model
+from streamem.sharing.leader import Leader
+from streamem.sharing.worker import Worker
 
 if TYPE_CHECKING:
     from streamem.config import Config
@@ -168,7 +170,46 @@ def runtime(cfg: Config, source: Source, sink: Sink, metrics: Metrics, *,
             resume: Checkpoint | None = None, log: logging.Logger | None = None,
             stop: threading.Event | None = None) -> Runtime:
     """The loop over ``source`` and ``sink``; a fresh model and the configured checkpoint stores
-    unless given."""
+    unless given.
+
+    With ``sharing.enabled`` and Kafka at both ends, the instance shares its group's model
+    (:func:`sharing`): it answers with the leader's state, checkpoints nothing of its own (the
+    state topic is the checkpoint, the group's offsets the position) and may lead.
+    """
+    share = None
+    if cfg.sharing.enabled and isinstance(source, KafkaSource) and isinstance(sink, KafkaSink):
+        share, stores, resume = sharing(cfg, sink, metrics), [], None
     return Runtime(cfg, source, sink, model if model is not None else fresh_model(cfg),
                    metrics, checkpoint_stores(cfg) if stores is None else stores, log,
-                   resume=resume, stop=stop)
+                   resume=resume, stop=stop, share=share)
+
+
+def sharing(cfg: Config, sink: Sink, metrics: Metrics) -> Worker:
+    """This instance's worker of the group's shared model, its leader thread started (it leads
+    while it owns the stats topic's partition); closing the worker stops the leader."""
+    from streamem.io import kafka_admin
+    from streamem.sharing.records import MAX_RECORD_BYTES, instance_id
+
+    k, s = cfg.kafka, cfg.sharing
+    stats_topic, state_topic = s.topics(k.group_id)
+    big = {"max.message.bytes": str(MAX_RECORD_BYTES)}
+    admin = kafka_python.admin_settings(cfg)
+    kafka_admin.create_topics(admin, [stats_topic], partitions=1, configs=big, exist_ok=True)
+    kafka_admin.create_topics(admin, [state_topic], partitions=1, exist_ok=True,
+                              configs={**big, "cleanup.policy": "compact"})
+    me = instance_id(k.client_id)
+    consumer = {**kafka_python.consumer_settings(cfg), "max_partition_fetch_bytes":
+                MAX_RECORD_BYTES, "fetch_max_bytes": MAX_RECORD_BYTES}
+    producer = {**kafka_python.producer_settings(cfg),
+                "max_request_size": MAX_RECORD_BYTES}
+    leader = Leader(lambda: fresh_model(cfg), consumer, producer, k.group_id, stats_topic,
+                    state_topic, me, metrics, model_topic=k.model_topic,
+                    publish_interval_s=s.publish_interval_s)
+    worker = Worker(fresh_model(cfg), sink, consumer, stats_topic, state_topic, me, metrics,
+                    delta_interval_s=s.delta_interval_s, max_staleness=s.max_staleness_versions,
+                    leader=leader)
+    metrics.set_leader(False)
+    leader.start()
+    log.info("sharing_model", extra={"instance": me, "stats_topic": stats_topic,
+                                     "state_topic": state_topic})
+    return worker

@@ -421,6 +421,23 @@ class RuntimeConfig:
 
 
 @dataclass(frozen=True)
+class SharingConfig:
+    """One model shared by the instances of a group (see :mod:`streamem.sharing`)."""
+
+    enabled: bool = _opt(False, _boolean)
+    stats_topic: str | None = _opt(None, _optional(_topic))
+    state_topic: str | None = _opt(None, _optional(_topic))
+    delta_interval_s: float = _opt(0.1, _positive())
+    publish_interval_s: float = _opt(1.0, _positive())
+    max_staleness_versions: int = _opt(32, _integer(0))
+
+    def topics(self, group_id: str) -> tuple[str, str]:
+        """The stats and state topics: as set, else ``streamem.<group_id>.stats``/``.state``."""
+        return (self.stats_topic or f"streamem.{group_id}.stats",
+                self.state_topic or f"streamem.{group_id}.state")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration: one frozen section per top-level YAML key."""
 
@@ -432,6 +449,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    sharing: SharingConfig = field(default_factory=SharingConfig)
 
     def model_kwargs(self) -> dict[str, Any]:
         """The model section without its nulls, for ``OnlineGMM(**kw)``."""

@@ -281,6 +281,19 @@ class Metrics:
         )
         self._kafka_up = gauge("kafka_up", "1 while the Kafka cluster is reachable, else 0.")
         self._ready_gauge = gauge("ready", "1 while the daemon is ready to process, else 0.")
+        self._leader = gauge("leader", "1 while this instance leads the shared model, else 0.")
+        self._version_in_use = gauge(
+            "model_version_in_use", "Version of the shared model's parameters answers use.")
+        self._staleness = gauge(
+            "model_staleness_versions",
+            "Versions between the newest shared model seen and the one in use.")
+        self._deltas_sent = counter("deltas_sent", "Statistic deltas sent to the stats topic.")
+        self._deltas_folded = counter("deltas_folded", "Statistic deltas the leader folded.")
+        self._fold_lag = gauge(
+            "fold_lag_seconds", "Age (s) of the last delta the leader folded, when folded.")
+        self._published_at = gauge(
+            "model_published_timestamp_seconds",
+            "Unix time of the leader's last publication of the shared model.")
         self._build = gauge("build_info", "Build information; always 1.", ("version",))
         self._build.labels(version=streamem.__version__).set(1)
         # Every fixed label value exists from the start, so rate() sees the first increment.
@@ -435,6 +448,28 @@ class Metrics:
         else:
             self._ready.clear()
         self._ready_gauge.set(1 if ready else 0)
+
+    # -- the shared model (streamem.sharing) -------------------------------------------------
+
+    def set_leader(self, leading: bool) -> None:
+        """``streamem_leader``: 1 while this instance leads."""
+        self._leader.set(1 if leading else 0)
+
+    def model_in_use(self, version: int, staleness: int) -> None:
+        """The shared model's version answers use, and how far behind the newest seen."""
+        self._version_in_use.set(version)
+        self._staleness.set(staleness)
+
+    def deltas_sent(self, n: int = 1) -> None:
+        self._deltas_sent.inc(n)
+
+    def deltas_folded(self, n: int, lag_s: float) -> None:
+        """``n`` deltas folded, the last one ``lag_s`` seconds after it was sent."""
+        self._deltas_folded.inc(n)
+        self._fold_lag.set(max(lag_s, 0.0))
+
+    def model_published(self) -> None:
+        self._published_at.set_to_current_time()
 
     @property
     def ready(self) -> bool:

@@ -139,13 +139,17 @@ class Runtime:
         The checkpoint the model came from: its offsets and ``n_features`` carry over.
     stop : threading.Event, optional
         Shared with signal handlers; set it (or call :meth:`request_stop`) to stop.
+    share : streamem.sharing.worker.Worker, optional
+        With a shared model (``sharing.enabled``): answers come from its newest published
+        model and what they teach goes to its leader as deltas, instead of ``partial_fit``.
     """
 
     def __init__(self, cfg: Config, source: Source, sink: Sink, model: OnlineGMM,
                  metrics: Metrics, checkpoint_stores: Sequence[CheckpointStore] = (),
                  logger: logging.Logger | None = None, *, resume: Checkpoint | None = None,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None, share: Any = None) -> None:
         self.cfg = cfg
+        self.share = share
         self.source = source
         self.sink = sink
         self.model = model
@@ -188,7 +192,10 @@ class Runtime:
             self._transport_failed("poll", exc)
             return
         assigned = self.source.assignment()
-        self.metrics.set_ready(bool(assigned))
+        if self.share is not None:
+            self.model = self.share.before_batch(assigned)
+        has_parameters = self.share is None or self.share.has_parameters
+        self.metrics.set_ready(bool(assigned) and has_parameters)
         self.metrics.set_consumer_lag(self.source.lags())
         records = [r for r in records if (r.topic, r.partition) in assigned]
         if not records:
@@ -262,7 +269,7 @@ class Runtime:
             return None
         X = batch.stacked()
         try:
-            return self.model.partial_fit(X)
+            return self._learn(X)
         except Exception as exc:
             parts: list[BatchResult] = []
             refused: dict[int, str] = {}
@@ -282,9 +289,15 @@ class Runtime:
         mid = int(inner[len(inner) // 2]) if len(inner) else (lo + hi) // 2
         for a, b in ((lo, mid), (mid, hi)):
             try:
-                parts.append(self.model.partial_fit(X[a:b]))
+                parts.append(self._learn(X[a:b]))
             except Exception as exc:
                 self._bisect(X, starts, a, b, exc, parts, refused)
+
+    def _learn(self, X: np.ndarray) -> BatchResult:
+        """Answer X (n, d) and learn from it: here, or through the shared model's leader."""
+        if self.share is not None:
+            return self.share.answer(X)  # type: ignore[no-any-return]
+        return self.model.partial_fit(X)
 
     def _encode(self, batch: _Batch, result: BatchResult | None) -> list[bytes | None]:
         """The output message of each answered message; None where encoding failed (a bug).
@@ -413,6 +426,8 @@ class Runtime:
         now = time.monotonic()
         if not topic or now - self._last_publish < self.cfg.runtime.model_publish_interval_s:
             return
+        if self.share is not None:  # the shared model's leader publishes it
+            return
         if not self.model.initialized_:
             return
         self._last_publish = now
@@ -460,7 +475,8 @@ class Runtime:
                         "stores": ",".join(s.name for s in self.stores),
                         "offsets": _offsets_text(self.offsets)})
         finally:
-            closeables: list[Source | Sink | CheckpointStore] = [self.source, self.sink]
+            closeables: list[Any] = [self.share] if self.share is not None else []
+            closeables += [self.source, self.sink]
             closeables += self.stores
             for closeable in closeables:
                 try:

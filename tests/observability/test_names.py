@@ -85,6 +85,9 @@ def test_exported_names_are_the_contract(exported: set[str]) -> None:
         "streamem_kafka_errors_total", "streamem_kafka_reconnects_total", "streamem_kafka_up",
         "streamem_kafka_group_rejoins_total", "streamem_dead_letter_values_dropped_total",
         "streamem_ready", "streamem_build_info",
+        "streamem_leader", "streamem_model_version_in_use", "streamem_model_staleness_versions",
+        "streamem_deltas_sent_total", "streamem_deltas_folded_total", "streamem_fold_lag_seconds",
+        "streamem_model_published_timestamp_seconds",
     }  # fmt: skip
     ours = {n for n in exported if n.startswith("streamem_") and not n.endswith("_created")}
     assert ours == contract

@@ -1,0 +1,191 @@
+"""Three ``streamem run`` processes in one group share one model through a leader: every true
+cluster gets one id on every partition, the state topic has one writer at a time with versions
+that never decrease, a paused leader is fenced, and a killed leader's standby takes over with
+no input lost."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import numpy as np
+import pytest
+from daemon_helpers import Daemon, Reader, daemon_settings, make_topics, points_of, start_daemon
+from kafka_helpers import produce
+from scipy.optimize import linear_sum_assignment
+
+from streamem import codec
+from streamem.sharing.records import VERSION_HEADER, WRITER_HEADER, header
+from streamem.synthetic import Mixture
+
+MIX = Mixture.random(6, 4, separation=8.0, random_state=3)  # Bayes accuracy 1.0
+PARTITIONS, POINTS_PER_MESSAGE = 4, 50
+SESSION_MS = 6000  # the broker's group.min.session.timeout.ms
+
+
+def wave(start: int, n_messages: int) -> tuple[list[bytes], list[bytes], dict[int, int]]:
+    """Block messages of points with ids from ``start``; their true clusters by id."""
+    X, y = MIX.sample(n_messages * POINTS_PER_MESSAGE, random_state=start)
+    values = [codec.encode_block(X[i * POINTS_PER_MESSAGE:(i + 1) * POINTS_PER_MESSAGE],
+                                 ids=range(start + i * POINTS_PER_MESSAGE,
+                                           start + (i + 1) * POINTS_PER_MESSAGE))
+              for i in range(n_messages)]
+    keys = [b"key-%d" % (start + i) for i in range(n_messages)]
+    return values, keys, {start + i: int(c) for i, c in enumerate(y)}
+
+
+def leaders(daemons: list[Daemon]) -> list[int]:
+    """Which daemons lead now, by their last leader_gained/leader_lost event."""
+    out = []
+    for i, d in enumerate(daemons):
+        events = [e["event"] for e in d.events() if e.get("event") in ("leader_gained",
+                                                                         "leader_lost")]
+        if events and events[-1] == "leader_gained":
+            out.append(i)
+    return out
+
+
+def wait_for(what, timeout_s: float, message):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = what()
+        if got:
+            return got
+        time.sleep(0.2)
+    pytest.fail(message())
+
+
+def state_log(bootstrap: str, topic: str) -> list[tuple[str, int]]:
+    """(writer, version) of every committed record of the state topic, in log order."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                             isolation_level="read_committed")
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        end = consumer.end_offsets([tp])[tp]
+        out = []
+        while consumer.position(tp) < end:
+            for records in consumer.poll(timeout_ms=500).values():
+                out += [(header(r.headers, WRITER_HEADER), int(header(r.headers,
+                                                                       VERSION_HEADER)))
+                        for r in records]
+        return out
+    finally:
+        consumer.close()
+
+
+def instance(daemon: Daemon) -> str:
+    return str(daemon.events("sharing_model")[0]["instance"])
+
+
+def collapsed(names: list[str]) -> list[str]:
+    """``names`` without consecutive repeats."""
+    return [n for i, n in enumerate(names) if i == 0 or names[i - 1] != n]
+
+
+def is_subsequence(part: list[str], whole: list[str]) -> bool:
+    rest = iter(whole)
+    return all(any(n == m for m in rest) for n in part)
+
+
+def one_to_one_share(answers: list[dict], truth: dict[int, int]) -> float:
+    """The share of answers a one-to-one map from true cluster to id gets right."""
+    table = np.zeros((MIX.n_components, 64), dtype=np.int64)
+    for a in answers:
+        table[truth[int(a["id"])], a["cluster"]] += 1
+    rows, cols = linear_sum_assignment(-table)
+    return float(table[rows, cols].sum() / table.sum())
+
+
+@pytest.mark.kafka
+def test_three_instances_share_one_model_with_fencing_and_failover(
+        kafka_bootstrap, topic_factory, tmp_path) -> None:
+    topics = make_topics(topic_factory, partitions=PARTITIONS)
+    state_topic = f"state-{topics['input']}"
+    settings = dict(input__format="block", kafka__session_timeout_ms=SESSION_MS,
+                    kafka__heartbeat_interval_ms=500, kafka__max_poll_interval_ms=20000,
+                    model__n_components=6, model__warmup=500, sharing__enabled="true",
+                    sharing__state_topic=state_topic, sharing__stats_topic=f"stats-"
+                    f"{topics['input']}", checkpoint__path="null")
+    daemons = [start_daemon(tmp_path, name, daemon_settings(kafka_bootstrap, tmp_path, topics,
+                                                            **settings))
+               for name in "abc"]
+    tails = lambda: "\n---\n".join(d.log_tail() for d in daemons)  # noqa: E731
+    reader: Reader | None = None
+    truth: dict[int, int] = {}
+    try:
+        wait_for(lambda: len(leaders(daemons)) == 1, 60, lambda: "no leader\n" + tails())
+
+        def send(start: int, n: int) -> None:
+            values, keys, t = wave(start, n)
+            produce(kafka_bootstrap, topics["input"], values, keys=keys)
+            truth.update(t)
+
+        # Phase 1: all three answer; the leader warms up, then everyone uses its state.
+        for i in range(20):
+            send(i * 10_000, 8)
+            time.sleep(0.25)
+        reader = Reader(kafka_bootstrap, topics["output"])
+        reader.read_until(lambda rs: len(points_of(rs)) >= len(truth))
+        first = leaders(daemons)
+        assert len(first) == 1, tails()
+
+        # Phase 2: pause the leader past its session; a standby leads; the old one is fenced.
+        old = daemons[first[0]]
+        old.proc.send_signal(signal.SIGSTOP)
+        paused_at = time.monotonic()
+        for i in range(20, 30):
+            send(i * 10_000, 8)
+            time.sleep(0.25)
+        others = [i for i in range(3) if i != first[0]]
+        new = wait_for(lambda: [i for i in leaders(daemons) if i in others],
+                       SESSION_MS / 1000 + 30, lambda: "no standby took over\n" + tails())
+        took_over_s = time.monotonic() - paused_at
+        me = instance(daemons[new[0]])
+        wait_for(lambda: me in {w for w, _ in state_log(kafka_bootstrap, state_topic)}, 30,
+                 lambda: "the new leader did not publish\n" + tails())
+        old.proc.send_signal(signal.SIGCONT)
+        wait_for(lambda: old.events("leader_fenced"), 30,
+                 lambda: "the paused leader was not fenced\n" + tails())
+
+        # Phase 3: kill -9 the current leader; another takes over; nothing is lost.
+        killed = daemons[new[0]]
+        killed.proc.kill()
+        killed_at = time.monotonic()
+        for i in range(30, 40):
+            send(i * 10_000, 8)
+            time.sleep(0.25)
+        wait_for(lambda: [i for i in leaders(daemons) if i != new[0]],
+                 SESSION_MS / 1000 + 30, lambda: "no leader after kill -9\n" + tails())
+        failover_s = time.monotonic() - killed_at
+        reader.read_until(lambda rs: {int(a["id"]) for a in points_of(rs)} >= set(truth))
+        for d in daemons:
+            if d is not killed:
+                assert d.stop() == 0, d.log_tail()
+    finally:
+        for d in daemons:
+            d.proc.send_signal(signal.SIGCONT)
+            d.proc.kill()
+        if reader is not None:
+            reader.close()
+
+    answers = points_of(reader.records)
+    assert {int(a["id"]) for a in answers} >= set(truth), "every input point is answered"
+    late = [a for a in answers if not a["warmup"] and int(a["id"]) >= 100_000]
+    assert len({a["partition"] for a in late}) == PARTITIONS
+    share = one_to_one_share(late, truth)
+    assert share >= 0.99, f"one id per true cluster on every partition: {share:.4f}"
+    assert took_over_s < SESSION_MS / 1000 + 15 and failover_s < SESSION_MS / 1000 + 15
+
+    log = state_log(kafka_bootstrap, state_topic)
+    versions = [v for _, v in log]
+    assert versions == sorted(versions) and len(set(versions)) == len(versions), \
+        "strictly increasing versions"
+    runs = collapsed([w for w, _ in log])
+    gains = collapsed([e["instance"] for e in sorted(
+        (e for d in daemons for e in d.events("leader_gained")), key=lambda e: e["ts"])])
+    assert len(runs) >= 2 and is_subsequence(runs, gains), \
+        f"each writer in turn, as elected, no fenced leader in between: {runs} vs {gains}"
