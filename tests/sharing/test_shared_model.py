@@ -14,7 +14,7 @@ from daemon_helpers import Daemon, Reader, daemon_settings, make_topics, points_
 from kafka_helpers import produce
 from scipy.optimize import linear_sum_assignment
 
-from streamem import codec
+from streamem.formats.block import encode_block
 from streamem.sharing.records import VERSION_HEADER, WRITER_HEADER, header
 from streamem.synthetic import Mixture
 
@@ -26,7 +26,7 @@ SESSION_MS = 6000  # the broker's group.min.session.timeout.ms
 def wave(start: int, n_messages: int) -> tuple[list[bytes], list[bytes], dict[int, int]]:
     """Block messages of points with ids from ``start``; their true clusters by id."""
     X, y = MIX.sample(n_messages * POINTS_PER_MESSAGE, random_state=start)
-    values = [codec.encode_block(X[i * POINTS_PER_MESSAGE:(i + 1) * POINTS_PER_MESSAGE],
+    values = [encode_block(X[i * POINTS_PER_MESSAGE:(i + 1) * POINTS_PER_MESSAGE],
                                  ids=range(start + i * POINTS_PER_MESSAGE,
                                            start + (i + 1) * POINTS_PER_MESSAGE))
               for i in range(n_messages)]
