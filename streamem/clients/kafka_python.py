@@ -50,6 +50,8 @@ def consumer_settings(cfg: Config) -> dict[str, Any]:
         "session_timeout_ms": k.session_timeout_ms,
         "heartbeat_interval_ms": k.heartbeat_interval_ms,
         "max_poll_interval_ms": k.max_poll_interval_ms,
+        "isolation_level": ("read_committed" if cfg.delivery.guarantee == "exactly_once"
+                            else "read_uncommitted"),
     }
 
 
@@ -80,6 +82,23 @@ def producer_settings(cfg: Config) -> dict[str, Any]:
                                        DEAD_LETTER_MAX_BYTES)
     settings["request_timeout_ms"] = min(settings.get("request_timeout_ms", 30_000),
                                          delivery_ms - settings["linger_ms"])
+    return settings
+
+
+def transactional_id(cfg: Config) -> str:
+    """``delivery.transactional_id``, else ``<kafka.group_id>.<kafka.client_id>``: the same
+    for the same instance after a restart (so it fences its predecessor), different between
+    instances that set different client ids."""
+    return cfg.delivery.transactional_id or f"{cfg.kafka.group_id}.{cfg.kafka.client_id}"
+
+
+def transactional_producer_settings(cfg: Config) -> dict[str, Any]:
+    """:func:`producer_settings` with a ``transactional_id``; ``max_block_ms`` (how long
+    ``init_transactions`` and a send may block) is ``delivery.transaction_timeout_s``."""
+    settings = producer_settings(cfg)
+    settings["transactional_id"] = transactional_id(cfg)
+    settings["max_block_ms"] = int(cfg.delivery.transaction_timeout_s * 1000)
+    settings["transaction_timeout_ms"] = max(60_000, settings["delivery_timeout_ms"])
     return settings
 
 
