@@ -26,6 +26,7 @@ traceback). Nothing that arrives stops the loop.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -435,7 +436,7 @@ class Runtime:
             self.metrics.set_ready(False)
             self._transport_failed("transaction", exc)
             return False
-        self._txn = _Transaction(time.monotonic(), self.model._snapshot())
+        self._txn = _Transaction(time.monotonic(), _model_state(self.model))
         return True
 
     def _txn_commit(self, force: bool = False) -> None:
@@ -549,6 +550,15 @@ class Runtime:
                                                             "error": str(exc)})
             self.log.info("runtime_stopped", extra={"offsets": _offsets_text(self.offsets)})
         return saved
+
+
+def _model_state(model: OnlineGMM) -> dict[str, Any]:
+    """What ``model._restore`` takes back: its rollback snapshot, or before the first fit
+    (when the snapshot's buffers do not exist yet) a deep copy of its attributes."""
+    try:
+        return model._snapshot()
+    except KeyError:
+        return copy.deepcopy(model.__dict__)
 
 
 def _latencies(messages: list[codec.Points], n_points: int, polled_at: float,

@@ -1,0 +1,209 @@
+"""``delivery.guarantee: exactly_once`` against the real broker; a ``read_committed`` consumer
+is the judge: every input message is answered exactly once, on the output topic or on the
+dead-letter topic."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from daemon_helpers import WAIT_S, daemon_settings, make_topics, points_of, start_daemon
+from kafka import KafkaConsumer, TopicPartition
+from kafka_helpers import produce
+
+from streamem import assemble, codec
+from streamem.config import load_config
+from streamem.io.kafka import TransactionalKafkaSink
+from streamem.metrics import Metrics
+from streamem.synthetic import Mixture
+
+MIX = Mixture.random(4, 4, random_state=11)
+EO = {"delivery__guarantee": "exactly_once", "delivery__transaction_timeout_s": 5,
+      "kafka__session_timeout_ms": 6000, "kafka__heartbeat_interval_ms": 1000}
+
+
+class CommittedReader:
+    """Reads topics from the beginning with ``isolation_level=read_committed``."""
+
+    def __init__(self, bootstrap: str, *topics: str) -> None:
+        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                      isolation_level="read_committed")
+        tps = [TopicPartition(t, p) for t in topics
+               for p in sorted(self.consumer.partitions_for_topic(t))]
+        self.consumer.assign(tps)
+        self.consumer.seek_to_beginning(*tps)
+        self.records: list = []
+
+    def read_until(self, done, timeout_s: float = WAIT_S) -> list:
+        deadline = time.monotonic() + timeout_s
+        while not done(self.records) and time.monotonic() < deadline:
+            for batch in self.consumer.poll(timeout_ms=200).values():
+                self.records.extend(batch)
+        return self.records
+
+    def settle(self, quiet_s: float = 2.0) -> list:
+        """Read until nothing new arrives for ``quiet_s``."""
+        while True:
+            before = len(self.records)
+            self.read_until(lambda rs: False, quiet_s)
+            if len(self.records) == before:
+                return self.records
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def answers(records: list, output_topic: str) -> Counter:
+    """How many answers each input ``(partition, offset)`` got: output messages (their first
+    point) and dead letters."""
+    out = Counter((p["partition"], p["offset"]) for p in
+                  points_of([r for r in records if r.topic == output_topic])
+                  if p["index"] == 0)
+    for r in records:
+        if r.topic != output_topic:
+            h = dict(r.headers)
+            out[(int(h["streamem.source.partition"]), int(h["streamem.source.offset"]))] += 1
+    return out
+
+
+def input_coordinates(bootstrap: str, topic: str) -> set[tuple[int, int]]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+    end = consumer.end_offsets(tps)
+    consumer.close()
+    return {(tp.partition, o) for tp in tps for o in range(end[tp])}
+
+
+def block_messages(X: np.ndarray, size: int) -> list[bytes]:
+    return [codec.encode_block(X[s:s + size]) for s in range(0, len(X), size)]
+
+
+def assert_each_once(reader: CommittedReader, topics: dict[str, str], bootstrap: str) -> None:
+    everything = input_coordinates(bootstrap, topics["input"])
+    reader.read_until(lambda rs: set(answers(rs, topics["output"])) >= everything)
+    counts = answers(reader.settle(), topics["output"])
+    assert set(counts) == everything
+    twice = {k: n for k, n in counts.items() if n != 1}
+    assert not twice, f"answered more than once: {sorted(twice.items())[:10]}"
+
+
+# -- in process: an aborted transaction -----------------------------------------------------
+
+@pytest.mark.kafka
+def test_an_aborted_transaction_leaves_nothing_visible_and_restores_the_model(
+        kafka_bootstrap, topic_factory, tmp_path) -> None:
+    topics = make_topics(topic_factory, partitions=1)
+    cfg = load_config(None, [f"{k.replace('__', '.')}={v}" for k, v in {
+        **daemon_settings(kafka_bootstrap, tmp_path, topics, input__format="block",
+                          model__n_components=4, model__warmup=50, **EO),
+        "delivery.transaction_min_s": 1000}.items()])
+    X, _ = MIX.sample(2000, random_state=1)
+    first, second = block_messages(X[:1000], 100), block_messages(X[1000:], 100)
+    produce(kafka_bootstrap, topics["input"], first)
+    source, sink = assemble.kafka_source(cfg), assemble.kafka_sink(cfg)
+    assert isinstance(sink, TransactionalKafkaSink)
+    runtime = assemble.runtime(cfg, source, sink, Metrics(), stores=[])
+    reader = CommittedReader(kafka_bootstrap, topics["output"], topics["dead"])
+
+    def step_until_seen(n: int) -> None:
+        deadline = time.monotonic() + WAIT_S
+        while runtime.model.n_seen_ < n and time.monotonic() < deadline:
+            runtime.step()
+        assert runtime.model.n_seen_ == n
+
+    try:
+        step_until_seen(1000)
+        runtime._txn_commit(force=True)
+        assert runtime._txn is None
+        before = runtime.model._snapshot()
+        committed = len(reader.settle())
+        assert committed == len(first)
+
+        produce(kafka_bootstrap, topics["input"], [*second, b"not a block"])
+        step_until_seen(2000)
+        assert runtime._txn is not None and runtime._txn.offsets  # open: min_s is long
+        runtime._txn_abort("test", RuntimeError("aborted by the test"))
+        assert runtime.model.n_seen_ == 1000
+        for name in ("nk", "means", "scatter"):
+            np.testing.assert_array_equal(getattr(runtime.model.stats_, name),
+                                          getattr(before["stats_"], name))
+        assert len(reader.settle()) == committed  # nothing of the aborted one is visible
+
+        runtime.source.seek_to_committed()
+        step_until_seen(2000)  # the rewound input, processed again, commits once
+        runtime._txn_commit(force=True)
+        assert runtime._txn is None
+        assert_each_once(reader, topics, kafka_bootstrap)
+    finally:
+        reader.close()
+        source.close()
+        sink.close()
+
+
+# -- daemons ----------------------------------------------------------------------------------
+
+def _trickle(bootstrap: str, topic: str, values: list[bytes], every_s: float = 0.1,
+             chunk: int = 8) -> threading.Thread:
+    def run() -> None:
+        for s in range(0, len(values), chunk):
+            produce(bootstrap, topic, values[s:s + chunk])
+            time.sleep(every_s)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def _with_poison(values: list[bytes], every: int = 25) -> list[bytes]:
+    return [b"poison" if i % every == 7 else v for i, v in enumerate(values)]
+
+
+@pytest.mark.kafka
+def test_kill_9_three_times_then_sigterm_answers_each_input_exactly_once(
+        kafka_bootstrap, topic_factory, tmp_path: Path) -> None:
+    X, _ = MIX.sample(40_000, random_state=3)
+    topics = make_topics(topic_factory)
+    values = _with_poison(block_messages(X, 100))
+    settings = daemon_settings(kafka_bootstrap, tmp_path, topics, input__format="block",
+                               kafka__max_poll_records=10, **EO)
+    producer = _trickle(kafka_bootstrap, topics["input"], values)
+    reader = CommittedReader(kafka_bootstrap, topics["output"], topics["dead"])
+    daemon = None
+    try:
+        for i in range(3):
+            daemon = start_daemon(tmp_path, f"run{i}", settings)
+            seen = len(reader.records)
+            reader.read_until(lambda rs, seen=seen: len(rs) >= seen + 30)
+            daemon.proc.kill()
+            daemon.proc.wait(30)
+        assert producer.is_alive(), "the kills came after the stream ended"
+        producer.join()
+        daemon = start_daemon(tmp_path, "last", settings)
+        everything = input_coordinates(kafka_bootstrap, topics["input"])
+        reader.read_until(lambda rs: set(answers(rs, topics["output"])) >= everything)
+        assert daemon.stop(signal.SIGTERM) == 0, daemon.log_tail()
+        assert_each_once(reader, topics, kafka_bootstrap)
+    finally:
+        if daemon is not None:
+            daemon.proc.kill()
+        producer.join()
+        reader.close()
+
+
+def test_exactly_once_producer_settings_carry_a_stable_transactional_id() -> None:
+    cfg = load_config(None, ["delivery.guarantee=exactly_once", "kafka.group_id=g",
+                             "kafka.client_id=pod-3"])
+    from streamem.clients import kafka_python
+
+    assert kafka_python.transactional_producer_settings(cfg)["transactional_id"] == "g.pod-3"
+    assert kafka_python.consumer_settings(cfg)["isolation_level"] == "read_committed"
+    explicit = load_config(None, ["delivery.guarantee=exactly_once",
+                                  "delivery.transactional_id=t-1"])
+    assert kafka_python.transactional_producer_settings(explicit)["transactional_id"] == "t-1"
+    assert kafka_python.consumer_settings(load_config(None))["isolation_level"] == \
+        "read_uncommitted"
