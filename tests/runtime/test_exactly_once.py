@@ -147,10 +147,15 @@ def test_an_aborted_transaction_leaves_nothing_visible_and_restores_the_model(
 
 # -- daemons ----------------------------------------------------------------------------------
 
-def _trickle(bootstrap: str, topic: str, values: list[bytes], every_s: float = 0.1,
-             chunk: int = 8) -> threading.Thread:
+def _trickle(bootstrap: str, topic: str, values: list[bytes], rest: threading.Event,
+             every_s: float = 0.1, chunk: int = 4) -> threading.Thread:
+    """Produce ``values`` a chunk every ``every_s``; all the rest at once when ``rest`` is set
+    (so that the test's interruptions fall mid-stream)."""
     def run() -> None:
         for s in range(0, len(values), chunk):
+            if rest.is_set():
+                produce(bootstrap, topic, values[s:])
+                return
             produce(bootstrap, topic, values[s:s + chunk])
             time.sleep(every_s)
 
@@ -170,18 +175,21 @@ def test_kill_9_three_times_then_sigterm_answers_each_input_exactly_once(
     topics = make_topics(topic_factory)
     values = _with_poison(block_messages(X, 100))
     settings = daemon_settings(kafka_bootstrap, tmp_path, topics, input__format="block",
-                               kafka__max_poll_records=10, **EO)
-    producer = _trickle(kafka_bootstrap, topics["input"], values)
+                               kafka__max_poll_records=10, delivery__transaction_min_s=1, **EO)
+    rest = threading.Event()
+    producer = _trickle(kafka_bootstrap, topics["input"], values, rest)
     reader = CommittedReader(kafka_bootstrap, topics["output"], topics["dead"])
     daemon = None
     try:
         for i in range(3):
             daemon = start_daemon(tmp_path, f"run{i}", settings)
             seen = len(reader.records)
-            reader.read_until(lambda rs, seen=seen: len(rs) >= seen + 30)
+            reader.read_until(lambda rs, seen=seen: len(rs) >= seen + 20)
+            time.sleep(0.5)  # just after a commit: now into the next transaction
             daemon.proc.kill()
             daemon.proc.wait(30)
         assert producer.is_alive(), "the kills came after the stream ended"
+        rest.set()
         producer.join()
         daemon = start_daemon(tmp_path, "last", settings)
         everything = input_coordinates(kafka_bootstrap, topics["input"])
@@ -191,6 +199,7 @@ def test_kill_9_three_times_then_sigterm_answers_each_input_exactly_once(
     finally:
         if daemon is not None:
             daemon.proc.kill()
+        rest.set()
         producer.join()
         reader.close()
 
