@@ -216,3 +216,87 @@ def test_exactly_once_producer_settings_carry_a_stable_transactional_id() -> Non
     assert kafka_python.transactional_producer_settings(explicit)["transactional_id"] == "t-1"
     assert kafka_python.consumer_settings(load_config(None))["isolation_level"] == \
         "read_uncommitted"
+
+
+@pytest.mark.kafka
+def test_two_instances_joining_and_leaving_answer_each_input_exactly_once(
+        kafka_bootstrap, topic_factory, tmp_path: Path) -> None:
+    X, _ = MIX.sample(40_000, random_state=5)
+    topics = make_topics(topic_factory, partitions=4)
+    values = _with_poison(block_messages(X, 100))
+    base = dict(input__format="block", kafka__max_poll_records=10, **EO)
+    a = daemon_settings(kafka_bootstrap, tmp_path / "a", topics, kafka__client_id="a", **base)
+    b = daemon_settings(kafka_bootstrap, tmp_path / "b", topics, kafka__client_id="b", **base)
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+    rest = threading.Event()
+    producer = _trickle(kafka_bootstrap, topics["input"], values, rest)
+    reader = CommittedReader(kafka_bootstrap, topics["output"], topics["dead"])
+    first = start_daemon(tmp_path, "a", a)
+    second = None
+    try:
+        reader.read_until(lambda rs: len(rs) >= 20)
+        second = start_daemon(tmp_path, "b", b)  # joins: the group rebalances
+        reader.read_until(lambda rs: any(r.topic == topics["output"] for r in rs)
+                          and len(second.events("partitions_assigned")) >= 1)
+        seen = len(reader.records)
+        reader.read_until(lambda rs: len(rs) >= seen + 20)
+        assert first.stop() == 0, first.log_tail()  # leaves: the group rebalances again
+        seen = len(reader.records)
+        reader.read_until(lambda rs: len(rs) >= seen + 20)
+        assert producer.is_alive(), "the rebalances came after the stream ended"
+        rest.set()
+        producer.join()
+        assert_each_once(reader, topics, kafka_bootstrap)
+        assert second.stop() == 0, second.log_tail()
+    finally:
+        first.proc.kill()
+        if second is not None:
+            second.proc.kill()
+        rest.set()
+        producer.join()
+        reader.close()
+
+
+@pytest.mark.kafka
+def test_a_zombie_resumed_after_its_session_cannot_commit(
+        kafka_bootstrap, topic_factory, tmp_path: Path) -> None:
+    X, _ = MIX.sample(40_000, random_state=6)
+    topics = make_topics(topic_factory, partitions=2)
+    values = block_messages(X, 100)
+    base = dict(input__format="block", kafka__max_poll_records=10,
+                delivery__transaction_min_s=1, **EO)
+    for d in ("z", "b"):
+        (tmp_path / d).mkdir()
+    z = daemon_settings(kafka_bootstrap, tmp_path / "z", topics, kafka__client_id="z", **base)
+    b = daemon_settings(kafka_bootstrap, tmp_path / "b", topics, kafka__client_id="b", **base)
+    rest = threading.Event()
+    producer = _trickle(kafka_bootstrap, topics["input"], values, rest)
+    reader = CommittedReader(kafka_bootstrap, topics["output"], topics["dead"])
+    zombie = start_daemon(tmp_path, "zombie", z)
+    other = None
+    try:
+        reader.read_until(lambda rs: len(rs) >= 20)
+        time.sleep(0.5)  # into the next transaction, its outputs sent
+        zombie.proc.send_signal(signal.SIGSTOP)
+        other = start_daemon(tmp_path, "other", b)
+        seen = len(reader.records)
+        reader.read_until(lambda rs: len(rs) >= seen + 20)  # the other took over
+        zombie.proc.send_signal(signal.SIGCONT)
+        deadline = time.monotonic() + WAIT_S
+        while not zombie.events("transaction_aborted") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert zombie.events("transaction_aborted"), zombie.log_tail()
+        rest.set()
+        producer.join()
+        assert_each_once(reader, topics, kafka_bootstrap)
+        assert zombie.stop() == 0, zombie.log_tail()
+        assert other.stop() == 0, other.log_tail()
+    finally:
+        zombie.proc.send_signal(signal.SIGCONT)
+        zombie.proc.kill()
+        if other is not None:
+            other.proc.kill()
+        rest.set()
+        producer.join()
+        reader.close()
