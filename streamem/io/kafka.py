@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 SourceT = TypeVar("SourceT", bound="KafkaSource")
 SinkT = TypeVar("SinkT", bound="KafkaSink")
+TxnSinkT = TypeVar("TxnSinkT", bound="TransactionalKafkaSink")
 TP = tuple[str, int]
 MiB = 1024 * 1024
 FETCH_MAX_BYTES = 64 * MiB
@@ -492,10 +493,10 @@ class TransactionalKafkaSink(KafkaSink):
                          value_drop_topics=value_drop_topics, events=events)
 
     @classmethod
-    def create_transactional(cls, settings: Mapping[str, Any], *, timeout_s: float,
-                             max_message_bytes: int = OUTPUT_MAX_BYTES,
+    def create_transactional(cls: type[TxnSinkT], settings: Mapping[str, Any], *,
+                             timeout_s: float, max_message_bytes: int = OUTPUT_MAX_BYTES,
                              dead_letter_topic: str | None = None,
-                             events: ClientEvents = NO_EVENTS) -> TransactionalKafkaSink:
+                             events: ClientEvents = NO_EVENTS) -> TxnSinkT:
         """Connect with the KafkaProducer keyword arguments ``settings`` (which carry the
         ``transactional_id``) and initialise transactions, fencing an earlier producer with the
         same id; raises KafkaTimeoutError when that does not finish within ``timeout_s``."""
