@@ -14,6 +14,11 @@ after its answer has been acknowledged by the sink. What breaks "exactly once":
   read next; the restored model lacks the points between its checkpoint and the crash (it
   does not refit them), which an online model absorbs like any other gap in its stream.
 
+With ``delivery.guarantee: exactly_once`` (and a :class:`~streamem.io.base.TransactionalSink`)
+the batches of ``delivery.transaction_min_s`` and their input offsets commit in one Kafka
+transaction instead; on any failure it is aborted, the source rewound and the model restored to
+before the transaction (README "Delivery guarantee").
+
 A clean stop (SIGTERM, SIGINT) finishes the batch in hand, flushes, commits, writes a final
 checkpoint whose offsets equal the committed ones, and closes everything.
 
