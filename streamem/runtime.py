@@ -207,8 +207,12 @@ class Runtime:
         """Poll once and carry the batch through to its commit (or into the open transaction)."""
         if self._txn_sink is not None and not self._txn_begin():
             return
+        timeout_s = self.cfg.kafka.poll_timeout_ms / 1000
+        if self._txn is not None and self._txn.offsets:  # do not hold answers back idly
+            due = self._txn.started + self.cfg.delivery.transaction_min_s - time.monotonic()
+            timeout_s = min(timeout_s, max(due, 0.0))
         try:
-            records = self.source.poll(self.cfg.kafka.poll_timeout_ms / 1000)
+            records = self.source.poll(timeout_s)
         except TransportError as exc:
             self._transport_failed("poll", exc)
             return
