@@ -506,10 +506,16 @@ class TransactionalKafkaSink(KafkaSink):
                    max_message_bytes=max_message_bytes, value_drop_topics=drop, events=events)
 
     def _new_producer(self) -> KafkaProducer:
+        """A producer with its transactions initialised, within ``timeout_s``; one that is
+        ready only after that is closed (a long outage must not pile producers up)."""
+        given_up = threading.Event()
+
         def build() -> KafkaProducer:
             producer = self._build()
             try:
                 producer.init_transactions()
+                if given_up.is_set():
+                    raise KafkaTimeoutError("ready after the caller gave up")
             except BaseException:
                 producer.close(timeout=0)
                 raise
@@ -518,6 +524,7 @@ class TransactionalKafkaSink(KafkaSink):
         try:
             return self._bounded("init_transactions", build)
         except TransportError as exc:
+            given_up.set()
             raise KafkaTimeoutError(str(exc)) from exc
 
     def _bounded(self, what: str, call: Callable[[], T]) -> T:
