@@ -94,11 +94,19 @@ def transactional_id(cfg: Config) -> str:
 
 def transactional_producer_settings(cfg: Config) -> dict[str, Any]:
     """:func:`producer_settings` with a ``transactional_id``; ``max_block_ms`` (how long
-    ``init_transactions`` and a send may block) is ``delivery.transaction_timeout_s``."""
+    ``init_transactions`` and a send may block) is ``delivery.transaction_timeout_s``.
+
+    The broker aborts a transaction left open longer than ``transaction_timeout_ms``: until
+    then a paused or dead instance's open transaction holds back ``read_committed`` readers of
+    its output partitions. It is ``transaction_min_s`` plus three bounded waits (flush, send
+    offsets, commit), at most 15 min (the brokers' default limit).
+    """
     settings = producer_settings(cfg)
     settings["transactional_id"] = transactional_id(cfg)
     settings["max_block_ms"] = int(cfg.delivery.transaction_timeout_s * 1000)
-    settings["transaction_timeout_ms"] = max(60_000, settings["delivery_timeout_ms"])
+    d = cfg.delivery
+    settings["transaction_timeout_ms"] = min(  # brokers refuse more than 15 min by default
+        int(1000 * (d.transaction_min_s + 3 * d.transaction_timeout_s)), 900_000)
     return settings
 
 
