@@ -23,7 +23,14 @@ from streamem.io.checkpoint import (
     FileCheckpointStore,
     KafkaCheckpointStore,
 )
-from streamem.io.kafka import KafkaSink, KafkaSource, SinkT, SourceT, connect
+from streamem.io.kafka import (
+    KafkaSink,
+    KafkaSource,
+    SinkT,
+    SourceT,
+    TransactionalKafkaSink,
+    connect,
+)
 from streamem.metrics import Metrics, MetricsServer
 from streamem.model import OnlineGMM
 from streamem.runtime import Runtime, restore_model
@@ -97,7 +104,14 @@ def kafka_source(cfg: Config, events: ClientEvents = NO_EVENTS, *,
 
 def kafka_sink(cfg: Config, events: ClientEvents = NO_EVENTS, *,
                cls: type[SinkT] = KafkaSink) -> SinkT:  # type: ignore[assignment]
-    """The output producer, connected once (KafkaTimeoutError if no broker answers)."""
+    """The output producer, connected once (KafkaTimeoutError if no broker answers); a
+    transactional one with ``delivery.guarantee: exactly_once``."""
+    if cfg.delivery.guarantee == "exactly_once":
+        return TransactionalKafkaSink.create_transactional(  # type: ignore[return-value]
+            kafka_python.transactional_producer_settings(cfg),
+            timeout_s=cfg.delivery.transaction_timeout_s,
+            max_message_bytes=kafka_python.output_max_bytes(cfg),
+            dead_letter_topic=cfg.kafka.dead_letter_topic, events=events)
     return cls.create(kafka_python.producer_settings(cfg),
                       max_message_bytes=kafka_python.output_max_bytes(cfg),
                       dead_letter_topic=cfg.kafka.dead_letter_topic, events=events)

@@ -438,6 +438,16 @@ class SharingConfig:
 
 
 @dataclass(frozen=True)
+class DeliveryConfig:
+    """At least once, or exactly once through Kafka transactions (README "Delivery guarantee")."""
+
+    guarantee: str = _opt("at_least_once", _choice("at_least_once", "exactly_once"))
+    transactional_id: str | None = _opt(None, _optional(_text))
+    transaction_min_s: float = _opt(0.1, _number(0.0))
+    transaction_timeout_s: float = _opt(10.0, _positive())
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration: one frozen section per top-level YAML key."""
 
@@ -450,6 +460,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     sharing: SharingConfig = field(default_factory=SharingConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
 
     def model_kwargs(self) -> dict[str, Any]:
         """The model section without its nulls, for ``OnlineGMM(**kw)``."""

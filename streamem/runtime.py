@@ -14,6 +14,11 @@ after its answer has been acknowledged by the sink. What breaks "exactly once":
   read next; the restored model lacks the points between its checkpoint and the crash (it
   does not refit them), which an online model absorbs like any other gap in its stream.
 
+With ``delivery.guarantee: exactly_once`` (and a :class:`~streamem.io.base.TransactionalSink`)
+the batches of ``delivery.transaction_min_s`` and their input offsets commit in one Kafka
+transaction instead; on any failure it is aborted, the source rewound and the model restored to
+before the transaction (README "Delivery guarantee").
+
 A clean stop (SIGTERM, SIGINT) finishes the batch in hand, flushes, commits, writes a final
 checkpoint whose offsets equal the committed ones, and closes everything.
 
@@ -26,6 +31,7 @@ traceback). Nothing that arrives stops the loop.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -47,10 +53,12 @@ from streamem.io.base import (
     VALUE_DROPPED_HEADER,
     Backoff,
     CommitFailed,
+    GroupMember,
     Record,
     RecordTooLarge,
     Sink,
     Source,
+    TransactionalSink,
 )
 from streamem.io.checkpoint import Checkpoint, CheckpointStore, load_latest
 from streamem.metrics import BatchReport, Metrics
@@ -121,6 +129,17 @@ class _Batch:
         return out
 
 
+@dataclass
+class _Transaction:
+    """The open transaction: when it began, the model before it, the offsets it will commit,
+    and the group membership its first batch was polled under."""
+
+    started: float
+    model_before: dict[str, Any]
+    offsets: dict[TP, int] = field(default_factory=dict)
+    member: Any = None
+
+
 class Runtime:
     """Runs the loop until :meth:`request_stop` (or the source ends), then shuts down cleanly.
 
@@ -164,6 +183,11 @@ class Runtime:
         self.limits = Limits(i.max_bytes, i.max_points, i.max_features, i.max_abs_value)
         self._dirty = False  # offsets committed since the last checkpoint
         self._last_checkpoint = self._last_publish = time.monotonic()
+        exactly_once = (cfg.delivery.guarantee == "exactly_once"
+                        and isinstance(sink, TransactionalSink) and isinstance(source, GroupMember))
+        self._txn_sink: TransactionalSink | None = sink if exactly_once else None  # type: ignore[assignment]
+        self._txn: _Transaction | None = None
+        self._txn_failing = False  # since the last failure, no transaction committed
 
     def request_stop(self) -> None:
         """Ask the loop to stop after the batch in hand (safe from signal handlers)."""
@@ -177,6 +201,7 @@ class Runtime:
         try:
             while not self._stop.is_set() and not self.source.exhausted:
                 self.step()
+            self._txn_commit(force=True)
             clean = True
         finally:
             saved = self._shutdown(checkpoint=clean)
@@ -185,20 +210,28 @@ class Runtime:
     # -- one batch ---------------------------------------------------------------------------
 
     def step(self) -> None:
-        """Poll once and carry the batch through to its commit."""
+        """Poll once and carry the batch through to its commit (or into the open transaction)."""
+        if self._txn_sink is not None and not self._txn_begin():
+            return
+        timeout_s = self.cfg.kafka.poll_timeout_ms / 1000
+        if self._txn is not None and self._txn.offsets:  # do not hold answers back idly
+            due = self._txn.started + self.cfg.delivery.transaction_min_s - time.monotonic()
+            timeout_s = min(timeout_s, max(due, 0.0))
         try:
-            records = self.source.poll(self.cfg.kafka.poll_timeout_ms / 1000)
+            records = self.source.poll(timeout_s)
         except TransportError as exc:
             self._transport_failed("poll", exc)
             return
+        member = self.source.group_metadata() if self._txn_sink is not None else None  # type: ignore[attr-defined]
         assigned = self.source.assignment()
         if self.share is not None:
             self.model = self.share.before_batch(assigned)
         has_parameters = self.share is None or self.share.has_parameters
-        self.metrics.set_ready(bool(assigned) and has_parameters)
+        self.metrics.set_ready(bool(assigned) and has_parameters and not self._txn_failing)
         self.metrics.set_consumer_lag(self.source.lags())
         records = [r for r in records if (r.topic, r.partition) in assigned]
         if not records:
+            self._txn_commit()
             self._maybe_checkpoint()
             return
         polled_at, started = time.time(), time.perf_counter()
@@ -215,7 +248,13 @@ class Runtime:
         self.metrics.set_kafka_up(True)
         for dead in batch.dead:
             self.metrics.dead_letter(dead.reason)
-        self._commit(batch.next_offsets(self.source.assignment()))
+        offsets = batch.next_offsets(self.source.assignment())
+        if self._txn is not None:
+            self._txn.offsets.update(offsets)
+            self._txn.member = self._txn.member or member
+            self._txn_commit()
+        else:
+            self._commit(offsets)
         self._report(batch, result, polled_at, acked_at, time.perf_counter() - started)
         self._maybe_checkpoint()
 
@@ -398,18 +437,75 @@ class Runtime:
             self._backoff.reset()
             return
 
-    def _retry_batch(self, exc: TransportError) -> None:
+    def _retry_batch(self, exc: TransportError, kind: str = "delivery") -> None:
         """Outputs were not all acknowledged: commit nothing, rewind, process the batch again.
 
-        The model has already seen the batch; it will see it a second time.
+        At least once, the model has already seen the batch and will see it a second time;
+        exactly once, the transaction is aborted and the model restored to before it.
         """
-        self._transport_failed("delivery", exc)
+        if self._txn_sink is not None:
+            self._txn_abort(kind, exc)
+        self._transport_failed(kind, exc)
         while not self._stop.is_set():
             try:
                 self.source.seek_to_committed()
                 return
             except TransportError as seek_exc:
                 self._transport_failed("poll", seek_exc)
+
+    # -- exactly once: one Kafka transaction spans the batches of delivery.transaction_min_s --
+
+    def _txn_begin(self) -> bool:
+        """Open a transaction unless one is open; False (not ready, backing off) if that fails."""
+        if self._txn is not None:
+            return True
+        assert self._txn_sink is not None
+        try:
+            self._txn_sink.begin()
+        except TransportError as exc:
+            self._txn_failing = True
+            self.metrics.set_ready(False)
+            self._transport_failed("transaction", exc)
+            return False
+        self._txn = _Transaction(time.monotonic(), _model_state(self.model))
+        return True
+
+    def _txn_commit(self, force: bool = False) -> None:
+        """Commit the open transaction with its offsets once it is ``transaction_min_s`` old
+        (``force``: now); on failure abort it, restore the model and rewind."""
+        txn, sink = self._txn, self._txn_sink
+        if txn is None or sink is None or not txn.offsets:
+            return
+        if not force and time.monotonic() - txn.started < self.cfg.delivery.transaction_min_s:
+            return
+        try:
+            now = self.source.group_metadata()  # type: ignore[attr-defined]
+            if getattr(now, "generation_id", None) != getattr(txn.member, "generation_id", None):
+                raise TransportError("the group rebalanced during the transaction")
+            sink.send_offsets(txn.offsets, txn.member)
+            sink.commit()
+        except TransportError as exc:
+            self._retry_batch(exc, "transaction")
+            return
+        self._txn = None
+        self._txn_failing = False
+        self.offsets.update(txn.offsets)
+        self._dirty = True
+        self._backoff.reset()
+
+    def _txn_abort(self, kind: str, exc: Exception) -> None:
+        """Abort the open transaction and restore the model to before it: nothing of it was
+        seen, so the rewound input counts once."""
+        assert self._txn_sink is not None
+        self._txn_sink.abort()
+        txn, self._txn = self._txn, None
+        if txn is not None:
+            self.model._restore(txn.model_before)
+        self._txn_failing = True
+        self.metrics.set_ready(False)
+        self.log.warning("transaction_aborted", extra={
+            "kind": kind, "error": str(exc),
+            "offsets": _offsets_text(txn.offsets) if txn is not None else ""})
 
     def _transport_failed(self, kind: str, exc: Exception) -> None:
         self.metrics.kafka_error(kind)
@@ -440,6 +536,8 @@ class Runtime:
     def _maybe_checkpoint(self, force: bool = False) -> None:
         due = time.monotonic() - self._last_checkpoint >= self.cfg.checkpoint.interval_s
         if not self.stores or not self._dirty or not (due or force):
+            return
+        if self._txn is not None and self._txn.offsets:  # the model holds uncommitted batches
             return
         self._last_checkpoint = time.monotonic()
         ckpt = Checkpoint(self.model.to_bytes(), dict(self.offsets), self.n_features, time.time())
@@ -486,6 +584,15 @@ class Runtime:
                                                             "error": str(exc)})
             self.log.info("runtime_stopped", extra={"offsets": _offsets_text(self.offsets)})
         return saved
+
+
+def _model_state(model: OnlineGMM) -> dict[str, Any]:
+    """What ``model._restore`` takes back: its rollback snapshot, or before the first fit
+    (when the snapshot's buffers do not exist yet) a deep copy of its attributes."""
+    try:
+        return model._snapshot()
+    except KeyError:
+        return copy.deepcopy(model.__dict__)
 
 
 def _latencies(messages: list[Points], n_points: int, polled_at: float,

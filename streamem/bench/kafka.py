@@ -39,7 +39,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ from streamem.config import Config, load_config
 from streamem.formats import OUTPUT_FORMATS, input_format
 from streamem.io import kafka_admin
 from streamem.io.base import Headers, Record
-from streamem.io.kafka import KafkaSink, KafkaSource
+from streamem.io.kafka import KafkaSink, KafkaSource, TransactionalKafkaSink
 from streamem.metrics import BatchReport, Metrics
 from streamem.synthetic import Mixture
 
@@ -478,7 +478,8 @@ def broker(bootstrap: str) -> Iterator[str]:
 def main(args: argparse.Namespace) -> int:
     """Single-point rows use ``--points`` points; multi-point rows 2000 messages' worth.
 
-    Each shape runs on every installed Kafka client (:func:`_kafka_clients`), side by side.
+    Each shape runs on every installed Kafka client (:func:`_kafka_clients`), side by side, and
+    on kafka-python at least once beside exactly once (:func:`run_delivery`).
     """
     with broker(args.bootstrap_servers) as bootstrap:
         shown: set[str] = set()
@@ -491,6 +492,8 @@ def main(args: argparse.Namespace) -> int:
                     shown.add(client)
                     print(f"settings ({client}): {results[0]['settings']}", flush=True)
                 print(report(results), flush=True)
+            print(report_delivery(run_delivery(bootstrap, n_points=n_points,
+                                               points_per_message=ppm)), flush=True)
     return 0
 
 
@@ -564,3 +567,113 @@ def _rdkafka_settings_text(cfg: Config) -> str:
                                                    "compression.type", "acks",
                                                    "enable.idempotence")}}
     return " ".join(f"{key}={value}" for key, value in shown.items() if value is not None)
+
+
+# --- at least once beside exactly once ----------------------------------------------------------
+
+
+class _TimedTxnSink(TransactionalKafkaSink):
+    """A TransactionalKafkaSink that records latencies when a transaction commits: only then
+    are its outputs visible to ``read_committed`` readers."""
+
+    source: _TimedSource
+    side: Side
+    e2e = False
+    pending: list[tuple[np.ndarray, float]]
+
+    def flush(self, timeout_s: float) -> None:
+        super().flush(timeout_s)
+        src = self.source
+        if src.created_ms.size:
+            self.pending.append((src.created_ms, src.polled_at))
+            src.created_ms = np.empty(0)
+
+    def commit(self) -> None:
+        super().commit()
+        acked_at, per_point = time.time(), self.source.points_per_message
+        for created_ms, polled_at in self.pending:
+            if self.e2e:
+                lat = acked_at - created_ms / 1000.0
+                self.side.e2e_latencies.append(np.repeat(lat, per_point))
+            else:
+                self.side.batch_latencies.append(
+                    np.full(created_ms.size * per_point, acked_at - polled_at))
+        self.pending = []
+
+    def abort(self) -> None:
+        super().abort()
+        self.pending = []
+
+
+def _exactly_once(cfg: Config) -> Config:
+    return replace(cfg, delivery=replace(cfg.delivery, guarantee="exactly_once"))
+
+
+class _ExactlyOnceDaemon(_Daemon):
+    """The daemon's Runtime with ``delivery.guarantee: exactly_once`` over timed clients."""
+
+    def __init__(self, cfg: Config, side: Side, ppm: int, *, e2e: bool) -> None:
+        cfg = _exactly_once(cfg)
+        self.metrics = _Counter()
+        source = assemble.kafka_source(cfg, cls=_TimedSource)
+        sink = _TimedTxnSink.create_transactional(
+            kafka_python.transactional_producer_settings(cfg),
+            timeout_s=cfg.delivery.transaction_timeout_s,
+            max_message_bytes=kafka_python.output_max_bytes(cfg),
+            dead_letter_topic=cfg.kafka.dead_letter_topic)
+        source.points_per_message = ppm
+        sink.source, sink.side, sink.e2e, sink.pending = source, side, e2e, []
+        self.runtime = assemble.runtime(cfg, source, sink, self.metrics, stores=[])
+        self.assigned = self.metrics.assigned
+
+
+DELIVERY = {"at_least_once": _Daemon, "exactly_once": _ExactlyOnceDaemon}
+
+
+def run_delivery(bootstrap: str, *, n_points: int, points_per_message: int = 1, d: int = 8,
+                 k: int = 8, latency: bool = True) -> dict[str, Any]:
+    """The daemon at least once and exactly once on one pre-produced topic, default settings.
+
+    Returns ``row``, ``at_least_once`` and ``exactly_once`` (as :meth:`Side.summary`; exactly
+    once, latencies end at the transaction's commit) and ``ratio`` (exactly / at least once
+    points/s). Both latency phases run at half the slower side's throughput.
+    """
+    ppm = points_per_message
+    row = Row(ppm, "json" if ppm == 1 else "block")
+    topics = _Topics(bootstrap)
+    try:
+        topic = topics.new(f"streamem-bench-delivery-{ppm}")
+        _produce(bootstrap, topic, n_points, ppm, d, k)
+        sides = {name: Side() for name in DELIVERY}
+        for _ in range(REPEATS):  # alternate; keep each one's best run
+            for name, cls in DELIVERY.items():
+                sides[name] = _best(sides[name], lambda side, cls=cls: _measure_throughput(
+                    lambda s, e2e: cls(_config(bootstrap, topic, row, k), s, ppm, e2e=e2e),
+                    side, n_points))
+        if latency:
+            rate = 0.5 * min(side.points_per_s for side in sides.values())
+            for name, cls in DELIVERY.items():
+                fresh = topics.new(f"streamem-bench-delivery-latency-{ppm}")
+                _measure_latency(lambda s, e2e, cls=cls, fresh=fresh: cls(
+                    _config(bootstrap, fresh, row, k), s, ppm, e2e=e2e),
+                    sides[name], bootstrap, fresh, row, rate, d, k)
+        return {"row": row.name, "points_per_message": ppm,
+                **{name: side.summary() for name, side in sides.items()},
+                "ratio": sides["exactly_once"].points_per_s / sides["at_least_once"].points_per_s}
+    finally:
+        topics.close()
+
+
+def report_delivery(result: dict[str, Any]) -> str:
+    """Per delivery guarantee: points/s and latencies, and the ratio."""
+    lines = [f"{result['row']}: delivery guarantee"]
+    for name in DELIVERY:
+        r = result[name]
+        lines.append(
+            f"  {name:<13} {r['points_per_s']:>11,.0f} points/s   "
+            f"batch p50/p99 {r['batch_latency_p50_s'] * 1e3:6.1f}/"
+            f"{r['batch_latency_p99_s'] * 1e3:6.1f} ms   "
+            f"end-to-end p50/p99 {r['e2e_latency_p50_s'] * 1e3:6.1f}/"
+            f"{r['e2e_latency_p99_s'] * 1e3:6.1f} ms")
+    lines.append(f"  exactly / at least once: {result['ratio']:.2f}")
+    return "\n".join(lines)

@@ -50,6 +50,8 @@ def consumer_settings(cfg: Config) -> dict[str, Any]:
         "session_timeout_ms": k.session_timeout_ms,
         "heartbeat_interval_ms": k.heartbeat_interval_ms,
         "max_poll_interval_ms": k.max_poll_interval_ms,
+        "isolation_level": ("read_committed" if cfg.delivery.guarantee == "exactly_once"
+                            else "read_uncommitted"),
     }
 
 
@@ -80,6 +82,31 @@ def producer_settings(cfg: Config) -> dict[str, Any]:
                                        DEAD_LETTER_MAX_BYTES)
     settings["request_timeout_ms"] = min(settings.get("request_timeout_ms", 30_000),
                                          delivery_ms - settings["linger_ms"])
+    return settings
+
+
+def transactional_id(cfg: Config) -> str:
+    """``delivery.transactional_id``, else ``<kafka.group_id>.<kafka.client_id>``: the same
+    for the same instance after a restart (so it fences its predecessor), different between
+    instances that set different client ids."""
+    return cfg.delivery.transactional_id or f"{cfg.kafka.group_id}.{cfg.kafka.client_id}"
+
+
+def transactional_producer_settings(cfg: Config) -> dict[str, Any]:
+    """:func:`producer_settings` with a ``transactional_id``; ``max_block_ms`` (how long
+    ``init_transactions`` and a send may block) is ``delivery.transaction_timeout_s``.
+
+    The broker aborts a transaction left open longer than ``transaction_timeout_ms``: until
+    then a paused or dead instance's open transaction holds back ``read_committed`` readers of
+    its output partitions. It is ``transaction_min_s`` plus three bounded waits (flush, send
+    offsets, commit), at most 15 min (the brokers' default limit).
+    """
+    settings = producer_settings(cfg)
+    settings["transactional_id"] = transactional_id(cfg)
+    settings["max_block_ms"] = int(cfg.delivery.transaction_timeout_s * 1000)
+    d = cfg.delivery
+    settings["transaction_timeout_ms"] = min(  # brokers refuse more than 15 min by default
+        int(1000 * (d.transaction_min_s + 3 * d.transaction_timeout_s)), 900_000)
     return settings
 
 

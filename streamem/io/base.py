@@ -195,6 +195,43 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class GroupMember(Protocol):
+    """A source that reads in a consumer group (its offsets can commit in a transaction)."""
+
+    def group_metadata(self) -> object:
+        """The membership now (generation, member id): stale, it fences a commit."""
+        ...
+
+
+@runtime_checkable
+class TransactionalSink(Sink, Protocol):
+    """A :class:`Sink` whose sends, and the input offsets they answer, commit atomically.
+
+    Every call is bounded; one that fails or times out raises :class:`TransportError`, after
+    which the transaction is gone (aborted, or fenced by the next :meth:`begin`): the caller
+    rewinds its source and undoes the transaction's effect on its state.
+    """
+
+    def begin(self) -> None:
+        """Start a transaction (first replacing a producer that failed)."""
+        ...
+
+    def send_offsets(self, offsets: Mapping[TopicPartition, int], group_metadata: object) -> None:
+        """Add the next offsets to read to the transaction (with the consumer's group metadata,
+        so a member that lost its partitions is fenced)."""
+        ...
+
+    def commit(self) -> None:
+        """Commit the transaction: its sends and offsets become visible together."""
+        ...
+
+    def abort(self) -> None:
+        """Abort the transaction: nothing of it becomes visible to ``read_committed`` readers."""
+        ...
+
+
+
 class RejoinGuard:
     """When a group member without partitions should re-join, and when /healthz should fail.
 

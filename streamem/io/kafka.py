@@ -37,6 +37,7 @@ from kafka.errors import (
     KafkaError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
+    ProducerFencedError,
     RebalanceInProgressError,
     UnknownMemberIdError,
 )
@@ -59,6 +60,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 SourceT = TypeVar("SourceT", bound="KafkaSource")
 SinkT = TypeVar("SinkT", bound="KafkaSink")
+TxnSinkT = TypeVar("TxnSinkT", bound="TransactionalKafkaSink")
 TP = tuple[str, int]
 MiB = 1024 * 1024
 FETCH_MAX_BYTES = 64 * MiB
@@ -206,6 +208,10 @@ class KafkaSource:
             if high is not None and key in self._next:
                 lags[key] = max(high - self._next[key], 0)
         return lags
+
+    def group_metadata(self) -> Any:
+        """The consumer's group membership now (generation, member id), for transactions."""
+        return self._consumer.group_metadata()
 
     def seek_to_committed(self) -> None:
         try:
@@ -436,6 +442,170 @@ class KafkaSink:
         self._producer.close(timeout=5)
         if self._dead_producer is not self._producer:
             self._dead_producer.close(timeout=5)
+
+
+class TransactionalKafkaSink(KafkaSink):
+    """A :class:`KafkaSink` whose sends and input offsets commit in one Kafka transaction.
+
+    One transactional producer carries outputs and dead letters alike (its
+    ``max_request_size`` admits any message read). A dead letter the broker refuses as too
+    large fails its transaction; from then on dead letters at least that large go out without
+    their value (``streamem.value_dropped``), so the retried transaction goes through.
+
+    kafka-python's ``send_offsets_to_transaction``, ``commit_transaction`` and
+    ``abort_transaction`` wait without a timeout: each runs on a helper thread and is given up
+    after ``timeout_s`` (the thread stays blocked until the old producer is closed). After a
+    timeout or a fatal error the producer is *broken*: the next :meth:`begin` closes it and
+    builds a new one, whose ``init_transactions`` aborts whatever the old one left open.
+
+    Parameters
+    ----------
+    build : callable
+        A new ``KafkaProducer`` with a ``transactional_id``, not yet initialised.
+    timeout_s : float
+        The bound on every transactional call (and on building plus ``init_transactions``).
+    """
+
+    def __init__(self, build: Callable[[], KafkaProducer], *, timeout_s: float,
+                 max_message_bytes: int = OUTPUT_MAX_BYTES,
+                 value_drop_topics: frozenset[str] = frozenset(),
+                 events: ClientEvents = NO_EVENTS) -> None:
+        self._build = build
+        self._timeout_s = timeout_s
+        self._dead_limit = DEAD_LETTER_MAX_BYTES
+        self._broken = False
+        super().__init__(self._new_producer(), max_message_bytes=max_message_bytes,
+                         value_drop_topics=value_drop_topics, events=events)
+
+    @classmethod
+    def create_transactional(cls: type[TxnSinkT], settings: Mapping[str, Any], *,
+                             timeout_s: float, max_message_bytes: int = OUTPUT_MAX_BYTES,
+                             dead_letter_topic: str | None = None,
+                             events: ClientEvents = NO_EVENTS) -> TxnSinkT:
+        """Connect with the KafkaProducer keyword arguments ``settings`` (which carry the
+        ``transactional_id``) and initialise transactions, fencing an earlier producer with the
+        same id; raises KafkaTimeoutError when that does not finish within ``timeout_s``."""
+        drop = frozenset([dead_letter_topic]) if dead_letter_topic else frozenset()
+        return cls(lambda: KafkaProducer(**settings), timeout_s=timeout_s,
+                   max_message_bytes=max_message_bytes, value_drop_topics=drop, events=events)
+
+    def _new_producer(self) -> KafkaProducer:
+        """A producer with its transactions initialised, within ``timeout_s``; one that is
+        ready only after that is closed (a long outage must not pile producers up)."""
+        given_up = threading.Event()
+
+        def build() -> KafkaProducer:
+            producer = self._build()
+            try:
+                producer.init_transactions()
+                if given_up.is_set():
+                    raise KafkaTimeoutError("ready after the caller gave up")
+            except BaseException:
+                producer.close(timeout=0)
+                raise
+            return producer
+
+        try:
+            return self._bounded("init_transactions", build)
+        except TransportError as exc:
+            given_up.set()
+            raise KafkaTimeoutError(str(exc)) from exc
+
+    def _bounded(self, what: str, call: Callable[[], T]) -> T:
+        """``call()`` on a helper thread, given up after ``timeout_s`` (TransportError)."""
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                box["result"] = call()
+            except BaseException as exc:  # handed to the caller's thread
+                box["error"] = exc
+
+        thread = threading.Thread(target=run, name=f"streamem-txn-{what}", daemon=True)
+        thread.start()
+        thread.join(self._timeout_s)
+        if thread.is_alive():
+            self._broken = True
+            raise TransportError(f"{what} did not finish within {self._timeout_s:g} s")
+        error = box.get("error")
+        if error is not None:
+            if isinstance(error, ProducerFencedError):
+                self._broken = True
+                log.error("producer_fenced", extra={"error": str(error)})
+            raise TransportError(f"{what} failed: {error!r}") from error
+        return box["result"]  # type: ignore[no-any-return]
+
+    def begin(self) -> None:
+        if self._broken:
+            self._replace()
+        try:
+            self._producer.begin_transaction()
+        except KafkaError as exc:
+            self._broken = True
+            raise TransportError(f"begin_transaction failed: {exc!r}") from exc
+
+    def _replace(self) -> None:
+        """Close the broken producer (bounded) and build and initialise a new one."""
+        old = self._producer
+        try:
+            self._bounded("close", lambda: old.close(timeout=0))
+        except TransportError as exc:
+            log.warning("producer_close_failed", extra={"error": str(exc)})
+        try:
+            producer = self._new_producer()
+        except KafkaError as exc:
+            self._events.kafka_error("connect")
+            raise TransportError(f"cannot replace the transactional producer: {exc}") from exc
+        self._producer = self._dead_producer = producer
+        self._broken = False
+        self._futures, self._droppable, self._errors = [], [], []
+        log.info("transactional_producer_replaced")
+
+    def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = (),
+             timestamp_ms: int | None = None) -> None:
+        if topic in self._value_drop_topics and len(value) > self._dead_limit:
+            self._send_without_value(topic, key, len(value), headers)
+            return
+        super().send(topic, key, value, headers, timestamp_ms)
+
+    def flush(self, timeout_s: float) -> None:
+        """Wait for every send since the last flush; a failure dooms the transaction."""
+        futures, errors = self._wait(min(timeout_s, self._timeout_s))
+        refused = [size for f, _, _, size, _ in self._take_droppable()
+                   if f.is_done and isinstance(f.exception, MessageSizeTooLargeError)]
+        if refused:
+            self._dead_limit = min(self._dead_limit, min(refused) - 1)
+        errors.extend(f.exception for f in futures if not f.is_done or f.failed())
+        if errors:
+            first = errors[0] if errors[0] is not None else "not acknowledged in time"
+            raise TransportError(f"{len(errors)} of {len(futures)} sends failed; first: {first}")
+
+    def send_offsets(self, offsets: Mapping[TP, int], group_metadata: object) -> None:
+        request = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+                   for (t, p), o in offsets.items()}
+        self._bounded("send_offsets_to_transaction",
+                      lambda: self._producer.send_offsets_to_transaction(request, group_metadata))
+
+    def commit(self) -> None:
+        self._bounded("commit_transaction", self._producer.commit_transaction)
+
+    def abort(self) -> None:
+        """Abort; when that fails too, the producer is replaced at the next :meth:`begin`
+        (whose ``init_transactions`` aborts the transaction). Never raises."""
+        self._futures, self._droppable, self._errors = [], [], []
+        if self._broken:
+            return
+        try:
+            self._bounded("abort_transaction", self._producer.abort_transaction)
+        except TransportError as exc:
+            self._broken = True
+            log.warning("abort_failed", extra={"error": str(exc)})
+
+    def close(self) -> None:
+        try:
+            self._bounded("close", lambda: self._producer.close(timeout=self._timeout_s))
+        except TransportError as exc:
+            log.warning("producer_close_failed", extra={"error": str(exc)})
 
 
 def connect(build: Callable[[], T], *, what: str, backoff: Backoff, stop: threading.Event,

@@ -29,3 +29,18 @@ def test_bench_measures_both_sides_and_their_latencies(kafka_bootstrap, kafka_cl
     text = bench.report([result])
     assert kafka_client in text
     assert "daemon / pass-through" in text and "end-to-end p50/p99" in text
+
+
+@pytest.mark.kafka
+def test_bench_measures_exactly_once_beside_at_least_once(kafka_bootstrap, monkeypatch) -> None:
+    monkeypatch.setattr(bench, "REPEATS", 1)
+    monkeypatch.setattr(bench, "LATENCY_SECONDS", 1.0)
+    result = bench.run_delivery(kafka_bootstrap, n_points=8_000, points_per_message=1)
+    for side in ("at_least_once", "exactly_once"):
+        r = result[side]
+        assert 0 < r["points"] <= 8_000 and r["points_per_s"] > 0
+        assert 0 < r["batch_latency_p50_s"] <= r["batch_latency_p99_s"]
+        assert 0 < r["e2e_latency_p50_s"] <= r["e2e_latency_p99_s"]
+    assert math.isclose(result["ratio"], result["exactly_once"]["points_per_s"]
+                        / result["at_least_once"]["points_per_s"])
+    assert "exactly / at least once" in bench.report_delivery(result)
