@@ -17,8 +17,8 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka_helpers import produce
 
 from streamem import assemble
-from streamem.formats.block import encode_block
 from streamem.config import load_config
+from streamem.formats.block import encode_block
 from streamem.io.kafka import TransactionalKafkaSink
 from streamem.metrics import Metrics
 from streamem.synthetic import Mixture
