@@ -10,8 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from streamem.model import collapse, matching, persistence, point
-from streamem.model.anomaly import anomaly_threshold
+from streamem.model import collapse, matching, moves, persistence, point
+from streamem.model.anomaly import (
+    FIT_POOR_FACTOR,
+    anomaly_threshold,
+    calibrated_threshold,
+    tail_keep,
+    window_levels,
+)
 from streamem.model.covariance import KINDS, CovarianceKind
 from streamem.model.delta import StatsDelta, compute_delta, flagged_capacity, warmup_delta
 from streamem.model.estimator import Estimator, not_fitted, sklearn_tags
@@ -43,7 +49,7 @@ DRIFT_SHARE = 0.25
 WARMUP_RESTARTS = 5
 #: Points per online-EM step in ``fit``'s passes.
 FIT_BATCH = 256
-RESET_REASONS = ("weight", "singular", "stranded", "drift")
+RESET_REASONS = collapse.RESET_REASONS
 NOT_FITTED = "this OnlineGMM is not fitted yet: call fit or partial_fit with some points first"
 
 
@@ -53,6 +59,13 @@ class ModelRejected(ValueError):
 #: estimate from n effective points costs about (parameters)/(2n) nats per point, so a larger
 #: model must average over more points to match batch EM (about 0.007 nats/point here).
 POINTS_PER_PARAMETER = 25.0
+#: Checks (of ``CHECK_EVERY`` points) before the first try of the moves (``_try_move``) while
+#: the model fits, and the longest wait between two tries: a try costs about as much as a few
+#: checks' points, so a model that fits pays next to nothing for them. While ``fit_poor_``,
+#: tries wait at most ``MOVE_WAIT_POOR`` checks.
+MOVE_WAIT_START = 2
+MOVE_WAIT_FIT = 4096
+MOVE_WAIT_POOR = 64
 
 
 @dataclass(frozen=True)
@@ -219,6 +232,15 @@ class OnlineGMM(Estimator):
         self._conditioning = None
         self._factored = None
         self._settled: tuple[np.ndarray, np.ndarray] | None = None
+        self._bound = -np.inf
+        self._inflation = 1.0
+        self._window = (-np.inf, -np.inf)
+        self._window_share = 0.0
+        self._window_mass = 0.0
+        self._recent = np.empty((0, 0))
+        self._recent_n = 0
+        self._move_wait = MOVE_WAIT_START
+        self._move_backoff = MOVE_WAIT_START
 
     @property
     def _kind(self) -> CovarianceKind:
@@ -459,6 +481,8 @@ class OnlineGMM(Estimator):
             saved[name] = list(saved[name])
         saved["resets_"] = dict(self.resets_)
         saved["_usage"] = self._usage.copy()
+        if self._collecting():
+            saved["_recent"] = self._recent.copy()
         if self.stats_ is not None:
             saved["stats_"] = self.stats_.copy()
         return saved
@@ -523,6 +547,9 @@ class OnlineGMM(Estimator):
         self._n_steps = n_points
         self._sum_sq_weights = 1.0 / max(n_points, 1)
         self._usage = stats.nk.copy()
+        self._window_share = self._window_mass = 0.0
+        self._recent_n = 0
+        self._move_wait = self._move_backoff = MOVE_WAIT_START
         self._refresh(threshold=True)
         self._remember_settled()
 
@@ -537,12 +564,14 @@ class OnlineGMM(Estimator):
             resp, log_lik = e_step(self._kind, self._params, X, Y)
         anomaly = log_lik < self.anomaly_threshold_
         n_flagged = int(np.count_nonzero(anomaly))
+        collecting = self._collecting()
         if n_flagged and self.protecting_:
             kept = np.flatnonzero(~anomaly)  # take() is several times faster than a mask
             self._update(Y.T.take(kept, axis=1).T, resp.T.take(kept, axis=1).T, learning_rate)
         else:
             self._update(Y, resp, learning_rate)
         self._track_recent(X, resp, anomaly, n_flagged)
+        self._track_tail(log_lik, collecting, X, anomaly)
         if self.drifting_ or self._rewarm:
             self._collect_rewarm(X)
         self.n_seen_ += len(X)
@@ -653,6 +682,75 @@ class OnlineGMM(Estimator):
                 arrivals = np.concatenate([self._flagged_at, arrivals])
             self._flagged, self._flagged_at = flagged[-capacity:], arrivals[-capacity:]
 
+    def _track_tail(self, log_lik: np.ndarray, collecting: bool, X: np.ndarray,
+                    anomaly: np.ndarray) -> None:
+        """The recent share of points in the calibration window; the recent inliers (for the
+        moves) while a try of them is near."""
+        n = len(log_lik)
+        if n == 0:
+            return
+        lo, hi = self._window
+        inside = int(np.count_nonzero((log_lik >= lo) & (log_lik < hi)))
+        keep = tail_keep(n)
+        self._window_share = keep * self._window_share + (1.0 - keep) * inside / n
+        self._window_mass = keep * self._window_mass + (1.0 - keep)
+        if collecting:
+            self._remember(X[~anomaly])
+
+    def _collecting(self) -> bool:
+        """Whether recent inliers are kept: a try of the moves is at most a ring away."""
+        wait = min(self._move_wait, MOVE_WAIT_POOR) if self.fit_poor_ else self._move_wait
+        return self.assignment != "hard" and wait * CHECK_EVERY <= self._recent_capacity()
+
+    def _recent_capacity(self) -> int:
+        return max(4096, 8 * self.n_components * ((self._n_features or 1) + 1))
+
+    def _remember(self, X: np.ndarray) -> None:
+        """Keep the latest inliers X (n, d) in a ring of ``_recent_capacity()`` rows."""
+        capacity = self._recent_capacity()
+        if self._recent.shape != (capacity, X.shape[1]):
+            self._recent, self._recent_n = np.zeros((capacity, X.shape[1])), 0
+        X = X[-capacity:]
+        self._recent[(self._recent_n + np.arange(len(X))) % capacity] = X
+        self._recent_n += len(X)
+
+    def _try_move(self) -> None:
+        """Try a split-and-merge or merge-and-re-seed move on the recent inliers (``moves``).
+
+        After a rejected try the next waits twice as many checks, up to ``MOVE_WAIT_FIT``
+        (``MOVE_WAIT_POOR`` while ``fit_poor_``); an accepted move makes the next check try
+        again. The ring of inliers is filled afresh for each try.
+        """
+        assert self.stats_ is not None and self._params is not None
+        poor = self.fit_poor_
+        if poor:
+            self._move_wait = min(self._move_wait, MOVE_WAIT_POOR)
+        if self._move_wait > 0:
+            self._move_wait -= 1
+            return
+        if self._recent_n < len(self._recent) or not len(self._recent) or \
+                self.assignment == "hard":
+            return
+        rng = np.random.default_rng([self._state["seed"], 3, self.n_seen_])
+        move = None
+        if moves.worth_trying(self._params, self._kind, self._recent, rng):
+            move = moves.best_move(self._params, self._kind, self._recent, self.reg_covar, rng)
+        self._recent_n = 0
+        if move is None:
+            cap = MOVE_WAIT_POOR if poor else MOVE_WAIT_FIT
+            self._move_backoff = min(2 * self._move_backoff, cap)
+            self._move_wait = self._move_backoff
+            return
+        self._move_backoff, self._move_wait = 1, 0
+        stats = self.stats_
+        for slot, w, mean, cov in zip(move.slots, move.weights, move.means, move.covariances,
+                                      strict=True):
+            stats.nk[slot] = w
+            stats.means[slot] = mean
+            stats.scatter[slot] = w * cov
+        self._record_reset(move.merged[0], "merge", stats)
+        self._record_reset(move.slots[-1], move.reason, stats)
+
     def _reset_components(self) -> None:
         """Detect collapsed or stranded components and put them back to use."""
         assert self.stats_ is not None and self._params is not None
@@ -678,6 +776,7 @@ class OnlineGMM(Estimator):
             collapse.place(stats, kind, k, group.mean, group.covariance, group.share)
             self._forget_flagged(group.members)
             self._record_reset(k, "stranded", stats)
+        self._try_move()
 
     def _novel_group(self) -> collapse.Group | None:
         if len(self._flagged) == 0 or not np.isfinite(self.anomaly_threshold_):
@@ -717,11 +816,33 @@ class OnlineGMM(Estimator):
             self._factored = None
         self.version_ += 1
         if threshold or not np.isfinite(self.anomaly_threshold_):
-            d = self._params.means.shape[1]
-            self.anomaly_threshold_ = anomaly_threshold(
-                self._params.weights, self._params.log_det, d, self.anomaly_rate,
-                start=self.anomaly_threshold_,
-            )
+            p, d, rate = self._params, self._params.means.shape[1], self.anomaly_rate
+            self._bound = anomaly_threshold(p.weights, p.log_det, d, rate, start=self._bound)
+            self.anomaly_threshold_, self._inflation = calibrated_threshold(
+                self._window_share, self._window_mass, p.weights, p.log_det, d, rate,
+                self._bound)
+            lo, hi = window_levels(rate)
+            self._window = (anomaly_threshold(p.weights, p.log_det, d, lo, start=self._bound),
+                            anomaly_threshold(p.weights, p.log_det, d, hi, start=self._bound))
+
+    @property
+    def tail_inflation_(self) -> float:
+        """How many times more of the recent points lie in the moderate tail than the mixture
+        predicts (1 when it describes the data's tail; see ``model.anomaly``)."""
+        return self._inflation
+
+    @property
+    def flag_excess_(self) -> float:
+        """The recent flagged share (half-life ``RECENT_HALFLIFE`` points) over ``anomaly_rate``:
+        about 1 while the model fits and anomalies are as rare as it assumes."""
+        return self._flag_share / self.anomaly_rate
+
+    @property
+    def fit_poor_(self) -> bool:
+        """Whether flags run far above ``anomaly_rate`` (``flag_excess_`` > ``FIT_POOR_FACTOR``):
+        the data are not the mixture the threshold assumes (heavy tails, a poor fit), or a burst
+        of anomalies or drift is under way."""
+        return self.flag_excess_ > FIT_POOR_FACTOR
 
     # ------------------------------------------------------------------ one model, many workers
     def delta(self, X: Any) -> tuple[BatchResult, StatsDelta]:
