@@ -719,7 +719,7 @@ class OnlineGMM(Estimator):
 
         After a rejected try the next waits twice as many checks, up to ``MOVE_WAIT_FIT``
         (``MOVE_WAIT_POOR`` while ``fit_poor_``); an accepted move makes the next check try
-        again. The ring of inliers is filled afresh for each try.
+        again. The ring of inliers is filled afresh for each try, and dropped after it.
         """
         assert self.stats_ is not None and self._params is not None
         poor = self.fit_poor_
@@ -735,7 +735,7 @@ class OnlineGMM(Estimator):
         move = None
         if moves.worth_trying(self._params, self._kind, self._recent, rng):
             move = moves.best_move(self._params, self._kind, self._recent, self.reg_covar, rng)
-        self._recent_n = 0
+        self._recent, self._recent_n = np.empty((0, 0)), 0  # refilled before the next try
         if move is None:
             cap = MOVE_WAIT_POOR if poor else MOVE_WAIT_FIT
             self._move_backoff = min(2 * self._move_backoff, cap)

@@ -32,7 +32,10 @@ MIN_GAIN = 1e-3
 #: A try goes on only when some component's Mardia kurtosis, on ``SCREEN_POINTS`` recent
 #: inliers, is this many standard errors from a Gaussian's (see :func:`worth_trying`).
 SCREEN_Z = 4.0
-SCREEN_POINTS = 1024
+#: ... and outside these multiples of it: a fitted Gaussian's estimate lies within them even in
+#: 32 dimensions; a component stretched over two clusters falls below, heavy tails rise above.
+SCREEN_BAND = (0.85, 1.5)
+SCREEN_POINTS = 4096
 #: Share of the training half, at least 2(d + 1) points, a re-seeded component starts on.
 RESEED_SHARE = 0.05
 
@@ -119,8 +122,8 @@ def worth_trying(
     params: Params, kind: CovarianceKind, X: np.ndarray, rng: np.random.Generator,
 ) -> bool:
     """A cheap screen before :func:`best_move`: whether a component's points X (n, d) are far
-    from Gaussian (their Mardia kurtosis |b₂ − d(d + 2)| over its standard error
-    √(8d(d + 2)/N_k) exceeds ``SCREEN_Z``), which the poor starts the moves leave show."""
+    from Gaussian: their Mardia kurtosis b₂ is ``SCREEN_Z`` standard errors √(8d(d + 2)/N_k)
+    from d(d + 2) and outside ``SCREEN_BAND`` times it, as in the poor starts the moves leave."""
     n, d = X.shape
     if n > SCREEN_POINTS:
         X = X[rng.choice(n, SCREEN_POINTS, replace=False)]
@@ -132,7 +135,9 @@ def worth_trying(
     gaussian = d * (d + 2.0)
     kurtosis = np.einsum("kn,nk->k", maha**2, resp) / np.maximum(nk, 1e-300)
     z = np.abs(kurtosis - gaussian) / np.sqrt(8.0 * gaussian / np.maximum(nk, 1e-300))
-    return bool((z[nk >= d + 1] > SCREEN_Z).any())
+    ratio = kurtosis / gaussian
+    far = (z > SCREEN_Z) & ((ratio < SCREEN_BAND[0]) | (ratio > SCREEN_BAND[1]))
+    return bool(far[nk >= 10 * (d + 1)].any())
 
 
 def _merge_candidates(resp: np.ndarray) -> list[tuple[int, int]]:
