@@ -103,14 +103,14 @@ def window_levels(anomaly_rate: float) -> tuple[float, float]:
 
 def calibrated_threshold(
     window_share: float, window_mass: float, weights: np.ndarray, log_det_prec: np.ndarray,
-    n_features: int, anomaly_rate: float, bound: float,
+    n_features: int, anomaly_rate: float, bound: float, start: float | None = None,
 ) -> tuple[float, float]:
     """The threshold in force and the tail inflation f: the bound solved for
     ``anomaly_rate`` / f (``bound``, its solution for ``anomaly_rate``, when f = 1).
 
     ``window_share`` is the recent average of the share of points in the window, over a total
     weight ``window_mass`` ≤ 1 (the average started from 0); f is 1 while it holds too few
-    points to tell.
+    points to tell. ``start``: the previous threshold, where Newton's method starts.
     """
     lo, hi = window_levels(anomaly_rate)
     predicted = hi - lo
@@ -121,7 +121,7 @@ def calibrated_threshold(
     if f <= 1.0:
         return bound, f
     return anomaly_threshold(weights, log_det_prec, n_features, anomaly_rate / f,
-                             start=bound), f
+                             start=bound if start is None else start), f
 
 
 def _newton(

@@ -63,7 +63,7 @@ POINTS_PER_PARAMETER = 25.0
 #: the model fits, and the longest wait between two tries: a try costs about as much as a few
 #: checks' points, so a model that fits pays next to nothing for them. While ``fit_poor_``,
 #: tries wait at most ``MOVE_WAIT_POOR`` checks.
-MOVE_WAIT_START = 2
+MOVE_WAIT_START = 8
 MOVE_WAIT_FIT = 4096
 MOVE_WAIT_POOR = 64
 
@@ -820,10 +820,10 @@ class OnlineGMM(Estimator):
             self._bound = anomaly_threshold(p.weights, p.log_det, d, rate, start=self._bound)
             self.anomaly_threshold_, self._inflation = calibrated_threshold(
                 self._window_share, self._window_mass, p.weights, p.log_det, d, rate,
-                self._bound)
-            lo, hi = window_levels(rate)
-            self._window = (anomaly_threshold(p.weights, p.log_det, d, lo, start=self._bound),
-                            anomaly_threshold(p.weights, p.log_det, d, hi, start=self._bound))
+                self._bound, start=self.anomaly_threshold_)
+            self._window = tuple(  # type: ignore[assignment]
+                anomaly_threshold(p.weights, p.log_det, d, level, start=t)
+                for level, t in zip(window_levels(rate), self._window, strict=True))
 
     @property
     def tail_inflation_(self) -> float:

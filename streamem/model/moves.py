@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import logsumexp
 
-from streamem.model.covariance import CovarianceKind
+from streamem.model.covariance import LOG_2PI, CovarianceKind
 from streamem.model.params import Params, estimate_weighted_log_prob, make_params
 from streamem.model.statistics import batch_statistics
 
@@ -127,10 +127,10 @@ def worth_trying(
     n, d = X.shape
     if n > SCREEN_POINTS:
         X = X[rng.choice(n, SCREEN_POINTS, replace=False)]
-    logp = estimate_weighted_log_prob(kind, params, X)
-    resp = np.exp(logp - logsumexp(logp, axis=1, keepdims=True))
     maha = kind.mahalanobis(X - params.center, params.means - params.center,
                             params.precisions_chol)  # (K, n)
+    logp = (params.log_weights + params.log_det - 0.5 * d * LOG_2PI)[:, None] - 0.5 * maha
+    resp = np.exp(logp - logsumexp(logp, axis=0, keepdims=True)).T  # (n, K)
     nk = resp.sum(axis=0)
     gaussian = d * (d + 2.0)
     kurtosis = np.einsum("kn,nk->k", maha**2, resp) / np.maximum(nk, 1e-300)
