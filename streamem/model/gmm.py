@@ -19,7 +19,13 @@ from streamem.model.anomaly import (
     window_levels,
 )
 from streamem.model.covariance import KINDS, CovarianceKind
-from streamem.model.delta import StatsDelta, compute_delta, flagged_capacity, warmup_delta
+from streamem.model.delta import (
+    StatsDelta,
+    compute_delta,
+    flagged_capacity,
+    inlier_capacity,
+    warmup_delta,
+)
 from streamem.model.estimator import Estimator, not_fitted, sklearn_tags
 from streamem.model.params import (
     Params,
@@ -703,7 +709,7 @@ class OnlineGMM(Estimator):
         return self.assignment != "hard" and wait * CHECK_EVERY <= self._recent_capacity()
 
     def _recent_capacity(self) -> int:
-        return max(4096, 8 * self.n_components * ((self._n_features or 1) + 1))
+        return inlier_capacity(self.n_components, self._n_features or 1)
 
     def _remember(self, X: np.ndarray) -> None:
         """Keep the latest inliers X (n, d) in a ring of ``_recent_capacity()`` rows."""
@@ -864,7 +870,7 @@ class OnlineGMM(Estimator):
             self._kind, params, X, version=self.version_, threshold=self.anomaly_threshold_,
             protecting=self.protecting_, hard=self.assignment == "hard",
             recent_halflife=RECENT_HALFLIFE, keep_points=self.drifting_ or bool(self._rewarm),
-            drift_share=DRIFT_SHARE)
+            drift_share=DRIFT_SHARE, window=self._window, keep_inliers=self._collecting())
         return _result(resp, log_lik, anomaly, np.zeros(len(X), dtype=bool), self.version_), out
 
     def fold(self, delta: StatsDelta) -> None:
@@ -921,6 +927,11 @@ class OnlineGMM(Estimator):
             self._sum_sq_weights = decay**2 * self._sum_sq_weights + m * weight**2
         self._usage = delta.recent_keep * self._usage + delta.usage_add
         self._flag_share = delta.recent_keep * self._flag_share + delta.flag_add
+        keep = tail_keep(n)
+        self._window_share = keep * self._window_share + delta.window_add
+        self._window_mass = keep * self._window_mass + (1.0 - keep)
+        if len(delta.inliers):
+            self._remember(delta.inliers)
         if len(delta.flagged):
             capacity = flagged_capacity(self.n_components, delta.n_features)
             flagged, arrivals = delta.flagged, self.n_seen_ + delta.flagged_at
