@@ -705,7 +705,7 @@ class OnlineGMM(Estimator):
 
     def _collecting(self) -> bool:
         """Whether recent inliers are kept: a try of the moves is at most a ring away."""
-        wait = min(self._move_wait, MOVE_WAIT_POOR) if self.fit_poor_ else self._move_wait
+        wait = min(self._move_wait, MOVE_WAIT_POOR) // 2 if self.fit_poor_ else self._move_wait
         return self.assignment != "hard" and wait * CHECK_EVERY <= self._recent_capacity()
 
     def _recent_capacity(self) -> int:
@@ -724,13 +724,13 @@ class OnlineGMM(Estimator):
         """Try a split-and-merge or merge-and-re-seed move on the recent inliers (``moves``).
 
         After a rejected try the next waits twice as many checks, up to ``MOVE_WAIT_FIT``
-        (``MOVE_WAIT_POOR`` while ``fit_poor_``); an accepted move makes the next check try
-        again. The ring of inliers is filled afresh for each try, and dropped after it.
+        (``MOVE_WAIT_POOR`` while ``fit_poor_``, when the wait also halves at each check); an
+        accepted move makes the next check try again. The ring of inliers is filled afresh for each try, and dropped after it.
         """
         assert self.stats_ is not None and self._params is not None
         poor = self.fit_poor_
-        if poor:
-            self._move_wait = min(self._move_wait, MOVE_WAIT_POOR)
+        if poor:  # the wait runs out in about log2(wait) checks
+            self._move_wait = min(self._move_wait, MOVE_WAIT_POOR) // 2
         if self._move_wait > 0:
             self._move_wait -= 1
             return
