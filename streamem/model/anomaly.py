@@ -38,6 +38,8 @@ WINDOW = (3.0, 30.0)
 TAIL_HALFLIFE = 5000.0
 #: The calibration starts once the recent average holds this many expected points in the window.
 WINDOW_MIN_POINTS = 100.0
+#: The inflation counts only the observed share's excess beyond this many standard errors.
+Z_INFLATION = 3.0
 #: The fit is poor when the recent flagged share exceeds this many times ``anomaly_rate``.
 FIT_POOR_FACTOR = 5.0
 
@@ -117,7 +119,8 @@ def calibrated_threshold(
     points = window_mass * 2.0 * TAIL_HALFLIFE / math.log(2.0)  # the average's effective size
     if predicted <= 0 or window_mass <= 0 or points * predicted < WINDOW_MIN_POINTS:
         return bound, 1.0
-    f = max(1.0, window_share / window_mass / predicted)
+    observed = window_share / window_mass
+    f = max(1.0, (observed - Z_INFLATION * math.sqrt(observed / points)) / predicted)
     if f <= 1.0:
         return bound, f
     return anomaly_threshold(weights, log_det_prec, n_features, anomaly_rate / f,

@@ -570,14 +570,14 @@ class OnlineGMM(Estimator):
             resp, log_lik = e_step(self._kind, self._params, X, Y)
         anomaly = log_lik < self.anomaly_threshold_
         n_flagged = int(np.count_nonzero(anomaly))
-        collecting = self._collecting()
+        collecting, window = self._collecting(), self._counted_window()
         if n_flagged and self.protecting_:
             kept = np.flatnonzero(~anomaly)  # take() is several times faster than a mask
             self._update(Y.T.take(kept, axis=1).T, resp.T.take(kept, axis=1).T, learning_rate)
         else:
             self._update(Y, resp, learning_rate)
         self._track_recent(X, resp, anomaly, n_flagged)
-        self._track_tail(log_lik, collecting, X, anomaly)
+        self._track_tail(log_lik, window, collecting, X, anomaly)
         if self.drifting_ or self._rewarm:
             self._collect_rewarm(X)
         self.n_seen_ += len(X)
@@ -688,14 +688,19 @@ class OnlineGMM(Estimator):
                 arrivals = np.concatenate([self._flagged_at, arrivals])
             self._flagged, self._flagged_at = flagged[-capacity:], arrivals[-capacity:]
 
-    def _track_tail(self, log_lik: np.ndarray, collecting: bool, X: np.ndarray,
-                    anomaly: np.ndarray) -> None:
-        """The recent share of points in the calibration window; the recent inliers (for the
-        moves) while a try of them is near."""
+    def _counted_window(self) -> tuple[float, float]:
+        """The calibration window points are counted in: none while flags are excessive (the
+        model does not fit the stream then, and a drift must not lower the threshold)."""
+        return (-np.inf, -np.inf) if self._flags_excessive() else self._window
+
+    def _track_tail(self, log_lik: np.ndarray, window: tuple[float, float], collecting: bool,
+                    X: np.ndarray, anomaly: np.ndarray) -> None:
+        """The recent share of points in the calibration ``window``; the recent inliers (for
+        the moves) while a try of them is near."""
         n = len(log_lik)
         if n == 0:
             return
-        lo, hi = self._window
+        lo, hi = window
         inside = int(np.count_nonzero((log_lik >= lo) & (log_lik < hi)))
         keep = tail_keep(n)
         self._window_share = keep * self._window_share + (1.0 - keep) * inside / n
@@ -870,7 +875,7 @@ class OnlineGMM(Estimator):
             self._kind, params, X, version=self.version_, threshold=self.anomaly_threshold_,
             protecting=self.protecting_, hard=self.assignment == "hard",
             recent_halflife=RECENT_HALFLIFE, keep_points=self.drifting_ or bool(self._rewarm),
-            drift_share=DRIFT_SHARE, window=self._window, keep_inliers=self._collecting())
+            drift_share=DRIFT_SHARE, window=self._counted_window(), keep_inliers=self._collecting())
         return _result(resp, log_lik, anomaly, np.zeros(len(X), dtype=bool), self.version_), out
 
     def fold(self, delta: StatsDelta) -> None:

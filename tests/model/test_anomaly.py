@@ -132,13 +132,14 @@ def test_an_inflated_tail_lowers_the_threshold_to_rate_over_inflation(separated:
     share = 3.0 * window_share(log_lik, p, rate)
     t, f = calibrated_threshold(share, 1.0, p.weights, p.log_det, 2, rate,
                                 gmm.anomaly_threshold_)
-    assert f == pytest.approx(3.0, rel=0.15)
+    assert f == pytest.approx(3.0, rel=0.15)  # less 3 standard errors of the observed share
     assert t < gmm.anomaly_threshold_
     log_peak = np.log(p.weights) - LOG_2PI + p.log_det
     assert inlier_flag_rate(t, log_peak, p.weights, 2) == pytest.approx(rate / f, rel=1e-4)
-    # the average is normalised by its mass, and holds too few points to tell at first
-    assert calibrated_threshold(0.5 * share, 0.5, p.weights, p.log_det, 2, rate,
-                                gmm.anomaly_threshold_)[1] == pytest.approx(f)
+    # the average is normalised by its mass; fewer points leave more of the excess as noise,
+    # too few to tell none of it
+    assert 1.5 < calibrated_threshold(0.5 * share, 0.5, p.weights, p.log_det, 2, rate,
+                                      gmm.anomaly_threshold_)[1] < f
     assert calibrated_threshold(share * 1e-3, 1e-3, p.weights, p.log_det, 2, rate,
                                 gmm.anomaly_threshold_)[1] == 1.0
     assert TAIL_HALFLIFE * 1e-3 < 100
