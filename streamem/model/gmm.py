@@ -730,7 +730,8 @@ class OnlineGMM(Estimator):
 
         After a rejected try the next waits twice as many checks, up to ``MOVE_WAIT_FIT``
         (``MOVE_WAIT_POOR`` while ``fit_poor_``, when the wait also halves at each check); an
-        accepted move makes the next check try again. The ring of inliers is filled afresh for each try, and dropped after it.
+        accepted move makes the next check try again. The ring of inliers is filled afresh for
+        each try, and dropped after it.
         """
         assert self.stats_ is not None and self._params is not None
         poor = self.fit_poor_
