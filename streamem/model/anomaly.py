@@ -92,6 +92,14 @@ def anomaly_threshold(
     )
 
 
+def bound_share(t: float, weights: np.ndarray, log_det_prec: np.ndarray, n_features: int) -> float:
+    """The bound's share of the model's own points with log p(x) < t (see the module)."""
+    live = weights > 0
+    w = weights[live]
+    log_peak = np.log(w) - 0.5 * n_features * LOG_2PI + log_det_prec[live]
+    return inlier_flag_rate(t, log_peak, w, n_features)
+
+
 def tail_keep(n_points: int) -> float:
     """The factor the recent window share keeps over ``n_points`` new points."""
     return math.exp(-math.log(2.0) * n_points / TAIL_HALFLIFE)
@@ -106,6 +114,7 @@ def window_levels(anomaly_rate: float) -> tuple[float, float]:
 def calibrated_threshold(
     window_share: float, window_mass: float, weights: np.ndarray, log_det_prec: np.ndarray,
     n_features: int, anomaly_rate: float, bound: float, start: float | None = None,
+    predicted: float | None = None,
 ) -> tuple[float, float]:
     """The threshold in force and the tail inflation f: the bound solved for
     ``anomaly_rate`` / f (``bound``, its solution for ``anomaly_rate``, when f = 1).
@@ -113,9 +122,12 @@ def calibrated_threshold(
     ``window_share`` is the recent average of the share of points in the window, over a total
     weight ``window_mass`` ≤ 1 (the average started from 0); f is 1 while it holds too few
     points to tell. ``start``: the previous threshold, where Newton's method starts.
+    ``predicted``: the bound's share in the window the points were counted in (by default the
+    one between the levels ``WINDOW`` × ``anomaly_rate``).
     """
-    lo, hi = window_levels(anomaly_rate)
-    predicted = hi - lo
+    if predicted is None:
+        lo, hi = window_levels(anomaly_rate)
+        predicted = hi - lo
     points = window_mass * 2.0 * TAIL_HALFLIFE / math.log(2.0)  # the average's effective size
     if predicted <= 0 or window_mass <= 0 or points * predicted < WINDOW_MIN_POINTS:
         return bound, 1.0

@@ -14,6 +14,7 @@ from streamem.model import collapse, matching, moves, persistence, point
 from streamem.model.anomaly import (
     FIT_POOR_FACTOR,
     anomaly_threshold,
+    bound_share,
     calibrated_threshold,
     tail_keep,
     window_levels,
@@ -70,6 +71,9 @@ POINTS_PER_PARAMETER = 25.0
 #: checks' points, so a model that fits pays next to nothing for them. While ``fit_poor_``,
 #: tries wait at most ``MOVE_WAIT_POOR`` checks.
 MOVE_WAIT_START = 8
+#: The calibration window's ends are solved again once the bound's share below either is off
+#: its level by this factor (the share in between is evaluated exactly at every refresh).
+WINDOW_SLACK = 1.5
 MOVE_WAIT_FIT = 4096
 MOVE_WAIT_POOR = 64
 
@@ -830,12 +834,16 @@ class OnlineGMM(Estimator):
         if threshold or not np.isfinite(self.anomaly_threshold_):
             p, d, rate = self._params, self._params.means.shape[1], self.anomaly_rate
             self._bound = anomaly_threshold(p.weights, p.log_det, d, rate, start=self._bound)
+            levels = window_levels(rate)
+            shares = [bound_share(t, p.weights, p.log_det, d) for t in self._window]
             self.anomaly_threshold_, self._inflation = calibrated_threshold(
                 self._window_share, self._window_mass, p.weights, p.log_det, d, rate,
-                self._bound, start=self.anomaly_threshold_)
-            self._window = tuple(  # type: ignore[assignment]
-                anomaly_threshold(p.weights, p.log_det, d, level, start=t)
-                for level, t in zip(window_levels(rate), self._window, strict=True))
+                self._bound, start=self.anomaly_threshold_, predicted=shares[1] - shares[0])
+            if not all(level / WINDOW_SLACK <= share <= level * WINDOW_SLACK
+                       for share, level in zip(shares, levels, strict=True)):
+                self._window = tuple(  # type: ignore[assignment]
+                    anomaly_threshold(p.weights, p.log_det, d, level, start=t)
+                    for level, t in zip(levels, self._window, strict=True))
 
     @property
     def tail_inflation_(self) -> float:
