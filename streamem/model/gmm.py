@@ -705,17 +705,21 @@ class OnlineGMM(Estimator):
         if n == 0:
             return
         lo, hi = window
-        inside = int(np.count_nonzero((log_lik >= lo) & (log_lik < hi)))
         keep = tail_keep(n)
-        self._window_share = keep * self._window_share + (1.0 - keep) * inside / n
+        self._window_share *= keep
+        if lo > -np.inf:
+            inside = np.count_nonzero((log_lik >= lo) & (log_lik < hi))
+            self._window_share += (1.0 - keep) * int(inside) / n
         self._window_mass = keep * self._window_mass + (1.0 - keep)
         if collecting:
             self._remember(X[~anomaly])
 
     def _collecting(self) -> bool:
         """Whether recent inliers are kept: a try of the moves is at most a ring away."""
-        wait = min(self._move_wait, MOVE_WAIT_POOR) // 2 if self.fit_poor_ else self._move_wait
-        return self.assignment != "hard" and wait * CHECK_EVERY <= self._recent_capacity()
+        wait = self._move_wait
+        if self._flag_share > FIT_POOR_FACTOR * self.anomaly_rate:  # fit_poor_
+            wait = min(wait, MOVE_WAIT_POOR) // 2
+        return wait * CHECK_EVERY <= self._recent_capacity() and self.assignment != "hard"
 
     def _recent_capacity(self) -> int:
         return inlier_capacity(self.n_components, self._n_features or 1)
