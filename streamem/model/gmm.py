@@ -74,6 +74,9 @@ MOVE_WAIT_START = 8
 #: The calibration window's ends are solved again once the bound's share below either is off
 #: its level by this factor (the share in between is evaluated exactly at every refresh).
 WINDOW_SLACK = 1.5
+#: A try the kurtosis screen stops (every component looks Gaussian) grows the wait this many
+#: times; one that found no significant move, twice.
+SCREENED_GROWTH = 8
 MOVE_WAIT_FIT = 4096
 MOVE_WAIT_POOR = 64
 
@@ -736,7 +739,8 @@ class OnlineGMM(Estimator):
     def _try_move(self) -> None:
         """Try a split-and-merge or merge-and-re-seed move on the recent inliers (``moves``).
 
-        After a rejected try the next waits twice as many checks, up to ``MOVE_WAIT_FIT``
+        After a rejected try the next waits twice as many checks (``SCREENED_GROWTH`` times when
+        the screen stopped it), up to ``MOVE_WAIT_FIT``
         (``MOVE_WAIT_POOR`` while ``fit_poor_``, when the wait also halves at each check); an
         accepted move makes the next check try again. The ring of inliers is filled afresh for
         each try, and dropped after it.
@@ -752,13 +756,14 @@ class OnlineGMM(Estimator):
                 self.assignment == "hard":
             return
         rng = np.random.default_rng([self._state["seed"], 3, self.n_seen_])
-        move = None
+        move, growth = None, SCREENED_GROWTH
         if moves.worth_trying(self._params, self._kind, self._recent, rng):
             move = moves.best_move(self._params, self._kind, self._recent, self.reg_covar, rng)
+            growth = 2
         self._recent, self._recent_n = np.empty((0, 0)), 0  # refilled before the next try
         if move is None:
             cap = MOVE_WAIT_POOR if poor else MOVE_WAIT_FIT
-            self._move_backoff = min(2 * self._move_backoff, cap)
+            self._move_backoff = min(growth * self._move_backoff, cap)
             self._move_wait = self._move_backoff
             return
         self._move_backoff, self._move_wait = 1, 0
