@@ -94,7 +94,7 @@ SEGMENT_AUC_GAP = pytest.mark.xfail(strict=True, reason=(
     "(0.850, 0.783) (0.841, 0.898): seed 4 is 0.057 short; 1 000 of its 2 000 points are "
     "warm-up, so the streamed model is mostly the warm-up fit"))
 INLIER_FLAGS = {
-    "shuttle": "inlier flag rate per seed 0.0078 0.0079 0.0090 0.0086 0.0076 (rate 0.001): "
+    "shuttle": "inlier flag rate per seed 0.0080 0.0105 0.0090 0.0086 0.0093 (rate 0.001): "
                "0.3-0.5 % of the normal class lie below the bound at rate 1e-8, as deep as the "
                "anomalies, so no threshold that ignores the anomalies' share can pass them",
     "segment": "inlier flag rate per seed 0.027 0.041 0.029 0.025 0.024 (rate 0.001): 1 000 "
