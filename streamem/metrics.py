@@ -242,6 +242,10 @@ class Metrics:
         self._threshold = gauge(
             "anomaly_threshold", "Log-likelihood below which a point is an anomaly (-Inf: warm-up)."
         )
+        self._flag_excess = gauge(
+            "model_flag_excess",
+            "Recent flagged share over model.anomaly_rate (about 1: fits; above 5: fit_poor_).",
+        )
         self._learning_rate = gauge("learning_rate", "Step size of the last online-EM update.")
         self._version = gauge("model_version", "Model parameter version (bumps at each refresh).")
         self._seen = gauge("model_points_seen", "Points the model has seen in its lifetime.")
@@ -340,6 +344,7 @@ class Metrics:
         self._version.set(model.version_)
         self._seen.set(model.n_seen_)
         self._threshold.set(float(model.anomaly_threshold_))
+        self._flag_excess.set(float(model.flag_excess_))
         if model.learning_rate_ is not None:
             self._learning_rate.set(float(model.learning_rate_))
         self._count_resets(model, n_points)

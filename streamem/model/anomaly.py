@@ -9,6 +9,15 @@ with equality when the components do not overlap. The threshold solves that boun
 ``anomaly_rate``: it is calibrated on the model itself, so it follows the model as it changes and
 does not move with the share of anomalies in the stream. Where components overlap, inliers are
 flagged at a rate at most ``anomaly_rate``.
+
+Real data are rarely Gaussian: their tails are heavier than the components', and the bound then
+flags inliers more often than ``anomaly_rate``. :func:`calibrated_threshold` measures by how much
+in a window of moderate log-likelihoods where inliers dominate (between the bound's levels
+``WINDOW`` × ``anomaly_rate``): there the bound predicts a known share of the points, and the
+observed share (a recent average, half-life ``TAIL_HALFLIFE`` points) divided by it is the
+tail's inflation f ≥ 1. The threshold in force solves the bound for ``anomaly_rate`` / f.
+Anomalies far below the window do not enter that ratio, so the threshold still does not move
+with their share.
 """
 
 from __future__ import annotations
@@ -23,6 +32,16 @@ from streamem.model.covariance import LOG_2PI
 
 NEWTON_STEPS = 8
 NEWTON_TOLERANCE = 1e-7
+#: The window, in multiples of ``anomaly_rate`` of the bound, where the inflation is measured.
+WINDOW = (3.0, 30.0)
+#: Half-life, in points, of the recent share of points in the window.
+TAIL_HALFLIFE = 5000.0
+#: The calibration starts once the recent average holds this many expected points in the window.
+WINDOW_MIN_POINTS = 100.0
+#: The inflation counts only the observed share's excess beyond this many standard errors.
+Z_INFLATION = 3.0
+#: The fit is poor when the recent flagged share exceeds this many times ``anomaly_rate``.
+FIT_POOR_FACTOR = 5.0
 
 
 def inlier_flag_rate(t: float, log_peak: np.ndarray, weights: np.ndarray, n_features: int) -> float:
@@ -71,6 +90,53 @@ def anomaly_threshold(
             xtol=1e-6,
         )
     )
+
+
+def bound_share(t: float, weights: np.ndarray, log_det_prec: np.ndarray, n_features: int) -> float:
+    """The bound's share of the model's own points with log p(x) < t (see the module)."""
+    live = weights > 0
+    w = weights[live]
+    log_peak = np.log(w) - 0.5 * n_features * LOG_2PI + log_det_prec[live]
+    return inlier_flag_rate(t, log_peak, w, n_features)
+
+
+def tail_keep(n_points: int) -> float:
+    """The factor the recent window share keeps over ``n_points`` new points."""
+    return math.exp(-math.log(2.0) * n_points / TAIL_HALFLIFE)
+
+
+def window_levels(anomaly_rate: float) -> tuple[float, float]:
+    """The bound's levels (low, high) between which the window lies."""
+    lo, hi = (min(f * anomaly_rate, 0.5) for f in WINDOW)
+    return lo, hi
+
+
+def calibrated_threshold(
+    window_share: float, window_mass: float, weights: np.ndarray, log_det_prec: np.ndarray,
+    n_features: int, anomaly_rate: float, bound: float, start: float | None = None,
+    predicted: float | None = None,
+) -> tuple[float, float]:
+    """The threshold in force and the tail inflation f: the bound solved for
+    ``anomaly_rate`` / f (``bound``, its solution for ``anomaly_rate``, when f = 1).
+
+    ``window_share`` is the recent average of the share of points in the window, over a total
+    weight ``window_mass`` ≤ 1 (the average started from 0); f is 1 while it holds too few
+    points to tell. ``start``: the previous threshold, where Newton's method starts.
+    ``predicted``: the bound's share in the window the points were counted in (by default the
+    one between the levels ``WINDOW`` × ``anomaly_rate``).
+    """
+    if predicted is None:
+        lo, hi = window_levels(anomaly_rate)
+        predicted = hi - lo
+    points = window_mass * 2.0 * TAIL_HALFLIFE / math.log(2.0)  # the average's effective size
+    if predicted <= 0 or window_mass <= 0 or points * predicted < WINDOW_MIN_POINTS:
+        return bound, 1.0
+    observed = window_share / window_mass
+    f = max(1.0, (observed - Z_INFLATION * math.sqrt(observed / points)) / predicted)
+    if f <= 1.0:
+        return bound, f
+    return anomaly_threshold(weights, log_det_prec, n_features, anomaly_rate / f,
+                             start=bound if start is None else start), f
 
 
 def _newton(

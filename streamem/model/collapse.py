@@ -30,6 +30,9 @@ from streamem.model.statistics import SufficientStatistics
 SINGULAR_RATIO = 1e-5
 #: Recent flagged share below which flagged points are treated as scattered anomalies only.
 NOVELTY_SHARE = 0.02
+#: Why components were reset (``OnlineGMM.resets_``): collapse checks, a drift refit, and the
+#: moves of ``model.moves`` (a merge frees a component that a split or re-seed takes).
+RESET_REASONS = ("weight", "singular", "stranded", "drift", "split", "merge", "reseed")
 
 
 def pooled_covariance(params: Params, kind: CovarianceKind) -> np.ndarray:

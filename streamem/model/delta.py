@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from streamem.model import npz
+from streamem.model.anomaly import tail_keep
 from streamem.model.covariance import KINDS, CovarianceKind
 from streamem.model.params import (
     Params,
@@ -33,10 +34,13 @@ from streamem.model.validation import check_points
 
 FORMAT = "streamem.StatsDelta"
 FORMAT_VERSION = 1
-_ARRAYS = ("header", "nk", "means", "scatter", "usage_add", "flagged", "flagged_at", "points")
+_ARRAYS = ("header", "nk", "means", "scatter", "usage_add", "flagged", "flagged_at", "points",
+           "inliers")
 _HEADER = {"format", "format_version", "covariance_type", "n_components", "n_features",
            "version", "n_points", "n_updating", "n_flagged", "warmup", "recent_keep",
-           "flag_add"}
+           "flag_add", "window_add"}
+#: Added after the format's first release: deltas without them carry none.
+_LATER_HEADER = {"window_add": 0.0}
 MAX_HEADER_BYTES = 4096
 #: Σ_k N_k must equal the updating points' count to this relative tolerance.
 MASS_TOLERANCE = 1e-6
@@ -72,6 +76,10 @@ class StatsDelta:
         it is initialised (``warmup``: no statistics then, the leader learns from the points
         itself), and while it collects points to refit after a drift.
     warmup : the worker had no initialised parameters; only ``points`` count.
+    window_add : the recent share of points in the threshold's calibration window moves as
+        w ← tail_keep(n)·w + window_add (see :mod:`streamem.model.anomaly`).
+    inliers : (q, d) the last q inliers, while the leader collects them for its moves (at most
+        ``inlier_capacity``).
     """
 
     covariance_type: str
@@ -89,6 +97,8 @@ class StatsDelta:
     flag_add: float
     points: np.ndarray
     warmup: bool = False
+    window_add: float = 0.0
+    inliers: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
 
     @property
     def n_components(self) -> int:
@@ -112,11 +122,13 @@ class StatsDelta:
             "n_features": self.n_features, "version": self.version, "n_points": self.n_points,
             "n_updating": self.n_updating, "n_flagged": self.n_flagged,
             "warmup": self.warmup, "recent_keep": self.recent_keep, "flag_add": self.flag_add,
+            "window_add": self.window_add,
         }
         return npz.dumps({
             "header": np.array(json.dumps(header)), "nk": self.nk, "means": self.means,
             "scatter": self.scatter, "usage_add": self.usage_add, "flagged": self.flagged,
             "flagged_at": self.flagged_at, "points": self.points,
+            **({"inliers": self.inliers} if len(self.inliers) else {}),
         })
 
     @classmethod
@@ -137,6 +149,8 @@ class StatsDelta:
         if header.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"statistics delta format version {header.get('format_version')!r} "
                              f"is not supported (this streamem reads version {FORMAT_VERSION})")
+        if isinstance(header, dict):
+            header = {**_LATER_HEADER, **header}
         if set(header) != _HEADER:
             raise ValueError(f"statistics delta header keys {sorted(header)} are not "
                              f"{sorted(_HEADER)}")
@@ -158,6 +172,11 @@ class StatsDelta:
         points = archive.array("points", limit, dtypes=("<f8",))
         if flagged_at.ndim != 1 or points.ndim != 2 or points.shape[1] != d:
             raise ValueError("statistics delta: flagged_at or points has the wrong shape")
+        inliers = np.empty((0, d))
+        if "inliers" in archive.names:
+            inliers = archive.array("inliers", limit, dtypes=("<f8",))
+            if inliers.ndim != 2 or inliers.shape[1] != d:
+                raise ValueError("statistics delta: inliers has the wrong shape")
         delta = cls(
             covariance_type=kind_name, version=_int(header, "version", 0), n_points=n,
             n_updating=_int(header, "n_updating", 0), nk=get("nk", (K,)),
@@ -168,6 +187,7 @@ class StatsDelta:
             recent_keep=_float(header, "recent_keep"), usage_add=get("usage_add", (K,)),
             flag_add=_float(header, "flag_add"),
             points=points, warmup=_bool(header, "warmup"),
+            window_add=_float(header, "window_add"), inliers=inliers,
         )
         delta.validate()
         return delta
@@ -195,8 +215,14 @@ class StatsDelta:
             if (self.scatter < -NEGATIVE_TOLERANCE * size.reshape(-1, *[1] * (
                     self.scatter.ndim - 1))).any():
                 raise ValueError("statistics delta: negative scatter")
-        if not (0.0 <= self.recent_keep <= 1.0 and 0.0 <= self.flag_add <= 1.0):
-            raise ValueError("statistics delta: recent_keep or flag_add out of range")
+        if not (0.0 <= self.recent_keep <= 1.0 and 0.0 <= self.flag_add <= 1.0
+                and 0.0 <= self.window_add <= 1.0):
+            raise ValueError("statistics delta: recent_keep, flag_add or window_add out of range")
+        if len(self.inliers) and (len(self.inliers) > min(n, inlier_capacity(K, d))
+                                  or self.inliers.ndim != 2 or self.inliers.shape[1] != d):
+            raise ValueError("statistics delta: more inliers than points or allowed")
+        if len(self.inliers):
+            check_points(self.inliers, d, allow_empty=True)
         if len(self.flagged) > min(self.n_flagged, flagged_capacity(K, d)) or len(
                 self.flagged_at) != len(self.flagged):
             raise ValueError("statistics delta: more flagged points than flagged or allowed")
@@ -226,6 +252,8 @@ def compute_delta(
     recent_halflife: float,
     keep_points: bool,
     drift_share: float,
+    window: tuple[float, float] = (-math.inf, -math.inf),
+    keep_inliers: bool = False,
 ) -> tuple[StatsDelta, np.ndarray, np.ndarray, np.ndarray]:
     """A worker's E-step on X (n, d) and its delta.
 
@@ -239,6 +267,8 @@ def compute_delta(
     keep_points : carry the points too (the leader collects them to refit after a drift);
         they are carried as well when more than ``drift_share`` of the batch is flagged, since
         the leader may start collecting with this very batch.
+    window : the log-likelihoods [low, high) of the threshold's calibration window.
+    keep_inliers : carry the last inliers (the leader collects them for its moves).
 
     Returns
     -------
@@ -270,6 +300,10 @@ def compute_delta(
         flagged=X[rows], flagged_at=rows.astype(np.int64), recent_keep=keep,
         usage_add=usage_add, flag_add=(1.0 - keep) * n_flagged / n if n else 0.0,
         points=X.copy() if keep_points or n_flagged > drift_share * n else np.empty((0, d)),
+        window_add=(1.0 - tail_keep(n)) * int(np.count_nonzero(
+            (log_lik >= window[0]) & (log_lik < window[1]))) / n if n else 0.0,
+        inliers=(X[~anomaly][-inlier_capacity(K, d):] if keep_inliers and n
+                 else np.empty((0, d))),
     )
     return delta, resp, log_lik, anomaly
 
@@ -308,6 +342,8 @@ def coalesce(deltas: list[StatsDelta]) -> StatsDelta:
         flagged = np.concatenate([out.flagged, d.flagged])[-cap:]
         flagged_at = np.concatenate([out.flagged_at, d.flagged_at + out.n_points])[-cap:]
         points = d.points  # the last points only: a gap would break the suffix
+        inliers = np.concatenate([out.inliers.reshape(-1, out.n_features), d.inliers.reshape(
+            -1, out.n_features)])[-inlier_capacity(out.n_components, out.n_features):]
         if len(d.points) == d.n_points:
             points = np.concatenate([out.points, d.points])
         out = replace(
@@ -317,8 +353,14 @@ def coalesce(deltas: list[StatsDelta]) -> StatsDelta:
             flagged_at=flagged_at, recent_keep=out.recent_keep * d.recent_keep,
             usage_add=d.recent_keep * out.usage_add + d.usage_add,
             flag_add=d.recent_keep * out.flag_add + d.flag_add, points=points,
+            window_add=tail_keep(d.n_points) * out.window_add + d.window_add, inliers=inliers,
         )
     return out
+
+
+def inlier_capacity(n_components: int, n_features: int) -> int:
+    """Recent inliers a model keeps for its moves (and a delta carries at most)."""
+    return max(4096, 8 * n_components * (n_features + 1))
 
 
 def _empty_statistics(kind: CovarianceKind, K: int, d: int) -> SufficientStatistics:

@@ -10,10 +10,23 @@ from typing import Any
 
 import numpy as np
 
-from streamem.model import collapse, matching, persistence, point
-from streamem.model.anomaly import anomaly_threshold
+from streamem.model import collapse, matching, moves, persistence, point
+from streamem.model.anomaly import (
+    FIT_POOR_FACTOR,
+    anomaly_threshold,
+    bound_share,
+    calibrated_threshold,
+    tail_keep,
+    window_levels,
+)
 from streamem.model.covariance import KINDS, CovarianceKind
-from streamem.model.delta import StatsDelta, compute_delta, flagged_capacity, warmup_delta
+from streamem.model.delta import (
+    StatsDelta,
+    compute_delta,
+    flagged_capacity,
+    inlier_capacity,
+    warmup_delta,
+)
 from streamem.model.estimator import Estimator, not_fitted, sklearn_tags
 from streamem.model.params import (
     Params,
@@ -43,7 +56,7 @@ DRIFT_SHARE = 0.25
 WARMUP_RESTARTS = 5
 #: Points per online-EM step in ``fit``'s passes.
 FIT_BATCH = 256
-RESET_REASONS = ("weight", "singular", "stranded", "drift")
+RESET_REASONS = collapse.RESET_REASONS
 NOT_FITTED = "this OnlineGMM is not fitted yet: call fit or partial_fit with some points first"
 
 
@@ -53,6 +66,19 @@ class ModelRejected(ValueError):
 #: estimate from n effective points costs about (parameters)/(2n) nats per point, so a larger
 #: model must average over more points to match batch EM (about 0.007 nats/point here).
 POINTS_PER_PARAMETER = 25.0
+#: Checks (of ``CHECK_EVERY`` points) before the first try of the moves (``_try_move``) while
+#: the model fits, and the longest wait between two tries: a try costs about as much as a few
+#: checks' points, so a model that fits pays next to nothing for them. While ``fit_poor_``,
+#: tries wait at most ``MOVE_WAIT_POOR`` checks.
+MOVE_WAIT_START = 8
+#: The calibration window's ends are solved again once the bound's share below either is off
+#: its level by this factor (the share in between is evaluated exactly at every refresh).
+WINDOW_SLACK = 1.5
+#: A try the kurtosis screen stops (every component looks Gaussian) grows the wait this many
+#: times; one that found no significant move, twice.
+SCREENED_GROWTH = 8
+MOVE_WAIT_FIT = 4096
+MOVE_WAIT_POOR = 64
 
 
 @dataclass(frozen=True)
@@ -219,6 +245,15 @@ class OnlineGMM(Estimator):
         self._conditioning = None
         self._factored = None
         self._settled: tuple[np.ndarray, np.ndarray] | None = None
+        self._bound = -np.inf
+        self._inflation = 1.0
+        self._window = (-np.inf, -np.inf)
+        self._window_share = 0.0
+        self._window_mass = 0.0
+        self._recent = np.empty((0, 0))
+        self._recent_n = 0
+        self._move_wait = MOVE_WAIT_START
+        self._move_backoff = MOVE_WAIT_START
 
     @property
     def _kind(self) -> CovarianceKind:
@@ -459,6 +494,8 @@ class OnlineGMM(Estimator):
             saved[name] = list(saved[name])
         saved["resets_"] = dict(self.resets_)
         saved["_usage"] = self._usage.copy()
+        if self._collecting():
+            saved["_recent"] = self._recent.copy()
         if self.stats_ is not None:
             saved["stats_"] = self.stats_.copy()
         return saved
@@ -523,6 +560,9 @@ class OnlineGMM(Estimator):
         self._n_steps = n_points
         self._sum_sq_weights = 1.0 / max(n_points, 1)
         self._usage = stats.nk.copy()
+        self._window_share = self._window_mass = 0.0
+        self._recent_n = 0
+        self._move_wait = self._move_backoff = MOVE_WAIT_START
         self._refresh(threshold=True)
         self._remember_settled()
 
@@ -537,12 +577,14 @@ class OnlineGMM(Estimator):
             resp, log_lik = e_step(self._kind, self._params, X, Y)
         anomaly = log_lik < self.anomaly_threshold_
         n_flagged = int(np.count_nonzero(anomaly))
+        collecting, window = self._collecting(), self._counted_window()
         if n_flagged and self.protecting_:
             kept = np.flatnonzero(~anomaly)  # take() is several times faster than a mask
             self._update(Y.T.take(kept, axis=1).T, resp.T.take(kept, axis=1).T, learning_rate)
         else:
             self._update(Y, resp, learning_rate)
         self._track_recent(X, resp, anomaly, n_flagged)
+        self._track_tail(log_lik, window, collecting, X, anomaly)
         if self.drifting_ or self._rewarm:
             self._collect_rewarm(X)
         self.n_seen_ += len(X)
@@ -653,6 +695,87 @@ class OnlineGMM(Estimator):
                 arrivals = np.concatenate([self._flagged_at, arrivals])
             self._flagged, self._flagged_at = flagged[-capacity:], arrivals[-capacity:]
 
+    def _counted_window(self) -> tuple[float, float]:
+        """The calibration window points are counted in: none while flags are excessive (the
+        model does not fit the stream then, and a drift must not lower the threshold)."""
+        return (-np.inf, -np.inf) if self._flags_excessive() else self._window
+
+    def _track_tail(self, log_lik: np.ndarray, window: tuple[float, float], collecting: bool,
+                    X: np.ndarray, anomaly: np.ndarray) -> None:
+        """The recent share of points in the calibration ``window``; the recent inliers (for
+        the moves) while a try of them is near."""
+        n = len(log_lik)
+        if n == 0:
+            return
+        lo, hi = window
+        keep = tail_keep(n)
+        self._window_share *= keep
+        if lo > -np.inf:
+            inside = np.count_nonzero((log_lik >= lo) & (log_lik < hi))
+            self._window_share += (1.0 - keep) * int(inside) / n
+        self._window_mass = keep * self._window_mass + (1.0 - keep)
+        if collecting:
+            self._remember(X[~anomaly])
+
+    def _collecting(self) -> bool:
+        """Whether recent inliers are kept: a try of the moves is at most a ring away."""
+        wait = self._move_wait
+        if self._flag_share > FIT_POOR_FACTOR * self.anomaly_rate:  # fit_poor_
+            wait = min(wait, MOVE_WAIT_POOR) // 2
+        return wait * CHECK_EVERY <= self._recent_capacity() and self.assignment != "hard"
+
+    def _recent_capacity(self) -> int:
+        return inlier_capacity(self.n_components, self._n_features or 1)
+
+    def _remember(self, X: np.ndarray) -> None:
+        """Keep the latest inliers X (n, d) in a ring of ``_recent_capacity()`` rows."""
+        capacity = self._recent_capacity()
+        if self._recent.shape != (capacity, X.shape[1]):
+            self._recent, self._recent_n = np.zeros((capacity, X.shape[1])), 0
+        X = X[-capacity:]
+        self._recent[(self._recent_n + np.arange(len(X))) % capacity] = X
+        self._recent_n += len(X)
+
+    def _try_move(self) -> None:
+        """Try a split-and-merge or merge-and-re-seed move on the recent inliers (``moves``).
+
+        After a rejected try the next waits twice as many checks (``SCREENED_GROWTH`` times when
+        the screen stopped it), up to ``MOVE_WAIT_FIT``
+        (``MOVE_WAIT_POOR`` while ``fit_poor_``, when the wait also halves at each check); an
+        accepted move makes the next check try again. The ring of inliers is filled afresh for
+        each try, and dropped after it.
+        """
+        assert self.stats_ is not None and self._params is not None
+        poor = self.fit_poor_
+        if poor:  # the wait runs out in about log2(wait) checks
+            self._move_wait = min(self._move_wait, MOVE_WAIT_POOR) // 2
+        if self._move_wait > 0:
+            self._move_wait -= 1
+            return
+        if self._recent_n < len(self._recent) or not len(self._recent) or \
+                self.assignment == "hard":
+            return
+        rng = np.random.default_rng([self._state["seed"], 3, self.n_seen_])
+        move, growth = None, SCREENED_GROWTH
+        if moves.worth_trying(self._params, self._kind, self._recent, rng):
+            move = moves.best_move(self._params, self._kind, self._recent, self.reg_covar, rng)
+            growth = 2
+        self._recent, self._recent_n = np.empty((0, 0)), 0  # refilled before the next try
+        if move is None:
+            cap = MOVE_WAIT_POOR if poor else MOVE_WAIT_FIT
+            self._move_backoff = min(growth * self._move_backoff, cap)
+            self._move_wait = self._move_backoff
+            return
+        self._move_backoff, self._move_wait = 1, 0
+        stats = self.stats_
+        for slot, w, mean, cov in zip(move.slots, move.weights, move.means, move.covariances,
+                                      strict=True):
+            stats.nk[slot] = w
+            stats.means[slot] = mean
+            stats.scatter[slot] = w * cov
+        self._record_reset(move.merged[0], "merge", stats)
+        self._record_reset(move.slots[-1], move.reason, stats)
+
     def _reset_components(self) -> None:
         """Detect collapsed or stranded components and put them back to use."""
         assert self.stats_ is not None and self._params is not None
@@ -678,6 +801,7 @@ class OnlineGMM(Estimator):
             collapse.place(stats, kind, k, group.mean, group.covariance, group.share)
             self._forget_flagged(group.members)
             self._record_reset(k, "stranded", stats)
+        self._try_move()
 
     def _novel_group(self) -> collapse.Group | None:
         if len(self._flagged) == 0 or not np.isfinite(self.anomaly_threshold_):
@@ -717,11 +841,37 @@ class OnlineGMM(Estimator):
             self._factored = None
         self.version_ += 1
         if threshold or not np.isfinite(self.anomaly_threshold_):
-            d = self._params.means.shape[1]
-            self.anomaly_threshold_ = anomaly_threshold(
-                self._params.weights, self._params.log_det, d, self.anomaly_rate,
-                start=self.anomaly_threshold_,
-            )
+            p, d, rate = self._params, self._params.means.shape[1], self.anomaly_rate
+            self._bound = anomaly_threshold(p.weights, p.log_det, d, rate, start=self._bound)
+            levels = window_levels(rate)
+            shares = [bound_share(t, p.weights, p.log_det, d) for t in self._window]
+            self.anomaly_threshold_, self._inflation = calibrated_threshold(
+                self._window_share, self._window_mass, p.weights, p.log_det, d, rate,
+                self._bound, start=self.anomaly_threshold_, predicted=shares[1] - shares[0])
+            if not all(level / WINDOW_SLACK <= share <= level * WINDOW_SLACK
+                       for share, level in zip(shares, levels, strict=True)):
+                self._window = tuple(  # type: ignore[assignment]
+                    anomaly_threshold(p.weights, p.log_det, d, level, start=t)
+                    for level, t in zip(levels, self._window, strict=True))
+
+    @property
+    def tail_inflation_(self) -> float:
+        """How many times more of the recent points lie in the moderate tail than the mixture
+        predicts (1 when it describes the data's tail; see ``model.anomaly``)."""
+        return self._inflation
+
+    @property
+    def flag_excess_(self) -> float:
+        """The recent flagged share (half-life ``RECENT_HALFLIFE`` points) over ``anomaly_rate``:
+        about 1 while the model fits and anomalies are as rare as it assumes."""
+        return self._flag_share / self.anomaly_rate
+
+    @property
+    def fit_poor_(self) -> bool:
+        """Whether flags run far above ``anomaly_rate`` (``flag_excess_`` > ``FIT_POOR_FACTOR``):
+        the data are not the mixture the threshold assumes (heavy tails, a poor fit), or a burst
+        of anomalies or drift is under way."""
+        return self.flag_excess_ > FIT_POOR_FACTOR
 
     # ------------------------------------------------------------------ one model, many workers
     def delta(self, X: Any) -> tuple[BatchResult, StatsDelta]:
@@ -743,7 +893,7 @@ class OnlineGMM(Estimator):
             self._kind, params, X, version=self.version_, threshold=self.anomaly_threshold_,
             protecting=self.protecting_, hard=self.assignment == "hard",
             recent_halflife=RECENT_HALFLIFE, keep_points=self.drifting_ or bool(self._rewarm),
-            drift_share=DRIFT_SHARE)
+            drift_share=DRIFT_SHARE, window=self._counted_window(), keep_inliers=self._collecting())
         return _result(resp, log_lik, anomaly, np.zeros(len(X), dtype=bool), self.version_), out
 
     def fold(self, delta: StatsDelta) -> None:
@@ -800,6 +950,11 @@ class OnlineGMM(Estimator):
             self._sum_sq_weights = decay**2 * self._sum_sq_weights + m * weight**2
         self._usage = delta.recent_keep * self._usage + delta.usage_add
         self._flag_share = delta.recent_keep * self._flag_share + delta.flag_add
+        keep = tail_keep(n)
+        self._window_share = keep * self._window_share + delta.window_add
+        self._window_mass = keep * self._window_mass + (1.0 - keep)
+        if len(delta.inliers):
+            self._remember(delta.inliers)
         if len(delta.flagged):
             capacity = flagged_capacity(self.n_components, delta.n_features)
             flagged, arrivals = delta.flagged, self.n_seen_ + delta.flagged_at

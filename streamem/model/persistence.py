@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from streamem.model import npz
+from streamem.model.collapse import RESET_REASONS
 from streamem.model.covariance import KINDS, CovarianceKind
 from streamem.model.params import Params, make_params, params_from_statistics
 from streamem.model.statistics import SufficientStatistics
@@ -38,15 +39,21 @@ _SCALARS = (
     "anomaly_threshold_", "learning_rate_", "_provisional_size", "_n_steps",
     "_sum_sq_weights", "_since_check", "_flag_share", "_state",
 )
+#: State added after the format's first release (the tail calibration and the moves): older
+#: files lack it and load with the fresh state ``OnlineGMM`` starts with.
+_LATER_SCALARS = ("_bound", "_inflation", "_window", "_window_share", "_window_mass",
+                  "_recent_n", "_move_wait", "_move_backoff")
+#: Reset reasons added after the first release; older files count none of them.
+_LATER_REASONS = ("split", "merge", "reseed")
+MAX_MOVE_WAIT = 1 << 20
 _PARAMS = ("n_components", "covariance_type", "reg_covar", "learning_decay", "learning_offset",
            "halflife", "warmup", "init", "assignment", "anomaly_rate", "update_on_anomaly",
            "random_state", "max_iter", "tol")
 #: Parameters added after the format's first release, with the value older files imply.
 _LATER_PARAMS = {"max_iter": 10, "tol": 1e-3}
-RESET_REASONS = ("weight", "singular", "stranded", "drift")
 _ARRAYS = ("header", "usage", "flagged", "flagged_at", "buffer", "rewarm", "nk", "stat_means",
            "scatter", "weights", "means", "covariances", "center", "settled_means",
-           "settled_covariances")
+           "settled_covariances", "recent")
 #: The JSON header of a real model is a few KB (the collapse history is its longest part).
 MAX_HEADER_BYTES = 1 << 20
 MAX_HISTORY = 10_000
@@ -58,8 +65,10 @@ def dumps(model: Any) -> bytes:
     """Serialise an ``OnlineGMM`` to bytes."""
     header: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION,
                               "params": model.get_params()}
-    header.update({name: getattr(model, name, None) for name in _SCALARS})
+    header.update({name: getattr(model, name, None) for name in _SCALARS + _LATER_SCALARS})
     header["anomaly_threshold_"] = float(model.anomaly_threshold_)
+    header["_bound"] = float(model._bound)
+    header["_window"] = [float(t) for t in model._window]
     arrays: dict[str, np.ndarray] = {
         "usage": model._usage, "flagged": model._flagged, "flagged_at": model._flagged_at,
     }
@@ -74,6 +83,8 @@ def dumps(model: Any) -> bytes:
         p = model._params
         arrays.update(weights=p.weights, means=p.means, covariances=p.covariances,
                       center=p.center)
+    if model._recent.size:
+        arrays["recent"] = model._recent
     if model._settled is not None:
         arrays.update(settled_means=model._settled[0], settled_covariances=model._settled[1])
     arrays["header"] = np.array(json.dumps(header))
@@ -108,6 +119,7 @@ def _infinity_only(name: str) -> float:
 
 
 def _build(cls: Callable[..., Any], header: dict[str, Any], archive: npz.Archive) -> Any:
+    later = {name: header.pop(name) for name in _LATER_SCALARS if name in header}
     _exact_keys("the header", header, {"format", "format_version", "params", *_SCALARS})
     params = header["params"]
     if isinstance(params, dict):
@@ -138,6 +150,10 @@ def _build(cls: Callable[..., Any], header: dict[str, Any], archive: npz.Archive
     state = header["_state"]
     _exact_keys("_state", state, {"seed"})
     model._state = {"seed": _int("_state.seed", state["seed"], low=0)}
+
+    if later:
+        _exact_keys("the header's later state", later, set(_LATER_SCALARS))
+        _later_state(model, later)
 
     model._usage = usage
     model._flagged = arrays.flagged(d, max_rows=max(4096, 64 * K * ((d or 0) + 1)))
@@ -182,12 +198,34 @@ def _build(cls: Callable[..., Any], header: dict[str, Any], archive: npz.Archive
     if ("settled_means" in parts) != ("settled_covariances" in parts) or (
             "settled_means" in parts and "nk" not in parts):
         raise ValueError("settled components without statistics, or means without covariances")
+    if "recent" in parts:
+        model._recent = arrays.get("recent", (model._recent_capacity(), d))
+    if "recent" not in parts and model._recent_n:
+        raise ValueError("_recent_n counts recent inliers the file does not hold")
     if "settled_means" in parts:  # older files have none: the next check records them
         settled = (arrays.get("settled_means", (K, d)),
                    arrays.get("settled_covariances", kind.scatter_shape(K, d)))
         _params(kind, np.full(K, 1.0 / K), *settled, settled[0].mean(axis=0))
         model._settled = settled
     return model
+
+
+def _later_state(model: Any, header: dict[str, Any]) -> None:
+    """The tail calibration's and the moves' state, checked."""
+    model._bound = _number("_bound", header["_bound"], allow_minus_inf=True)
+    model._inflation = _number("_inflation", header["_inflation"], 1.0)
+    window = header["_window"]
+    if not (isinstance(window, list) and len(window) == 2):
+        raise ValueError(f"_window must be a list of two numbers, got {_short(window)}")
+    model._window = tuple(_number("_window", t, allow_minus_inf=True) for t in window)
+    model._window_share = _number("_window_share", header["_window_share"], 0.0, 1.0)
+    model._window_mass = _number("_window_mass", header["_window_mass"], 0.0, 1.0)
+    model._recent_n = _int("_recent_n", header["_recent_n"], low=0)
+    for name in ("_move_wait", "_move_backoff"):
+        value = _int(name, header[name], low=0)
+        if value > MAX_MOVE_WAIT:
+            raise ValueError(f"{name} must be at most {MAX_MOVE_WAIT}, got {value}")
+        setattr(model, name, value)
 
 
 def _params(kind: CovarianceKind, weights: np.ndarray, means: np.ndarray,
@@ -289,6 +327,8 @@ def _number(name: str, value: Any, low: float | None = None, high: float | None 
 
 
 def _resets(value: Any) -> dict[str, int]:
+    if isinstance(value, dict):
+        value = {**dict.fromkeys(_LATER_REASONS, 0), **value}
     _exact_keys("resets_", value, set(RESET_REASONS))
     return {reason: _int(f"resets_.{reason}", value[reason], low=0) for reason in RESET_REASONS}
 

@@ -7,7 +7,14 @@ import pytest
 from scipy.stats import chi2
 
 from streamem import OnlineGMM
-from streamem.model.anomaly import _newton, anomaly_threshold
+from streamem.model.anomaly import (
+    TAIL_HALFLIFE,
+    _newton,
+    anomaly_threshold,
+    calibrated_threshold,
+    inlier_flag_rate,
+    window_levels,
+)
 from streamem.model.covariance import LOG_2PI
 from streamem.synthetic import Mixture, Stream
 
@@ -105,3 +112,53 @@ def test_newton_from_a_nearby_threshold_finds_the_bracketed_root() -> None:
         log_peak = np.log(weights) - 0.5 * d * LOG_2PI + log_det
         found = _newton(nearby, float(log_peak.max()), log_peak, weights, d, np.log(rate))
         assert found == pytest.approx(bracketed, abs=2e-6)
+
+
+def window_share(log_lik: np.ndarray, p, rate: float) -> float:
+    lo, hi = (anomaly_threshold(p.weights, p.log_det, 2, level) for level in window_levels(rate))
+    return float(np.mean((log_lik >= lo) & (log_lik < hi)))
+
+
+def test_the_models_own_samples_show_no_tail_inflation(separated: Mixture) -> None:
+    gmm = model_of(separated, anomaly_rate=1e-3)
+    p = gmm._fitted()
+    log_lik = gmm.score_samples(gmm.sample(100_000, random_state=4)[0])
+    t, f = calibrated_threshold(window_share(log_lik, p, 1e-3), 1.0, p.weights, p.log_det, 2,
+                                1e-3, gmm.anomaly_threshold_)
+    assert 1.0 <= f < 1.15
+    assert t == pytest.approx(gmm.anomaly_threshold_, abs=0.15)
+
+
+def test_an_inflated_tail_lowers_the_threshold_to_rate_over_inflation(separated: Mixture) -> None:
+    """Three times the predicted share in the window: the bound is solved for rate / 3."""
+    rate = 1e-3
+    gmm = model_of(separated, anomaly_rate=rate)
+    p = gmm._fitted()
+    log_lik = gmm.score_samples(gmm.sample(100_000, random_state=5)[0])
+    share = 3.0 * window_share(log_lik, p, rate)
+    t, f = calibrated_threshold(share, 1.0, p.weights, p.log_det, 2, rate,
+                                gmm.anomaly_threshold_)
+    assert f == pytest.approx(3.0, rel=0.15)  # less 3 standard errors of the observed share
+    assert t < gmm.anomaly_threshold_
+    log_peak = np.log(p.weights) - LOG_2PI + p.log_det
+    assert inlier_flag_rate(t, log_peak, p.weights, 2) == pytest.approx(rate / f, rel=1e-4)
+    # the average is normalised by its mass; fewer points leave more of the excess as noise,
+    # too few to tell none of it
+    assert 1.5 < calibrated_threshold(0.5 * share, 0.5, p.weights, p.log_det, 2, rate,
+                                      gmm.anomaly_threshold_)[1] < f
+    assert calibrated_threshold(share * 1e-3, 1e-3, p.weights, p.log_det, 2, rate,
+                                gmm.anomaly_threshold_)[1] == 1.0
+    assert TAIL_HALFLIFE * 1e-3 < 100
+
+
+def test_flags_far_above_the_rate_tell_the_fit_is_poor() -> None:
+    """Student-t data (2 degrees of freedom): the Gaussian tail is far too light."""
+    rng = np.random.default_rng(6)
+    heavy = OnlineGMM(3, random_state=0)
+    for _ in range(40):
+        heavy.partial_fit(rng.standard_t(2, size=(1000, 3)))
+    assert heavy.fit_poor_ and heavy.flag_excess_ > 5
+    gaussian = OnlineGMM(3, random_state=0)
+    for _ in range(40):
+        gaussian.partial_fit(rng.normal(size=(1000, 3)))
+    assert not gaussian.fit_poor_ and gaussian.flag_excess_ < 3

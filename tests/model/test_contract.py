@@ -359,7 +359,8 @@ def test_resets_and_history_are_consistent(config: dict) -> None:
     covs = kind.from_full(np.concatenate([mix.covariances, np.eye(D)[None]]))
     gmm = OnlineGMM.from_params(weights, means, covs, warmup=100, random_state=0, **config)
     feed(gmm, mix.sample(CHECK_EVERY + 200, random_state=2)[0], 200)
-    assert set(gmm.resets_) == {"weight", "singular", "stranded", "drift"}
+    assert set(gmm.resets_) == {"weight", "singular", "stranded", "drift", "split", "merge",
+                                "reseed"}
     assert all(isinstance(v, int) and v >= 0 for v in gmm.resets_.values())
     total = sum(gmm.resets_.values())
     assert total > 0, "this stream must force at least one reset"

@@ -166,3 +166,25 @@ def test_one_point_and_empty_deltas_fold_like_partial_fit(covariance_type):
         model.fold(StatsDelta.from_bytes(model.delta(x[None])[1].to_bytes()))
         one.partial_fit(x[None])
     assert_same_model(one, model, 1e-10)
+
+
+def test_folded_deltas_carry_the_window_share_and_the_inliers_for_the_moves():
+    """While a try of the moves is near, the leader keeps the same ring of recent inliers from
+    deltas as from the joined stream, and the calibration window's share follows the same
+    average (up to composing it per delta rather than per batch)."""
+    model, X = started(anomaly_rate=0.05)
+    model._move_wait = 1  # the next check tries the moves: recent inliers are collected
+    one, leader = copy.deepcopy(model), copy.deepcopy(model)
+    batches = np.array_split(X[:1500], 4)
+    deltas = [model.delta(b)[1] for b in batches]
+    assert all(len(d.inliers) for d in deltas) and sum(d.window_add for d in deltas) > 0
+    one.partial_fit(np.concatenate(batches))
+    for d in deltas:
+        leader.fold(StatsDelta.from_bytes(d.to_bytes()))
+    assert leader._recent_n == one._recent_n == 1500 - sum(d.n_flagged for d in deltas)
+    np.testing.assert_array_equal(leader._recent, one._recent)
+    assert leader._window_mass == pytest.approx(one._window_mass, rel=1e-12)
+    assert leader._window_share == pytest.approx(one._window_share, rel=1e-3)
+    assert coalesce(deltas).window_add == pytest.approx(
+        StatsDelta.from_bytes(coalesce(deltas).to_bytes()).window_add)
+    np.testing.assert_array_equal(coalesce(deltas).inliers, one._recent[:one._recent_n])

@@ -295,3 +295,65 @@ def test_every_state_along_a_hard_stream_round_trips(config: dict) -> None:
         checked.add((copy.initialized_, bool(copy._rewarm), bool(copy._flagged.size)))
     assert (True, True, True) in checked or (True, True, False) in checked  # re-warming seen
     assert model.resets_["drift"] >= 1
+
+
+LATER_STATE = ("_bound", "_inflation", "_window", "_window_share", "_window_mass", "_recent_n",
+               "_move_wait", "_move_backoff")
+
+
+def test_older_files_without_the_calibration_and_moves_state_load() -> None:
+    """Files from before the tail calibration and the moves: no such header keys, no ring,
+    no split/merge/reseed counts; they load with a fresh state and learn."""
+    model = fitted()
+    header, arrays = unpack(model)
+    for name in LATER_STATE:
+        header.pop(name)
+    for reason in ("split", "merge", "reseed"):
+        header["resets_"].pop(reason)
+    older = OnlineGMM.from_bytes(pack(header, arrays))
+    fresh = OnlineGMM(2)
+    fresh._ready()
+    for name in LATER_STATE:
+        assert getattr(older, name) == getattr(fresh, name), name
+    assert older.resets_["merge"] == older.resets_["split"] == older.resets_["reseed"] == 0
+    older.partial_fit(points(300, seed=1))
+    np.testing.assert_array_equal(older.means_, OnlineGMM.from_bytes(older.to_bytes()).means_)
+
+
+def collecting() -> OnlineGMM:
+    """A fitted model whose next check tries the moves: it keeps a ring of recent inliers."""
+    model = fitted()
+    model._move_wait = 1
+    model.partial_fit(points(300, seed=2))
+    assert model._recent_n == 300
+    return model
+
+
+def test_the_ring_of_recent_inliers_round_trips() -> None:
+    model = collecting()
+    restored = OnlineGMM.from_bytes(model.to_bytes())
+    np.testing.assert_array_equal(restored._recent, model._recent)
+    assert (restored._recent_n, restored._move_wait, restored._window) == (
+        model._recent_n, model._move_wait, model._window)
+
+
+LATER_DAMAGE = {
+    "move wait": (lambda h, a: h.update(_move_wait=1 << 40), "_move_wait"),
+    "negative backoff": (lambda h, a: h.update(_move_backoff=-1), "_move_backoff"),
+    "window share": (lambda h, a: h.update(_window_share=1.5), "_window_share"),
+    "inflation": (lambda h, a: h.update(_inflation=0.5), "_inflation"),
+    "window": (lambda h, a: h.update(_window=[0.0]), "_window"),
+    "window text": (lambda h, a: h.update(_window=["a", 1.0]), "_window"),
+    "one later key only": (lambda h, a: h.pop("_bound"), "_bound"),
+    "ring missing": (lambda h, a: a.pop("recent"), "_recent_n"),
+    "ring too long": (lambda h, a: a.update(recent=np.zeros((5000, 3))), "recent"),
+    "unknown reason": (lambda h, a: h["resets_"].update(moved=1), "resets_"),
+}
+
+
+@pytest.mark.parametrize("damage", LATER_DAMAGE)
+def test_the_calibration_and_moves_state_is_checked(damage: str) -> None:
+    header, arrays = unpack(collecting())
+    change, match = LATER_DAMAGE[damage]
+    change(header, arrays)
+    assert_refused(pack(header, arrays), match)

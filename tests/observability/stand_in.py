@@ -19,6 +19,7 @@ class StandInModel:
     version_: int = 1
     n_seen_: int = 0
     anomaly_threshold_: float = -7.5
+    flag_excess_: float = 1.0
     learning_rate_: float | None = 0.05
     resets_: dict[str, int] = field(default_factory=dict)
     weights_: Any = None  # (K,), default uniform

@@ -174,6 +174,7 @@ def test_model_gauges(metrics: Metrics, registry: CollectorRegistry) -> None:
         weights_=np.array([0.25, 0.75]),
         condition_numbers_=np.array([3.0, 4.5e6]),
         anomaly_threshold_=-9.25,
+        flag_excess_=6.5,
         learning_rate_=0.125,
         version_=41,
         n_seen_=1000,
@@ -182,6 +183,7 @@ def test_model_gauges(metrics: Metrics, registry: CollectorRegistry) -> None:
     assert value(registry, "streamem_model_version") == 42
     assert value(registry, "streamem_model_points_seen") == 1010
     assert value(registry, "streamem_anomaly_threshold") == -9.25
+    assert value(registry, "streamem_model_flag_excess") == 6.5
     assert value(registry, "streamem_learning_rate") == 0.125
     assert value(registry, "streamem_component_weight", component="1") == 0.75
     assert value(registry, "streamem_component_condition_number", component="1") == 4.5e6
