@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -475,16 +476,22 @@ class OnlineGMM(Estimator):
             empty = np.zeros(0, dtype=bool)
             return _result(np.zeros((0, self.n_components)), np.zeros(0), empty, empty,
                            self.version_)
+        return self._all_or_nothing(saved, "batch", lambda: self._learn(X, learning_rate))
+
+    def _all_or_nothing(self, saved: dict[str, Any], what: str,
+                        learn: Callable[[], BatchResult]) -> BatchResult:
+        """Run ``learn``; if it fails or leaves the state invalid, restore ``saved`` and raise
+        :class:`ModelRejected` (numerical failures of any kind: nothing may be half-learned)."""
         try:
-            result = self._learn(X, learning_rate)
+            result = learn()
             problem = self._invalid_state(result)
-        except Exception as exc:  # numerical failures of any kind: nothing may be half-learned
+        except Exception as exc:
             self._restore(saved)
-            raise ModelRejected(f"the model refused the batch and is unchanged: {exc!r}") \
+            raise ModelRejected(f"the model refused the {what} and is unchanged: {exc!r}") \
                 from exc
         if problem:
             self._restore(saved)
-            raise ModelRejected(f"the model refused the batch and is unchanged: {problem}")
+            raise ModelRejected(f"the model refused the {what} and is unchanged: {problem}")
         return result
 
     def _snapshot(self) -> dict[str, Any]:
@@ -917,17 +924,11 @@ class OnlineGMM(Estimator):
         if (delta.warmup or not self.initialized_) and len(delta.points) != delta.n_points:
             raise ValueError("this model is not initialised: it can fold only deltas that carry "
                              "their points")
-        saved = self._snapshot()
-        try:
+        def fold() -> BatchResult:
             self._fold(delta)
-            problem = self._invalid_state(_empty_result(self.n_components, self.version_))
-        except Exception as exc:
-            self._restore(saved)
-            raise ModelRejected(f"the model refused the delta and is unchanged: {exc!r}") \
-                from exc
-        if problem:
-            self._restore(saved)
-            raise ModelRejected(f"the model refused the delta and is unchanged: {problem}")
+            return _empty_result(self.n_components, self.version_)
+
+        self._all_or_nothing(self._snapshot(), "delta", fold)
 
     def _fold(self, delta: StatsDelta) -> None:
         if self._n_features is None:
