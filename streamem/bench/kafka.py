@@ -437,19 +437,21 @@ def _settings_text(cfg: Config) -> str:
     return " ".join(f"{key}={value}" for key, value in shown.items())
 
 
+def _side_line(name: str, r: dict[str, float]) -> str:
+    """One side's points/s and batch and end-to-end latency percentiles."""
+    return (f"  {name:<13} {r['points_per_s']:>11,.0f} points/s   "
+            f"batch p50/p99 {r['batch_latency_p50_s'] * 1e3:6.1f}/"
+            f"{r['batch_latency_p99_s'] * 1e3:6.1f} ms   "
+            f"end-to-end p50/p99 {r['e2e_latency_p50_s'] * 1e3:6.1f}/"
+            f"{r['e2e_latency_p99_s'] * 1e3:6.1f} ms")
+
+
 def report(results: list[dict[str, Any]]) -> str:
     """A table: per row, each side's points/s and latencies, and the ratio."""
     lines = []
     for result in results:
         lines.append(f"{result['row']}, {result.get('client', 'kafka-python')}")
-        for name in ("pass_through", "daemon"):
-            r = result[name]
-            lines.append(
-                f"  {name:<13} {r['points_per_s']:>11,.0f} points/s   "
-                f"batch p50/p99 {r['batch_latency_p50_s'] * 1e3:6.1f}/"
-                f"{r['batch_latency_p99_s'] * 1e3:6.1f} ms   "
-                f"end-to-end p50/p99 {r['e2e_latency_p50_s'] * 1e3:6.1f}/"
-                f"{r['e2e_latency_p99_s'] * 1e3:6.1f} ms")
+        lines.extend(_side_line(name, result[name]) for name in ("pass_through", "daemon"))
         lines.append(f"  daemon / pass-through: {result['ratio']:.2f}")
     return "\n".join(lines)
 
@@ -667,13 +669,6 @@ def run_delivery(bootstrap: str, *, n_points: int, points_per_message: int = 1, 
 def report_delivery(result: dict[str, Any]) -> str:
     """Per delivery guarantee: points/s and latencies, and the ratio."""
     lines = [f"{result['row']}: delivery guarantee"]
-    for name in DELIVERY:
-        r = result[name]
-        lines.append(
-            f"  {name:<13} {r['points_per_s']:>11,.0f} points/s   "
-            f"batch p50/p99 {r['batch_latency_p50_s'] * 1e3:6.1f}/"
-            f"{r['batch_latency_p99_s'] * 1e3:6.1f} ms   "
-            f"end-to-end p50/p99 {r['e2e_latency_p50_s'] * 1e3:6.1f}/"
-            f"{r['e2e_latency_p99_s'] * 1e3:6.1f} ms")
+    lines.extend(_side_line(name, result[name]) for name in DELIVERY)
     lines.append(f"  exactly / at least once: {result['ratio']:.2f}")
     return "\n".join(lines)
