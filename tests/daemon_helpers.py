@@ -83,6 +83,19 @@ def make_topics(topic_factory: Callable[..., str], partitions: int = 3) -> dict[
             "dead": topic_factory("dead")}
 
 
+def make_topics_on(bootstrap: str, prefix: str, partitions: int = 2) -> dict[str, str]:
+    """:func:`make_topics` on a broker without a ``topic_factory`` (a stoppable private one)."""
+    from streamem.io.kafka_admin import create_topics
+
+    suffix = str(time.monotonic_ns())
+    topics = {"input": f"{prefix}-in-{suffix}", "output": f"{prefix}-out-{suffix}",
+              "dead": f"{prefix}-dead-{suffix}"}
+    admin = {"bootstrap_servers": bootstrap}
+    create_topics(admin, [topics["input"]], partitions=partitions, replication_factor=1)
+    create_topics(admin, [topics["output"], topics["dead"]], replication_factor=1)
+    return topics
+
+
 class Reader:
     """Reads a topic from the beginning, across calls, with a private consumer."""
 

@@ -9,12 +9,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from daemon_helpers import daemon_settings, start_daemon
+from daemon_helpers import daemon_settings, make_topics_on, start_daemon
 from kafka_helpers import KafkaBroker, free_port, produce
 from test_exactly_once import EO, MIX, CommittedReader, assert_each_once, block_messages
 from test_outage import stoppable_broker  # noqa: F401  (the fixture)
-
-from streamem.io.kafka_admin import create_topics
 
 BOUND_S = 3.0
 
@@ -39,12 +37,7 @@ def wait_ready(url: str, want: bool, timeout_s: float) -> float:
 def test_broker_stop_and_start_answers_each_input_once_and_readyz_follows(
         stoppable_broker: KafkaBroker, tmp_path: Path) -> None:  # noqa: F811
     bootstrap = stoppable_broker.bootstrap
-    suffix = str(time.monotonic_ns())
-    topics = {"input": f"eo-in-{suffix}", "output": f"eo-out-{suffix}",
-              "dead": f"eo-dead-{suffix}"}
-    admin = {"bootstrap_servers": bootstrap}
-    create_topics(admin, [topics["input"]], partitions=2, replication_factor=1)
-    create_topics(admin, [topics["output"], topics["dead"]], replication_factor=1)
+    topics = make_topics_on(bootstrap, "eo")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     settings = daemon_settings(bootstrap, tmp_path, topics, input__format="block",

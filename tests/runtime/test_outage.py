@@ -15,11 +15,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from daemon_helpers import Reader, daemon_settings, points_of, start_daemon
+from daemon_helpers import Reader, daemon_settings, make_topics_on, points_of, start_daemon
 from kafka_helpers import KafkaBroker, free_port, produce
 from observability.prometheus_server import PrometheusServer
-
-from streamem.io.kafka_admin import create_topics
 
 ALERTS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.yml"
 DOWN_WITHIN_S = 10.0
@@ -89,12 +87,7 @@ def messages(start: int, n: int) -> list[bytes]:
 def test_kafka_up_drops_during_an_outage_the_alert_fires_and_nothing_is_lost(
         stoppable_broker: KafkaBroker, tmp_path: Path) -> None:
     bootstrap = stoppable_broker.bootstrap
-    suffix = str(time.monotonic_ns())
-    topics = {"input": f"outage-in-{suffix}", "output": f"outage-out-{suffix}",
-              "dead": f"outage-dead-{suffix}"}
-    admin = {"bootstrap_servers": bootstrap}
-    create_topics(admin, [topics["input"]], partitions=2, replication_factor=1)
-    create_topics(admin, [topics["output"], topics["dead"]], replication_factor=1)
+    topics = make_topics_on(bootstrap, "outage")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     settings = daemon_settings(bootstrap, tmp_path, topics, metrics__enabled="true",
