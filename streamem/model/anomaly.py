@@ -19,15 +19,15 @@ tail's inflation f ≥ 1. The threshold in force solves the bound for ``anomaly_
 Anomalies far below the window do not enter that ratio, so the threshold still does not move
 with their share.
 
-Until that window holds enough points to tell (:func:`early_over`: about 2 / ``anomaly_rate``
-points after a warm-up, at most ``TAIL_HALFLIFE``), the bound is unchecked, and on real data it
-flags inliers at many times ``anomaly_rate`` (an in-sample fit is tighter than the points that
-follow it). Meanwhile a point below the threshold is reported as an anomaly only when it is also
-below the *early floor* (:func:`early_floor`): the ``anomaly_rate`` quantile of the warm-up
-points' log-likelihoods under mixtures fitted to the other half of the warm-up. A new inlier
-falls below the lowest of n such out-of-sample values with probability about 1/(n + 1).
-Anomalies in the warm-up only lower the floor: they make early reports rarer, never more
-frequent.
+Until that window holds enough points to tell (:func:`early_over`, at the first check after
+about 2 / ``anomaly_rate`` points since a warm-up, or ``TAIL_HALFLIFE``), the bound is
+unchecked, and on real data it flags inliers at many times ``anomaly_rate`` (an in-sample fit is
+tighter than the points that follow it). Meanwhile a point below the threshold is reported as an
+anomaly only when it is also below the *early floor* (:func:`early_floor`): the
+``anomaly_rate`` quantile of the warm-up points' log-likelihoods under mixtures fitted to the
+other half of the warm-up. A new inlier falls below the lowest of n such out-of-sample values
+with probability about 1/(n + 1). Anomalies in the warm-up lower the floor to their depth: they
+make early reports rarer, never more frequent.
 """
 
 from __future__ import annotations
