@@ -124,11 +124,12 @@ def window_levels(anomaly_rate: float) -> tuple[float, float]:
 def early_floor(log_lik: np.ndarray, anomaly_rate: float) -> float:
     """The ``anomaly_rate`` quantile of out-of-sample log-likelihoods (n,) of the warm-up: the
     k-th lowest, k = max(1, ⌊rate · n⌋); −∞ (no floor) without points. An impossible point
-    (−∞) counts as −1e300."""
+    (−∞, or NaN from a degenerate fit) counts as −1e300."""
     if not len(log_lik):
         return -math.inf
     k = max(1, int(anomaly_rate * len(log_lik)))
-    return float(np.partition(np.maximum(log_lik, -1e300), k - 1)[k - 1])
+    finite = np.nan_to_num(log_lik, nan=-1e300, neginf=-1e300, posinf=1e300)
+    return float(np.partition(finite, k - 1)[k - 1])
 
 
 def tail_measured(window_mass: float, predicted: float) -> bool:
