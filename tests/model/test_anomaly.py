@@ -12,6 +12,7 @@ from streamem.model.anomaly import (
     _newton,
     anomaly_threshold,
     calibrated_threshold,
+    early_floor,
     inlier_flag_rate,
     window_levels,
 )
@@ -203,3 +204,15 @@ def test_far_outliers_are_reported_from_the_first_batch_after_warm_up() -> None:
 
 def test_a_model_without_warm_up_points_has_no_early_floor(separated: Mixture) -> None:
     assert model_of(separated).early_floor_ is None
+
+
+def test_the_early_floor_is_the_rate_quantile_and_anomalies_only_lower_it() -> None:
+    rng = np.random.default_rng(10)
+    scores = rng.normal(size=1000)
+    assert early_floor(scores, 1e-3) == scores.min()
+    assert early_floor(scores, 1e-2) == np.sort(scores)[9]
+    contaminated = np.concatenate([scores, np.full(20, -50.0)])
+    assert early_floor(contaminated, 1e-3) == -50.0 < early_floor(scores, 1e-3)
+    assert early_floor(np.array([np.nan, 0.0]), 1e-3) == -1e300
+    assert early_floor(np.array([-np.inf, 0.0]), 1e-3) == -1e300
+    assert early_floor(np.empty(0), 1e-3) == -np.inf
