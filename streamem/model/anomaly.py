@@ -18,6 +18,16 @@ observed share (a recent average, half-life ``TAIL_HALFLIFE`` points) divided by
 tail's inflation f ≥ 1. The threshold in force solves the bound for ``anomaly_rate`` / f.
 Anomalies far below the window do not enter that ratio, so the threshold still does not move
 with their share.
+
+Until that window holds enough points to tell (:func:`early_over`, at the first check after
+about 2 / ``anomaly_rate`` points since a warm-up, or ``TAIL_HALFLIFE``), the bound is
+unchecked, and on real data it flags inliers at many times ``anomaly_rate`` (an in-sample fit is
+tighter than the points that follow it). Meanwhile a point below the threshold is reported as an
+anomaly only when it is also below the *early floor* (:func:`early_floor`): the
+``anomaly_rate`` quantile of the warm-up points' log-likelihoods under mixtures fitted to the
+other half of the warm-up. A new inlier falls below the lowest of n such out-of-sample values
+with probability about 1/(n + 1). Anomalies in the warm-up lower the floor to their depth: they
+make early reports rarer, never more frequent.
 """
 
 from __future__ import annotations
@@ -111,6 +121,30 @@ def window_levels(anomaly_rate: float) -> tuple[float, float]:
     return lo, hi
 
 
+def early_floor(log_lik: np.ndarray, anomaly_rate: float) -> float:
+    """The ``anomaly_rate`` quantile of out-of-sample log-likelihoods (n,) of the warm-up: the
+    k-th lowest, k = max(1, ⌊rate · n⌋); −∞ (no floor) without points. An impossible point
+    (−∞, or NaN from a degenerate fit) counts as −1e300."""
+    if not len(log_lik):
+        return -math.inf
+    k = max(1, int(anomaly_rate * len(log_lik)))
+    finite = np.nan_to_num(log_lik, nan=-1e300, neginf=-1e300, posinf=1e300)
+    return float(np.partition(finite, k - 1)[k - 1])
+
+
+def tail_measured(window_mass: float, predicted: float) -> bool:
+    """Whether the recent average over a total weight ``window_mass`` holds enough expected
+    points (``WINDOW_MIN_POINTS``) in a window of predicted share ``predicted``."""
+    points = window_mass * 2.0 * TAIL_HALFLIFE / math.log(2.0)  # the average's effective size
+    return predicted > 0 and window_mass > 0 and points * predicted >= WINDOW_MIN_POINTS
+
+
+def early_over(window_mass: float, predicted: float) -> bool:
+    """Whether the early floor is over: the tail is measured (:func:`tail_measured`), or the
+    recent average has had ``TAIL_HALFLIFE`` points (half its weight) to measure it."""
+    return window_mass >= 0.5 or tail_measured(window_mass, predicted)
+
+
 def calibrated_threshold(
     window_share: float, window_mass: float, weights: np.ndarray, log_det_prec: np.ndarray,
     n_features: int, anomaly_rate: float, bound: float, start: float | None = None,
@@ -128,9 +162,9 @@ def calibrated_threshold(
     if predicted is None:
         lo, hi = window_levels(anomaly_rate)
         predicted = hi - lo
-    points = window_mass * 2.0 * TAIL_HALFLIFE / math.log(2.0)  # the average's effective size
-    if predicted <= 0 or window_mass <= 0 or points * predicted < WINDOW_MIN_POINTS:
+    if not tail_measured(window_mass, predicted):
         return bound, 1.0
+    points = window_mass * 2.0 * TAIL_HALFLIFE / math.log(2.0)
     observed = window_share / window_mass
     f = max(1.0, (observed - Z_INFLATION * math.sqrt(observed / points)) / predicted)
     if f <= 1.0:

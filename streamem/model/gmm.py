@@ -17,6 +17,8 @@ from streamem.model.anomaly import (
     anomaly_threshold,
     bound_share,
     calibrated_threshold,
+    early_floor,
+    early_over,
     tail_keep,
     window_levels,
 )
@@ -251,6 +253,7 @@ class OnlineGMM(Estimator):
         self._window = (-np.inf, -np.inf)
         self._window_share = 0.0
         self._window_mass = 0.0
+        self._early = -np.inf
         self._recent = np.empty((0, 0))
         self._recent_n = 0
         self._move_wait = MOVE_WAIT_START
@@ -560,9 +563,11 @@ class OnlineGMM(Estimator):
                           init=self.init, hard=self.assignment == "hard", rng=rng,
                           n_init=WARMUP_RESTARTS)
         self._buffer = []
-        self._start(stats, len(buffered))
+        self._start(stats, len(buffered), buffered)
 
-    def _start(self, stats: SufficientStatistics, n_points: int) -> None:
+    def _start(self, stats: SufficientStatistics, n_points: int,
+               points: np.ndarray | None = None) -> None:
+        """Start stepwise EM from ``stats``, fitted to ``n_points`` (the warm-up ``points``)."""
         self.stats_ = stats
         self._n_steps = n_points
         self._sum_sq_weights = 1.0 / max(n_points, 1)
@@ -570,7 +575,10 @@ class OnlineGMM(Estimator):
         self._window_share = self._window_mass = 0.0
         self._recent_n = 0
         self._move_wait = self._move_backoff = MOVE_WAIT_START
+        self._early = -np.inf
         self._refresh(threshold=True)
+        if points is not None:
+            self._early = self._early_floor(points)
         self._remember_settled()
 
     def _online_step(self, X: np.ndarray, learning_rate: float | None) -> BatchResult:
@@ -603,7 +611,8 @@ class OnlineGMM(Estimator):
             self._remember_settled()
         if len(X):
             self._refresh(threshold=checked, lazy=len(X) == 1)
-        return _result(resp, log_lik, anomaly, np.zeros(len(X), dtype=bool), version)
+        return _result(resp, log_lik, self._reported(anomaly, log_lik),
+                       np.zeros(len(X), dtype=bool), version)
 
     def _collect_rewarm(self, X: np.ndarray) -> None:
         """After a large change, refit from a fresh warm-up buffer of the new regime."""
@@ -620,7 +629,7 @@ class OnlineGMM(Estimator):
         self._flag_share = 0.0
         self._flagged = self._flagged[:0]
         self._flagged_at = self._flagged_at[:0]
-        self._start(stats, len(buffered))
+        self._start(stats, len(buffered), buffered)
         self.resets_["drift"] += 1
         self.collapse_history_ = (self.collapse_history_ + [(self.n_seen_, -1, "drift")])[
             -HISTORY_LENGTH:
@@ -723,6 +732,40 @@ class OnlineGMM(Estimator):
         self._window_mass = keep * self._window_mass + (1.0 - keep)
         if collecting:
             self._remember(X[~anomaly])
+
+    def _early_floor(self, points: np.ndarray) -> float:
+        """The early floor (``model.anomaly.early_floor``) of warm-up ``points`` (n, d): each
+        half scored by a mixture fitted to the other; −∞ (none) for a warm-up of fewer than
+        4·K·(d + 1) points, or when a half cannot be fitted."""
+        n, d = points.shape
+        if n < 4 * self.n_components * (d + 1):
+            return -np.inf
+        rng = np.random.default_rng([self._state["seed"], 4, self.resets_["drift"]])
+        halves = np.array_split(rng.permutation(n), 2)
+        scores = []
+        try:
+            for fit, scored in (halves, halves[::-1]):
+                stats = fit_batch(points[fit], self.n_components, self._kind,
+                                  reg_covar=self.reg_covar, init=self.init,
+                                  hard=self.assignment == "hard", rng=rng)
+                params = params_from_statistics(stats, self._kind, self.reg_covar)
+                scores.append(e_step(self._kind, params, points[scored])[1])
+        except (np.linalg.LinAlgError, ValueError, FloatingPointError):
+            return -np.inf
+        return early_floor(np.concatenate(scores), self.anomaly_rate)
+
+    def _reported(self, anomaly: np.ndarray, log_lik: np.ndarray) -> np.ndarray:
+        """The flags answered: ``anomaly`` (below the threshold), and below the early floor
+        while there is one."""
+        if self._early == -np.inf:
+            return anomaly
+        return anomaly & (log_lik < self._early)
+
+    @property
+    def early_floor_(self) -> float | None:
+        """While the tail is not measured yet after a warm-up: the log-likelihood below which
+        (and below ``anomaly_threshold_``) a point is reported as an anomaly; else ``None``."""
+        return None if self._early == -np.inf else float(self._early)
 
     def _collecting(self) -> bool:
         """Whether recent inliers are kept: a try of the moves is at most a ring away."""
@@ -855,6 +898,8 @@ class OnlineGMM(Estimator):
             self.anomaly_threshold_, self._inflation = calibrated_threshold(
                 self._window_share, self._window_mass, p.weights, p.log_det, d, rate,
                 self._bound, start=self.anomaly_threshold_, predicted=shares[1] - shares[0])
+            if early_over(self._window_mass, shares[1] - shares[0]):
+                self._early = -np.inf  # the tail is measured: the early floor is over
             if not all(level / WINDOW_SLACK <= share <= level * WINDOW_SLACK
                        for share, level in zip(shares, levels, strict=True)):
                 self._window = tuple(  # type: ignore[assignment]
@@ -901,7 +946,8 @@ class OnlineGMM(Estimator):
             protecting=self.protecting_, hard=self.assignment == "hard",
             recent_halflife=RECENT_HALFLIFE, keep_points=self.drifting_ or bool(self._rewarm),
             drift_share=DRIFT_SHARE, window=self._counted_window(), keep_inliers=self._collecting())
-        return _result(resp, log_lik, anomaly, np.zeros(len(X), dtype=bool), self.version_), out
+        return _result(resp, log_lik, self._reported(anomaly, log_lik),
+                       np.zeros(len(X), dtype=bool), self.version_), out
 
     def fold(self, delta: StatsDelta) -> None:
         """Learn from a worker's delta as if its points had arrived here: the leader's update.

@@ -69,6 +69,7 @@ def dumps(model: Any) -> bytes:
     header["anomaly_threshold_"] = float(model.anomaly_threshold_)
     header["_bound"] = float(model._bound)
     header["_window"] = [float(t) for t in model._window]
+    header["_early"] = float(model._early)
     arrays: dict[str, np.ndarray] = {
         "usage": model._usage, "flagged": model._flagged, "flagged_at": model._flagged_at,
     }
@@ -120,6 +121,7 @@ def _infinity_only(name: str) -> float:
 
 def _build(cls: Callable[..., Any], header: dict[str, Any], archive: npz.Archive) -> Any:
     later = {name: header.pop(name) for name in _LATER_SCALARS if name in header}
+    early = header.pop("_early", -math.inf)  # the early floor; older files have none
     _exact_keys("the header", header, {"format", "format_version", "params", *_SCALARS})
     params = header["params"]
     if isinstance(params, dict):
@@ -154,6 +156,7 @@ def _build(cls: Callable[..., Any], header: dict[str, Any], archive: npz.Archive
     if later:
         _exact_keys("the header's later state", later, set(_LATER_SCALARS))
         _later_state(model, later)
+    model._early = _number("_early", early, allow_minus_inf=True)
 
     model._usage = usage
     model._flagged = arrays.flagged(d, max_rows=max(4096, 64 * K * ((d or 0) + 1)))

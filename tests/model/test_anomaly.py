@@ -12,6 +12,7 @@ from streamem.model.anomaly import (
     _newton,
     anomaly_threshold,
     calibrated_threshold,
+    early_floor,
     inlier_flag_rate,
     window_levels,
 )
@@ -162,3 +163,56 @@ def test_flags_far_above_the_rate_tell_the_fit_is_poor() -> None:
     for _ in range(40):
         gaussian.partial_fit(rng.normal(size=(1000, 3)))
     assert not gaussian.fit_poor_ and gaussian.flag_excess_ < 3
+
+
+def heavy_stream(n: int, seed: int) -> np.ndarray:
+    """Two clusters of Student-t points (3 degrees of freedom) in 4 dimensions, (n, 4)."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_t(3, size=(n, 4)) + np.where(rng.random((n, 1)) < 0.5, 0.0, 12.0)
+
+
+def test_early_reports_wait_for_the_tail_to_be_measured() -> None:
+    """Right after warm-up the bound flags heavy-tailed inliers far above the rate; until the
+    tail is measured only points below the warm-up's out-of-sample floor too are reported."""
+    rate = 1e-3
+    gmm = OnlineGMM(2, anomaly_rate=rate, warmup=1000, random_state=0)
+    gmm.partial_fit(heavy_stream(1000, 1))
+    threshold, floor = gmm.anomaly_threshold_, gmm.early_floor_
+    assert floor is not None and floor < threshold
+    res = gmm.partial_fit(heavy_stream(1500, 2))  # too few points to measure the tail
+    below = res.log_likelihood < threshold
+    assert below.mean() > 5 * rate, "the unchecked bound flags inliers far above the rate"
+    assert res.anomaly.mean() <= 2 * rate
+    np.testing.assert_array_equal(res.anomaly, below & (res.log_likelihood < floor))
+    assert OnlineGMM.from_bytes(gmm.to_bytes()).early_floor_ == gmm.early_floor_
+    for seed in range(3, 8):  # 5 000 points later the floor is over: the threshold alone
+        gmm.partial_fit(heavy_stream(1000, seed))
+    assert gmm.early_floor_ is None
+    threshold = gmm.anomaly_threshold_
+    res = gmm.partial_fit(heavy_stream(1000, 8))
+    np.testing.assert_array_equal(res.anomaly, res.log_likelihood < threshold)
+
+
+def test_far_outliers_are_reported_from_the_first_batch_after_warm_up() -> None:
+    X = heavy_stream(1300, 9)
+    X[1100:1110] = 1e3
+    gmm = OnlineGMM(2, warmup=1000, random_state=0)
+    res = gmm.partial_fit(X)
+    assert gmm.early_floor_ is not None
+    assert res.anomaly[1100:1110].all()
+
+
+def test_a_model_without_warm_up_points_has_no_early_floor(separated: Mixture) -> None:
+    assert model_of(separated).early_floor_ is None
+
+
+def test_the_early_floor_is_the_rate_quantile_and_anomalies_only_lower_it() -> None:
+    rng = np.random.default_rng(10)
+    scores = rng.normal(size=1000)
+    assert early_floor(scores, 1e-3) == scores.min()
+    assert early_floor(scores, 1e-2) == np.sort(scores)[9]
+    contaminated = np.concatenate([scores, np.full(20, -50.0)])
+    assert early_floor(contaminated, 1e-3) == -50.0 < early_floor(scores, 1e-3)
+    assert early_floor(np.array([np.nan, 0.0]), 1e-3) == -1e300
+    assert early_floor(np.array([-np.inf, 0.0]), 1e-3) == -1e300
+    assert early_floor(np.empty(0), 1e-3) == -np.inf
