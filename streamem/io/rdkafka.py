@@ -29,6 +29,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from confluent_kafka import (
@@ -75,6 +76,15 @@ _REBALANCED = frozenset({KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GE
                          KafkaError._STATE})
 _SIZE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
 _BROKER_UP = "UP"
+
+
+@dataclass(frozen=True)
+class GroupMetadata:
+    """A member's group metadata for a transaction: librdkafka's (opaque) object and a local
+    generation that changes with every assignment or revocation (the runtime's rebalance check)."""
+
+    generation_id: int
+    native: object
 _GROUP_UP = "up"
 
 
@@ -141,6 +151,7 @@ class RdKafkaSource:
         self._commit_timeout_s = commit_timeout_s
         self._events = events
         self._assigned: set[TP] = set()
+        self._generation = 0
         self._next: dict[TP, int] = {}
         self._failed_checks = 0
         self._up = True
@@ -172,11 +183,13 @@ class RdKafkaSource:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned = {(p.topic, p.partition) for p in partitions}
+        self._generation += 1
         log.info("partitions_assigned", extra={"partitions": sorted(map(str, self._assigned))})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         gone = {(p.topic, p.partition) for p in partitions}
         self._assigned -= gone
+        self._generation += 1
         for tp in gone:
             self._next.pop(tp, None)
         log.info("partitions_revoked", extra={"partitions": sorted(map(str, gone))})
@@ -275,6 +288,14 @@ class RdKafkaSource:
             if high is not None and high >= 0:
                 lags[key] = max(high - self._next[key], 0)
         return lags
+
+    def group_metadata(self) -> GroupMetadata:
+        """The membership now, for transactions (:class:`GroupMetadata`)."""
+        try:
+            native = self.consumer.consumer_group_metadata()
+        except (KafkaException, RuntimeError) as exc:
+            raise TransportError(f"no group metadata: {exc}") from exc
+        return GroupMetadata(self._generation, native)
 
     def seek_to_committed(self) -> None:
         tps = [TopicPartition(t, p) for t, p in sorted(self._assigned)]
