@@ -104,12 +104,14 @@ def dead_letter_conf(cfg: Config) -> dict[str, Any]:
 def transactional_conf(cfg: Config) -> dict[str, Any]:
     """The transactional producer's properties (``delivery.guarantee: exactly_once``): the
     output producer's, with the transactional id and transaction timeout kafka-python's gets
-    (:func:`streamem.clients.kafka_python.transactional_producer_settings`)."""
+    (:func:`streamem.clients.kafka_python.transactional_producer_settings`); librdkafka wants
+    ``socket.timeout.ms`` no longer than the transaction timeout."""
     from streamem.clients.kafka_python import transaction_timeout_ms, transactional_id
 
     conf = producer_conf(cfg)
     conf["transactional.id"] = transactional_id(cfg)
     conf["transaction.timeout.ms"] = transaction_timeout_ms(cfg)
+    conf["socket.timeout.ms"] = min(conf["socket.timeout.ms"], conf["transaction.timeout.ms"])
     return conf
 
 

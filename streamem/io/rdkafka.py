@@ -43,7 +43,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from streamem.errors import TransportError
+from streamem.errors import ConfigError, TransportError
 from streamem.io import base
 from streamem.io.base import (
     NO_EVENTS,
@@ -76,6 +76,7 @@ _REBALANCED = frozenset({KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GE
                          KafkaError._STATE})
 _SIZE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
 _BROKER_UP = "UP"
+_GROUP_UP = "up"
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,6 @@ class GroupMetadata:
 
     generation_id: int
     native: object
-_GROUP_UP = "up"
 
 
 def check_properties(role: str, options: Mapping[str, Any]) -> str | None:
@@ -585,6 +585,19 @@ class RdKafkaSink:
 
 def connect(build: Callable[[], T], *, what: str, backoff: Backoff, stop: threading.Event,
             events: ClientEvents = NO_EVENTS) -> T | None:
-    """:func:`streamem.io.base.connect` for librdkafka: retried while no broker answers."""
-    return base.connect(build, retry_on=(TransportError, KafkaException), what=what,
+    """:func:`streamem.io.base.connect` for librdkafka: retried while no broker answers.
+
+    Settings librdkafka refuses when building a client raise :class:`ConfigError` at once.
+    """
+    def checked() -> T:
+        try:
+            return build()
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if isinstance(err, KafkaError) and err.code() == KafkaError._INVALID_ARG:
+                raise ConfigError(f"kafka: librdkafka refused the {what} settings: "
+                                  f"{err.str()}") from exc
+            raise
+
+    return base.connect(checked, retry_on=(TransportError, KafkaException), what=what,
                         backoff=backoff, stop=stop, events=events)

@@ -14,8 +14,9 @@ what a failure means:
 
 One producer carries outputs and dead letters (its ``message.max.bytes`` admits any message
 read); outputs larger than ``max_message_bytes`` raise :class:`RecordTooLarge` at send. A dead
-letter the broker refuses as too large fails its transaction; from then on dead letters at least
-that large go out without their value (header ``streamem.value_dropped``), so the retried
+letter the broker refuses as too large fails its transaction (and its producer, whose sequence
+numbers librdkafka cannot mend without a new epoch); from then on dead letters at least that
+large go out without their value (header ``streamem.value_dropped``), so the retried
 transaction goes through.
 """
 
@@ -214,8 +215,9 @@ class TransactionalRdKafkaSink:
         """Wait for every send since :meth:`begin`; a failure dooms the transaction."""
         sends = self._sends
         self._producer.flush(min(timeout_s, self._timeout_s))
-        if sends.refused:
+        if sends.refused:  # librdkafka's sequence numbers now need a new producer epoch
             self._dead_limit = min(self._dead_limit, min(sends.refused) - 1)
+            self._broken = True
         errors = list(sends.errors)
         if sends.pending > 0:
             errors.append(f"{sends.pending} not acknowledged in time")
