@@ -105,13 +105,17 @@ def transactional_conf(cfg: Config) -> dict[str, Any]:
     """The transactional producer's properties (``delivery.guarantee: exactly_once``): the
     output producer's, with the transactional id and transaction timeout kafka-python's gets
     (:func:`streamem.clients.kafka_python.transactional_producer_settings`); librdkafka wants
-    ``socket.timeout.ms`` no longer than the transaction timeout."""
+    the socket and delivery timeouts no longer than the transaction timeout."""
     from streamem.clients.kafka_python import transaction_timeout_ms, transactional_id
 
     conf = producer_conf(cfg)
     conf["transactional.id"] = transactional_id(cfg)
-    conf["transaction.timeout.ms"] = transaction_timeout_ms(cfg)
-    conf["socket.timeout.ms"] = min(conf["socket.timeout.ms"], conf["transaction.timeout.ms"])
+    txn_ms = conf["transaction.timeout.ms"] = transaction_timeout_ms(cfg)
+    for bounded in ("socket.timeout.ms", "delivery.timeout.ms"):
+        conf[bounded] = min(int(conf[bounded]), txn_ms)
+    linger = int(float(conf.get("linger.ms", 5)))
+    conf["request.timeout.ms"] = max(min(int(conf["request.timeout.ms"]),
+                                         conf["delivery.timeout.ms"] - linger), 1)
     return conf
 
 

@@ -15,6 +15,7 @@ from kafka import KafkaConsumer  # noqa: E402
 from test_rdkafka import WAIT_S, Events, config, create_topic  # noqa: E402
 
 from streamem.clients import confluent  # noqa: E402
+from streamem.config import load_config  # noqa: E402
 from streamem.errors import ConfigError, TransportError  # noqa: E402
 from streamem.io import rdkafka  # noqa: E402
 from streamem.io.base import VALUE_DROPPED_HEADER, Backoff  # noqa: E402
@@ -117,9 +118,12 @@ def test_settings_librdkafka_refuses_are_a_config_error_not_a_retry() -> None:
                         stop=threading.Event())
 
 
-def test_the_transactional_settings_satisfy_librdkafka() -> None:
-    cfg = config("127.0.0.1:9", "t", *EO, "kafka.request_timeout_ms=60000")
+@pytest.mark.parametrize("extra", [(), ("delivery.transaction_timeout_s=5",),
+                                   ("kafka.request_timeout_ms=300000",
+                                    "kafka.delivery_timeout_s=600")])
+def test_the_transactional_settings_satisfy_librdkafka(extra: tuple[str, ...]) -> None:
+    cfg = load_config(None, ["kafka.client=confluent-kafka",
+                             "delivery.guarantee=exactly_once", *extra], environ={})
     conf = confluent.transactional_conf(cfg)
     assert conf["transactional.id"] == f"{cfg.kafka.group_id}.{cfg.kafka.client_id}"
-    assert conf["socket.timeout.ms"] <= conf["transaction.timeout.ms"]
     Producer({**conf, "bootstrap.servers": "127.0.0.1:9"}).flush(0)  # librdkafka accepts them
