@@ -47,24 +47,21 @@ _FENCED = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED,
 
 
 class _Sends:
-    """Delivery reports of one transaction's sends."""
+    """The failed deliveries of one transaction's sends (the producer reports only those)."""
 
-    __slots__ = ("pending", "sent", "errors", "refused")
+    __slots__ = ("sent", "errors", "refused")
 
     def __init__(self) -> None:
-        self.pending = 0
         self.sent = 0
         self.errors: list[str] = []
         self.refused: list[int] = []  # sizes of dead letters refused as too large
 
     def report(self, err: KafkaError | None, msg: Message) -> None:
-        self.pending -= 1
         if err is not None:
             self.errors.append(err.str())
 
     def droppable_report(self, size: int) -> Callable[[KafkaError | None, Message], None]:
         def report(err: KafkaError | None, msg: Message) -> None:
-            self.pending -= 1
             if err is None:
                 return
             if err.code() in _SIZE:
@@ -93,7 +90,7 @@ class TransactionalRdKafkaSink:
                  value_drop_topics: frozenset[str] = frozenset(),
                  max_message_bytes: int = OUTPUT_MAX_BYTES,
                  events: ClientEvents = NO_EVENTS) -> None:
-        self._conf = {"logger": log, **conf,
+        self._conf = {"logger": log, **conf, "delivery.report.only.error": True,
                       "message.max.bytes": max(int(conf.get("message.max.bytes", 0)),
                                                DEAD_LETTER_MAX_BYTES),
                       "error_cb": self._on_error}
@@ -207,20 +204,19 @@ class TransactionalRdKafkaSink:
             except KafkaException as exc:
                 sends.errors.append(str(exc))
                 return
-            sends.pending += 1
             sends.sent += 1
             return
 
     def flush(self, timeout_s: float) -> None:
         """Wait for every send since :meth:`begin`; a failure dooms the transaction."""
         sends = self._sends
-        self._producer.flush(min(timeout_s, self._timeout_s))
+        pending = self._producer.flush(min(timeout_s, self._timeout_s))
         if sends.refused:  # librdkafka's sequence numbers now need a new producer epoch
             self._dead_limit = min(self._dead_limit, min(sends.refused) - 1)
             self._broken = True
         errors = list(sends.errors)
-        if sends.pending > 0:
-            errors.append(f"{sends.pending} not acknowledged in time")
+        if pending > 0:
+            errors.append(f"{pending} not acknowledged in time")
         if errors:
             raise TransportError(f"{len(errors)} of {sends.sent} sends failed; "
                                  f"first: {errors[0]}")
