@@ -186,6 +186,10 @@ class Runtime:
         exactly_once = (cfg.delivery.guarantee == "exactly_once"
                         and isinstance(sink, TransactionalSink) and isinstance(source, GroupMember))
         self._txn_sink: TransactionalSink | None = sink if exactly_once else None  # type: ignore[assignment]
+        if cfg.delivery.guarantee == "exactly_once" and not exactly_once:
+            self.log.warning("exactly_once_unavailable", extra={
+                "reason": "the source is not a Kafka consumer group or the sink not a Kafka "
+                          "producer: delivery is at least once"})
         self._txn: _Transaction | None = None
         self._txn_failing = False  # since the last failure, no transaction committed
 

@@ -51,23 +51,32 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
     A test is one when it is under ``tests/runtime`` (or scrapes the daemon's metrics) and builds
     its daemon's settings with ``daemon_settings``; a test may also ask for ``kafka_client``.
+    The client is set by :func:`_daemon_client` from the test's parameter.
     """
-    names = metafunc.fixturenames
     path = Path(metafunc.definition.path)
     daemon_test = (("runtime" in path.parts or path.name == "test_daemon_scrape.py")
                    and "daemon_settings" in inspect.getsource(metafunc.function))
-    if daemon_test and "kafka_client" not in names:
-        names.append("kafka_client")
-    if "kafka_client" in names:
-        metafunc.parametrize("kafka_client", daemon_helpers.KAFKA_CLIENTS, indirect=True)
+    if "kafka_client" in metafunc.fixturenames:
+        metafunc.parametrize("kafka_client", daemon_helpers.KAFKA_CLIENTS)
+    elif daemon_test:
+        metafunc.parametrize(CLIENT_PARAM, daemon_helpers.KAFKA_CLIENTS, indirect=True)
 
 
-@pytest.fixture
-def kafka_client(request: pytest.FixtureRequest) -> Iterator[str]:
-    """The ``kafka.client`` this test's daemons run on (``daemon_helpers.daemon_settings``)."""
-    previous, daemon_helpers.client = daemon_helpers.client, request.param
+CLIENT_PARAM = "_daemon_client"
+
+
+@pytest.fixture(autouse=True)
+def _daemon_client(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """Point ``daemon_helpers.daemon_settings`` at this test's ``kafka.client`` (a parameter
+    ``kafka_client`` or the one :func:`pytest_generate_tests` adds); others keep the default."""
+    params = getattr(getattr(request.node, "callspec", None), "params", {})
+    chosen = params.get("kafka_client", params.get(CLIENT_PARAM))
+    if chosen is None:
+        yield None
+        return
+    previous, daemon_helpers.client = daemon_helpers.client, chosen
     try:
-        yield request.param
+        yield chosen
     finally:
         daemon_helpers.client = previous
 

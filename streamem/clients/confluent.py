@@ -15,6 +15,7 @@ from streamem.io.base import ClientEvents
 if TYPE_CHECKING:
     from streamem.config import Config
     from streamem.io.rdkafka import RdKafkaSink, RdKafkaSource
+    from streamem.io.rdkafka_txn import TransactionalRdKafkaSink
 
 MiB = 1024 * 1024
 RETRY_MAX_MS = 300_000
@@ -64,6 +65,8 @@ def consumer_conf(cfg: Config) -> dict[str, Any]:
         "enable.auto.offset.store": False,
         "enable.partition.eof": False,
         "auto.offset.reset": k.auto_offset_reset,
+        "isolation.level": ("read_committed" if cfg.delivery.guarantee == "exactly_once"
+                            else "read_uncommitted"),
         "session.timeout.ms": k.session_timeout_ms,
         "heartbeat.interval.ms": k.heartbeat_interval_ms,
         "max.poll.interval.ms": k.max_poll_interval_ms,
@@ -98,6 +101,24 @@ def dead_letter_conf(cfg: Config) -> dict[str, Any]:
     return conf
 
 
+def transactional_conf(cfg: Config) -> dict[str, Any]:
+    """The transactional producer's properties (``delivery.guarantee: exactly_once``): the
+    output producer's, with the transactional id and transaction timeout kafka-python's gets
+    (:func:`streamem.clients.kafka_python.transactional_producer_settings`); librdkafka wants
+    the socket and delivery timeouts no longer than the transaction timeout."""
+    from streamem.clients.kafka_python import transaction_timeout_ms, transactional_id
+
+    conf = producer_conf(cfg)
+    conf["transactional.id"] = transactional_id(cfg)
+    txn_ms = conf["transaction.timeout.ms"] = transaction_timeout_ms(cfg)
+    for bounded in ("socket.timeout.ms", "delivery.timeout.ms"):
+        conf[bounded] = min(int(conf[bounded]), txn_ms)
+    linger = int(float(conf.get("linger.ms", 5)))
+    conf["request.timeout.ms"] = max(min(int(conf["request.timeout.ms"]),
+                                         conf["delivery.timeout.ms"] - linger), 1)
+    return conf
+
+
 def output_limit(cfg: Config) -> int:
     """The largest output message: the producer's ``message.max.bytes``."""
     from streamem.io.rdkafka import OUTPUT_MAX_BYTES
@@ -125,15 +146,25 @@ def create_source(cfg: Config, events: ClientEvents) -> RdKafkaSource:
     return source
 
 
-def create_sink(cfg: Config, events: ClientEvents) -> RdKafkaSink:
-    """A sink that has seen a broker answer (raises TransportError if none does)."""
+def create_sink(cfg: Config,
+                events: ClientEvents) -> RdKafkaSink | TransactionalRdKafkaSink:
+    """A sink that has seen a broker answer (raises TransportError if none does); a
+    transactional one with ``delivery.guarantee: exactly_once``."""
     from streamem.io.rdkafka import RdKafkaSink
+    from streamem.io.rdkafka_txn import TransactionalRdKafkaSink
 
     k = cfg.kafka
-    sink = RdKafkaSink(producer_conf(cfg), dead_letter_conf(cfg),
-                       value_drop_topics=frozenset([k.dead_letter_topic]),
-                       max_message_bytes=output_limit(cfg),
-                       enqueue_timeout_s=k.delivery_timeout_s, events=events)
+    drop = frozenset([k.dead_letter_topic])
+    sink: RdKafkaSink | TransactionalRdKafkaSink
+    if cfg.delivery.guarantee == "exactly_once":
+        sink = TransactionalRdKafkaSink(transactional_conf(cfg),
+                                        timeout_s=cfg.delivery.transaction_timeout_s,
+                                        value_drop_topics=drop,
+                                        max_message_bytes=output_limit(cfg), events=events)
+    else:
+        sink = RdKafkaSink(producer_conf(cfg), dead_letter_conf(cfg), value_drop_topics=drop,
+                           max_message_bytes=output_limit(cfg),
+                           enqueue_timeout_s=k.delivery_timeout_s, events=events)
     try:
         sink.wait_for_metadata(_connect_timeout_s(cfg))
     except BaseException:

@@ -104,10 +104,15 @@ def transactional_producer_settings(cfg: Config) -> dict[str, Any]:
     settings = producer_settings(cfg)
     settings["transactional_id"] = transactional_id(cfg)
     settings["max_block_ms"] = int(cfg.delivery.transaction_timeout_s * 1000)
-    d = cfg.delivery
-    settings["transaction_timeout_ms"] = min(  # brokers refuse more than 15 min by default
-        int(1000 * (d.transaction_min_s + 3 * d.transaction_timeout_s)), 900_000)
+    settings["transaction_timeout_ms"] = transaction_timeout_ms(cfg)
     return settings
+
+
+def transaction_timeout_ms(cfg: Config) -> int:
+    """How long the broker lets a transaction stay open: ``transaction_min_s`` plus three
+    bounded waits (flush, send offsets, commit), at most 15 min (the brokers' default limit)."""
+    d = cfg.delivery
+    return min(int(1000 * (d.transaction_min_s + 3 * d.transaction_timeout_s)), 900_000)
 
 
 def output_max_bytes(cfg: Config) -> int:

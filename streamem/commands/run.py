@@ -70,8 +70,13 @@ def main(args: argparse.Namespace) -> int:
                 log.error("cannot_start", extra={"error": str(exc)})
                 print(f"streamem run: {exc}", file=sys.stderr)
                 return 2
-            source = assemble.source(cfg, args.source, metrics, stop)
-            sink = assemble.sink(cfg, sink_kind, metrics, stop)
+            try:
+                source = assemble.source(cfg, args.source, metrics, stop)
+                sink = assemble.sink(cfg, sink_kind, metrics, stop)
+            except ConfigError as exc:
+                log.error("cannot_start", extra={"error": str(exc)})
+                print(f"streamem run: {exc}", file=sys.stderr)
+                return 2
             if model is None or source is None or sink is None:
                 log.info("stopped_before_connecting")
                 return 0

@@ -29,6 +29,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from confluent_kafka import (
@@ -42,7 +43,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from streamem.errors import TransportError
+from streamem.errors import ConfigError, TransportError
 from streamem.io import base
 from streamem.io.base import (
     NO_EVENTS,
@@ -76,6 +77,15 @@ _REBALANCED = frozenset({KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GE
 _SIZE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
 _BROKER_UP = "UP"
 _GROUP_UP = "up"
+
+
+@dataclass(frozen=True)
+class GroupMetadata:
+    """A member's group metadata for a transaction: librdkafka's (opaque) object and a local
+    generation that changes with every assignment or revocation (the runtime's rebalance check)."""
+
+    generation_id: int
+    native: object
 
 
 def check_properties(role: str, options: Mapping[str, Any]) -> str | None:
@@ -141,6 +151,7 @@ class RdKafkaSource:
         self._commit_timeout_s = commit_timeout_s
         self._events = events
         self._assigned: set[TP] = set()
+        self._generation = 0
         self._next: dict[TP, int] = {}
         self._failed_checks = 0
         self._up = True
@@ -172,11 +183,13 @@ class RdKafkaSource:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned = {(p.topic, p.partition) for p in partitions}
+        self._generation += 1
         log.info("partitions_assigned", extra={"partitions": sorted(map(str, self._assigned))})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         gone = {(p.topic, p.partition) for p in partitions}
         self._assigned -= gone
+        self._generation += 1
         for tp in gone:
             self._next.pop(tp, None)
         log.info("partitions_revoked", extra={"partitions": sorted(map(str, gone))})
@@ -275,6 +288,14 @@ class RdKafkaSource:
             if high is not None and high >= 0:
                 lags[key] = max(high - self._next[key], 0)
         return lags
+
+    def group_metadata(self) -> GroupMetadata:
+        """The membership now, for transactions (:class:`GroupMetadata`)."""
+        try:
+            native = self.consumer.consumer_group_metadata()
+        except (KafkaException, RuntimeError) as exc:
+            raise TransportError(f"no group metadata: {exc}") from exc
+        return GroupMetadata(self._generation, native)
 
     def seek_to_committed(self) -> None:
         tps = [TopicPartition(t, p) for t, p in sorted(self._assigned)]
@@ -564,6 +585,19 @@ class RdKafkaSink:
 
 def connect(build: Callable[[], T], *, what: str, backoff: Backoff, stop: threading.Event,
             events: ClientEvents = NO_EVENTS) -> T | None:
-    """:func:`streamem.io.base.connect` for librdkafka: retried while no broker answers."""
-    return base.connect(build, retry_on=(TransportError, KafkaException), what=what,
+    """:func:`streamem.io.base.connect` for librdkafka: retried while no broker answers.
+
+    Settings librdkafka refuses when building a client raise :class:`ConfigError` at once.
+    """
+    def checked() -> T:
+        try:
+            return build()
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if isinstance(err, KafkaError) and err.code() == KafkaError._INVALID_ARG:
+                raise ConfigError(f"kafka: librdkafka refused the {what} settings: "
+                                  f"{err.str()}") from exc
+            raise
+
+    return base.connect(checked, retry_on=(TransportError, KafkaException), what=what,
                         backoff=backoff, stop=stop, events=events)

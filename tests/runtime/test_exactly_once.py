@@ -19,7 +19,7 @@ from kafka_helpers import produce
 from streamem import assemble
 from streamem.config import load_config
 from streamem.formats.block import encode_block
-from streamem.io.kafka import TransactionalKafkaSink
+from streamem.io.base import NO_EVENTS, GroupMember, TransactionalSink
 from streamem.metrics import Metrics
 from streamem.synthetic import Mixture
 
@@ -106,8 +106,10 @@ def test_an_aborted_transaction_leaves_nothing_visible_and_restores_the_model(
     X, _ = MIX.sample(2000, random_state=1)
     first, second = block_messages(X[:1000], 100), block_messages(X[1000:], 100)
     produce(kafka_bootstrap, topics["input"], first)
-    source, sink = assemble.kafka_source(cfg), assemble.kafka_sink(cfg)
-    assert isinstance(sink, TransactionalKafkaSink)
+    stop = threading.Event()
+    source = assemble.source(cfg, "kafka", NO_EVENTS, stop)
+    sink = assemble.sink(cfg, "kafka", NO_EVENTS, stop)
+    assert isinstance(sink, TransactionalSink) and isinstance(source, GroupMember)
     runtime = assemble.runtime(cfg, source, sink, Metrics(), stores=[])
     reader = CommittedReader(kafka_bootstrap, topics["output"], topics["dead"])
 

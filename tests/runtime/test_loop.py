@@ -194,3 +194,13 @@ def test_block_output_answers_every_message_with_one_decodable_block() -> None:
     assert all(d["anomaly"].all() for d in copied)
     assert source.commits[-1] == {("memory", 0): len(values)}
     assert len(sink.on(cfg.kafka.dead_letter_topic)) == 1
+
+
+def test_exactly_once_without_kafka_says_it_runs_at_least_once(caplog) -> None:
+    X, _ = MIX.sample(200, random_state=2)
+    cfg = make_config("delivery.guarantee=exactly_once")
+    with caplog.at_level("WARNING", logger="streamem.runtime"):
+        runtime, _, sink = run_loop(cfg, json_messages(X, 20))
+    assert runtime._txn_sink is None
+    assert [r for r in caplog.records if r.getMessage() == "exactly_once_unavailable"]
+    assert len(answers(sink, cfg.kafka.output_topic)) == 200
