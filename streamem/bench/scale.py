@@ -424,7 +424,7 @@ def report(result: dict[str, Any]) -> str:
               f"  {'model only (Leader fold step)':<42}{f['model_deltas_per_s']:>10,.0f} "
               "deltas/s",
               f"  {'through the broker (Leader thread)':<42}{f['kafka_deltas_per_s']:>10,.0f} "
-              f"deltas/s   ({f['publications']} publications; goal >= {FOLD_GOAL:.0f})"]
+              f"deltas/s   (goal >= {FOLD_GOAL:.0f}; states published: {f['publications']})"]
     return "\n".join(lines)
 
 
