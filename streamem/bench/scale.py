@@ -7,9 +7,11 @@ counts: other work on the machine only ever slows a run down). Once every instan
 (``/readyz``: it holds its partitions, and with sharing it has read the state topic), they are
 paused (SIGSTOP; a session timeout of 60 s keeps them in the group), ``points`` points are
 produced in ``block`` messages of ``points_per_message``, and they are resumed together, so
-each starts on its share of one backlog (read in batches of at most ``batch_messages``
-messages, ``kafka.max_poll_records``: with the default 2000 a batch of 1000-point messages can
-hold 400 000 points, too few batches for a measurement). Each instance's points answered are
+each starts on its share of one backlog, and with sharing one of them leads already. Batches
+hold at most ``batch_messages`` messages (``kafka.max_poll_records``): with its default, 2000,
+a batch of 1000-point messages can hold 400 000 points, too few batches for a measurement, and
+a worker's warm-up delta (it carries the batch's points) would exceed what its producer sends
+(1 MiB), so the shared model would never start. Each instance's points answered are
 read from its ``/metrics`` (``streamem_points_total{outcome="ok"}``) every :data:`SAMPLE_S`;
 its points/s are its points over the time from the resumption to its last answer (the first
 fetch and the warm-up included, in both modes). With sharing on, one of them also leads
@@ -70,6 +72,7 @@ COST_GOAL = 0.9  #: sharing on / off per-instance throughput should be at least 
 MODES = {"sharing off": False, "sharing on": True}
 _POINTS_OK = re.compile(r'^streamem_points_total\{outcome="ok"\} (\S+)$', re.M)
 _LEADER = re.compile(r"^streamem_leader (\S+)$", re.M)
+_VERSION = re.compile(r"^streamem_model_version_in_use (\S+)$", re.M)
 
 
 # --- throughput per instance ------------------------------------------------------------------
@@ -82,6 +85,8 @@ class Trial:
     points: list[int] = field(default_factory=list)
     points_per_s: list[float] = field(default_factory=list)
     leaders: list[bool] = field(default_factory=list)
+    versions: list[int] = field(default_factory=list)
+    deltas_dropped: int = 0
 
     @property
     def mean_points_per_s(self) -> float:
@@ -89,7 +94,8 @@ class Trial:
 
     def summary(self) -> dict[str, Any]:
         return {"points": self.points, "points_per_s": self.points_per_s,
-                "mean_points_per_s": self.mean_points_per_s, "leaders": self.leaders}
+                "mean_points_per_s": self.mean_points_per_s, "leaders": self.leaders,
+                "versions": self.versions, "deltas_dropped": self.deltas_dropped}
 
 
 class _Instance:
@@ -121,12 +127,15 @@ class _Instance:
     def ready(self) -> bool:
         return self._get("/readyz")[0] == 200
 
-    def scrape(self) -> tuple[int, bool]:
-        """Points answered so far and whether it leads; (0, False) while it does not serve."""
+    def scrape(self) -> tuple[int, bool, int]:
+        """Points answered so far, whether it leads, the shared model's version it answers
+        with; (0, False, 0) while it does not serve."""
         text = self._get("/metrics")[1]
         points, leader = _POINTS_OK.search(text), _LEADER.search(text)
+        version = _VERSION.search(text)
         return (int(float(points.group(1))) if points else 0,
-                bool(leader and float(leader.group(1)) == 1))
+                bool(leader and float(leader.group(1)) == 1),
+                int(float(version.group(1))) if version else 0)
 
     def signal(self, sig: int) -> None:
         if self.proc.poll() is None:
@@ -142,6 +151,10 @@ class _Instance:
                 self.proc.kill()
                 self.proc.wait()
 
+    def count(self, event: str) -> int:
+        """How many times its log has ``event``."""
+        return self.log_path.read_text(errors="replace").count(f'"event": "{event}"')
+
     def log_tail(self, n_lines: int = 20) -> str:
         lines = self.log_path.read_text(errors="replace").splitlines()[-n_lines:]
         return f"--- {self.log_path}\n" + "\n".join(lines)
@@ -154,16 +167,19 @@ def _check_alive(procs: list[_Instance]) -> None:
                            + "\n".join(p.log_tail() for p in dead))
 
 
-def _wait_ready(procs: list[_Instance], deadline: float) -> None:
+def _wait_ready(procs: list[_Instance], deadline: float, *, leader: bool) -> None:
     """Until every instance is ready twice in a row, :data:`SETTLE_S` apart (the group is
-    stable)."""
+    stable), and with ``leader`` one of them leads."""
     settled = 0
     while settled < 2:
         if time.monotonic() > deadline:
-            raise RuntimeError("the instances did not all get ready:\n"
+            raise RuntimeError("the instances did not all get ready"
+                               f"{' or none led' if leader else ''}:\n"
                                + "\n".join(p.log_tail() for p in procs))
         _check_alive(procs)
-        settled = settled + 1 if all(p.ready() for p in procs) else 0
+        ready = all(p.ready() for p in procs) and (
+            not leader or any(p.scrape()[1] for p in procs))
+        settled = settled + 1 if ready else 0
         time.sleep(SETTLE_S)
 
 
@@ -208,9 +224,10 @@ def run_instances(bootstrap: str, topics: Topics, *, n_points: int, instances: i
     procs = [_Instance(settings, log_dir / f"{group}-{i}.log") for i in range(instances)]
     samples: list[list[tuple[float, int]]] = [[] for _ in procs]
     leaders = [False] * instances
+    versions = [0] * instances
     try:
         deadline = time.monotonic() + TIMEOUT_S
-        _wait_ready(procs, deadline)
+        _wait_ready(procs, deadline, leader=sharing)
         for p in procs:
             p.signal(signal.SIGSTOP)
         try:
@@ -222,9 +239,10 @@ def run_instances(bootstrap: str, topics: Topics, *, n_points: int, instances: i
         answered = 0
         while time.monotonic() < deadline:
             for i, p in enumerate(procs):
-                n, leads = p.scrape()
+                n, leads, version = p.scrape()
                 samples[i].append((time.perf_counter(), n))
                 leaders[i] = leaders[i] or leads
+                versions[i] = max(versions[i], version)
             answered = sum(readings[-1][1] for readings in samples)
             if answered >= n_points:
                 break
@@ -237,7 +255,8 @@ def run_instances(bootstrap: str, topics: Topics, *, n_points: int, instances: i
         for p in procs:
             p.stop()
     return Trial(points=[readings[-1][1] for readings in samples],
-                 points_per_s=_drain_rates(resumed, samples), leaders=leaders)
+                 points_per_s=_drain_rates(resumed, samples), leaders=leaders,
+                 versions=versions, deltas_dropped=sum(p.count("delta_not_sent") for p in procs))
 
 
 def measure_throughput(bootstrap: str, topics: Topics, *, repeats: int,
@@ -367,7 +386,7 @@ def fold_rate_kafka(bootstrap: str, topics: Topics, stats_topic: str, state: byt
 
 
 def run(bootstrap: str, *, n_points: int = 2_000_000, instances: int = 2, partitions: int = 4,
-        points_per_message: int = 1000, batch_messages: int = 100, k: int = 8, d: int = 8,
+        points_per_message: int = 1000, batch_messages: int = 10, k: int = 8, d: int = 8,
         repeats: int = 3,
         fold_size: tuple[int, int] = (16, 32), n_deltas: int = 300,
         points_per_delta: int = 1000, workers: int = 2) -> dict[str, Any]:
@@ -415,7 +434,10 @@ def report(result: dict[str, Any]) -> str:
     for mode, trial in result["throughput"].items():
         led = "".join(f"{v:>13,.0f}{'*' if lead else ' '}"
                       for v, lead in zip(trial["points_per_s"], trial["leaders"], strict=True))
-        lines.append(f"  {mode:<20}{led}{trial['mean_points_per_s']:>14,.0f}")
+        used = (f"   shared model versions used: up to {max(trial['versions'])}"
+                + (f", deltas too large to send: {trial['deltas_dropped']}"
+                   if trial["deltas_dropped"] else "") if MODES[mode] else "")
+        lines.append(f"  {mode:<20}{led}{trial['mean_points_per_s']:>14,.0f}{used}")
     lines.append(f"  sharing on / off: {result['cost_ratio']:.2f} "
                  f"(goal >= {COST_GOAL:.2f}; * the instance that led)")
     f = result["fold"]

@@ -38,8 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     scale.add_argument("--instances", type=int, default=2, help="streamem run processes")
     scale.add_argument("--partitions", type=int, default=4, help="partitions of the input")
     scale.add_argument("--points-per-message", type=int, default=1000)
-    scale.add_argument("--batch-messages", type=int, default=100,
-                       help="kafka.max_poll_records of the instances (default: 100)")
+    scale.add_argument("--batch-messages", type=int, default=10,
+                       help="kafka.max_poll_records of the instances (default: 10; keep a "
+                       "batch's points x d x 8 bytes under 1 MiB)")
     scale.add_argument("--k", type=int, default=8, help="components of the daemons' model")
     scale.add_argument("--d", type=int, default=8, help="features of the input points")
     scale.add_argument("--repeats", type=int, default=3,

@@ -10,7 +10,7 @@ import pytest
 
 from streamem.bench import scale
 
-N_POINTS = 40_000
+N_POINTS = 300_000
 
 
 def test_drain_rates_count_from_the_resumption_to_each_instances_last_answer() -> None:
@@ -24,7 +24,7 @@ def test_drain_rates_count_from_the_resumption_to_each_instances_last_answer() -
 @pytest.mark.kafka
 def test_bench_scale_measures_both_modes_and_the_fold_rates(kafka_bootstrap: str) -> None:
     result = scale.run(kafka_bootstrap, n_points=N_POINTS, instances=2, partitions=4,
-                       points_per_message=500, batch_messages=4, repeats=1,
+                       points_per_message=1000, batch_messages=10, repeats=1,
                        fold_size=(16, 32), n_deltas=12, points_per_delta=500)
     throughput = result["throughput"]
     assert list(throughput) == ["sharing off", "sharing on"]
@@ -34,6 +34,9 @@ def test_bench_scale_measures_both_modes_and_the_fold_rates(kafka_bootstrap: str
         assert min(trial["points_per_s"]) > 0, mode
         assert math.isclose(trial["mean_points_per_s"], sum(trial["points_per_s"]) / 2)
     assert not any(throughput["sharing off"]["leaders"])
+    shared = throughput["sharing on"]
+    assert shared["deltas_dropped"] == 0 and max(shared["versions"]) > 0, (
+        "the instances did not answer with a shared model")
     assert math.isclose(result["cost_ratio"], throughput["sharing on"]["mean_points_per_s"]
                         / throughput["sharing off"]["mean_points_per_s"])
     fold = result["fold"]
@@ -41,5 +44,6 @@ def test_bench_scale_measures_both_modes_and_the_fold_rates(kafka_bootstrap: str
     assert fold["publications"] >= 1 and fold["delta_bytes"] > 0
     text = scale.report(result)
     for needle in ("instance 0", "instance 1", "sharing off", "sharing on", "sharing on / off",
-                   "K=16 d=32: 12 deltas of 500 points", "model only", "through the broker"):
+                   "K=16 d=32: 12 deltas of 500 points", "model only", "through the broker",
+                   "shared model versions used: up to"):
         assert needle in text, needle
