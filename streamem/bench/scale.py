@@ -4,18 +4,20 @@
 processes join one new consumer group on a new, empty topic of ``partitions`` partitions, with
 ``sharing.enabled`` false, then true, alternating, ``repeats`` times each (the best run of each
 counts: other work on the machine only ever slows a run down). Once every instance is ready
-(``/readyz``: it holds its partitions, and with sharing it has read the state topic), they are
-paused (SIGSTOP; a session timeout of 60 s keeps them in the group), ``points`` points are
-produced in ``block`` messages of ``points_per_message``, and they are resumed together, so
-each starts on its share of one backlog, and with sharing one of them leads already. Batches
-hold at most ``batch_messages`` messages (``kafka.max_poll_records``): with its default, 2000,
-a batch of 1000-point messages can hold 400 000 points, too few batches for a measurement, and
-a worker's warm-up delta (it carries the batch's points) would exceed what its producer sends
-(1 MiB), so the shared model would never start. Each instance's points answered are
-read from its ``/metrics`` (``streamem_points_total{outcome="ok"}``) every :data:`SAMPLE_S`;
-its points/s are its points over the time from the resumption to its last answer (the first
-fetch and the warm-up included, in both modes). With sharing on, one of them also leads
+(``/readyz``; with sharing, one of them leads), they warm up on :data:`WARM_MESSAGES` messages
+(with sharing, until each answers with a version the leader published), so the figures are of
+the steady state in both modes. Then they are paused (SIGSTOP; a session timeout of 60 s keeps
+them in the group), ``points`` points are produced in ``block`` messages of
+``points_per_message``, and they are resumed together on their shares of that backlog. Each
+instance's points answered are read from its ``/metrics``
+(``streamem_points_total{outcome="ok"}``) every :data:`SAMPLE_S`; its points/s are its points
+over the time from the resumption to its last answer. With sharing on, one of them also leads
 (folds the deltas, publishes the state), as in production.
+
+Batches hold at most ``batch_messages`` messages (``kafka.max_poll_records``): with its default,
+2000, a batch of 1000-point messages can hold 400 000 points, too few batches to measure, and a
+worker's warm-up delta (it carries the batch's points) would exceed what its producer sends
+(1 MiB), so the shared model would never start.
 
 **The leader's fold rate** at (K, d) (16, 32 by default): a model warmed up on a mixture, a
 worker's copy of it answering batches of ``points_per_delta`` points with ``OnlineGMM.delta``
@@ -67,6 +69,7 @@ SAMPLE_S = 0.05  #: how often each instance's /metrics is read
 TIMEOUT_S = 300.0  #: longest run of one trial or one fold measurement
 STOP_S = 60.0  #: longest wait for an instance to stop after SIGTERM
 SETTLE_S = 0.5  #: the instances are all ready twice this far apart before the backlog
+WARM_MESSAGES = 50  #: messages the instances warm up on before the measured backlog
 FOLD_GOAL = 100.0  #: deltas/s the leader should fold at (16, 32)
 COST_GOAL = 0.9  #: sharing on / off per-instance throughput should be at least this
 MODES = {"sharing off": False, "sharing on": True}
@@ -212,22 +215,60 @@ def _drain_rates(resumed: float, samples: list[list[tuple[float, int]]]) -> list
     return rates
 
 
+@dataclass
+class _Watch:
+    """Readings of the instances' metrics: per instance (time, points answered), whether it
+    led, the newest shared version it answered with."""
+
+    procs: list[_Instance]
+    samples: list[list[tuple[float, int]]]
+    leaders: list[bool]
+    versions: list[int]
+
+    @classmethod
+    def of(cls, procs: list[_Instance]) -> _Watch:
+        n = len(procs)
+        return cls(procs, [[] for _ in range(n)], [False] * n, [0] * n)
+
+    def until(self, n_points: int, deadline: float, *, shared: bool = False) -> list[int]:
+        """Read every :data:`SAMPLE_S` until ``n_points`` are answered in all (and with
+        ``shared`` every instance answers with a published version); the last counts."""
+        while time.monotonic() < deadline:
+            for i, p in enumerate(self.procs):
+                n, leads, version = p.scrape()
+                self.samples[i].append((time.perf_counter(), n))
+                self.leaders[i] = self.leaders[i] or leads
+                self.versions[i] = max(self.versions[i], version)
+            counts = [readings[-1][1] for readings in self.samples]
+            if sum(counts) >= n_points and (not shared or min(self.versions) > 0):
+                return counts
+            _check_alive(self.procs)
+            time.sleep(SAMPLE_S)
+        raise RuntimeError(f"{sum(r[-1][1] for r in self.samples)} of {n_points} points "
+                           f"answered{' with a shared model' if shared else ''} within "
+                           f"{TIMEOUT_S:.0f} s:\n"
+                           + "\n".join(p.log_tail() for p in self.procs))
+
+
 def run_instances(bootstrap: str, topics: Topics, *, n_points: int, instances: int,
                   partitions: int, points_per_message: int, batch_messages: int, k: int, d: int,
                   sharing: bool, log_dir: Path) -> Trial:
-    """One trial: the instances join a new group on a new topic, are paused while the backlog
-    is produced, and are measured from their resumption until every point is answered."""
+    """One trial: the instances join a new group on a new topic and warm up on
+    :data:`WARM_MESSAGES` messages (with sharing, until each answers with a published version);
+    they are paused while the backlog is produced and measured from their resumption until
+    every point of it is answered."""
     topic = topics.new("streamem-bench-scale", partitions=partitions)
     group = f"bench-scale-{uuid.uuid4().hex[:8]}"
     settings = _settings(bootstrap, topic, group, sharing=sharing, k=k,
                          batch_messages=batch_messages)
     procs = [_Instance(settings, log_dir / f"{group}-{i}.log") for i in range(instances)]
-    samples: list[list[tuple[float, int]]] = [[] for _ in procs]
-    leaders = [False] * instances
-    versions = [0] * instances
     try:
         deadline = time.monotonic() + TIMEOUT_S
         _wait_ready(procs, deadline, leader=sharing)
+        warm = WARM_MESSAGES * points_per_message
+        produce(bootstrap, topic, warm, points_per_message, d, k)
+        watch = _Watch.of(procs)
+        before = watch.until(warm, deadline, shared=sharing)
         for p in procs:
             p.signal(signal.SIGSTOP)
         try:
@@ -236,27 +277,18 @@ def run_instances(bootstrap: str, topics: Topics, *, n_points: int, instances: i
             for p in procs:
                 p.signal(signal.SIGCONT)
         resumed = time.perf_counter()
-        answered = 0
-        while time.monotonic() < deadline:
-            for i, p in enumerate(procs):
-                n, leads, version = p.scrape()
-                samples[i].append((time.perf_counter(), n))
-                leaders[i] = leaders[i] or leads
-                versions[i] = max(versions[i], version)
-            answered = sum(readings[-1][1] for readings in samples)
-            if answered >= n_points:
-                break
-            _check_alive(procs)
-            time.sleep(SAMPLE_S)
-        else:
-            raise RuntimeError(f"{answered} of {n_points} points answered within "
-                               f"{TIMEOUT_S:.0f} s:\n" + "\n".join(p.log_tail() for p in procs))
+        measured = _Watch.of(procs)
+        after = measured.until(sum(before) + n_points, deadline)
     finally:
         for p in procs:
             p.stop()
-    return Trial(points=[readings[-1][1] for readings in samples],
-                 points_per_s=_drain_rates(resumed, samples), leaders=leaders,
-                 versions=versions, deltas_dropped=sum(p.count("delta_not_sent") for p in procs))
+    samples = [[(t, n - n0) for t, n in readings]
+               for readings, n0 in zip(measured.samples, before, strict=True)]
+    return Trial(points=[n - n0 for n, n0 in zip(after, before, strict=True)],
+                 points_per_s=_drain_rates(resumed, samples),
+                 leaders=[a or b for a, b in zip(watch.leaders, measured.leaders, strict=True)],
+                 versions=measured.versions,
+                 deltas_dropped=sum(p.count("delta_not_sent") for p in procs))
 
 
 def measure_throughput(bootstrap: str, topics: Topics, *, repeats: int,

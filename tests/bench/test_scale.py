@@ -10,7 +10,7 @@ import pytest
 
 from streamem.bench import scale
 
-N_POINTS = 300_000
+N_POINTS = 100_000
 
 
 def test_drain_rates_count_from_the_resumption_to_each_instances_last_answer() -> None:
