@@ -5,7 +5,8 @@ processes join one new consumer group on a new, empty topic of ``partitions`` pa
 ``sharing.enabled`` false, then true, alternating, ``repeats`` times each (the best run of each
 counts: other work on the machine only ever slows a run down). Once every instance is ready
 (``/readyz``; with sharing, one of them leads), they warm up on :data:`WARM_MESSAGES` messages
-(with sharing, until each answers with a version the leader published), so the figures are of
+or twice the model's warm-up (with sharing, until each answers with a version the leader
+published), so the figures are of
 the steady state in both modes. Then they are paused (SIGSTOP; a session timeout of 60 s keeps
 them in the group), ``points`` points are produced in ``block`` messages of
 ``points_per_message``, and they are resumed together on their shares of that backlog. Each
@@ -37,6 +38,7 @@ Without a broker at ``--bootstrap-servers`` the bench starts one (as ``bench kaf
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import signal
@@ -69,7 +71,7 @@ SAMPLE_S = 0.05  #: how often each instance's /metrics is read
 TIMEOUT_S = 300.0  #: longest run of one trial or one fold measurement
 STOP_S = 60.0  #: longest wait for an instance to stop after SIGTERM
 SETTLE_S = 0.5  #: the instances are all ready twice this far apart before the backlog
-WARM_MESSAGES = 50  #: messages the instances warm up on before the measured backlog
+WARM_MESSAGES = 50  #: fewest messages the instances warm up on before the measured backlog
 FOLD_GOAL = 100.0  #: deltas/s the leader should fold at (16, 32)
 COST_GOAL = 0.9  #: sharing on / off per-instance throughput should be at least this
 MODES = {"sharing off": False, "sharing on": True}
@@ -215,6 +217,14 @@ def _drain_rates(resumed: float, samples: list[list[tuple[float, int]]]) -> list
     return rates
 
 
+def _warm_messages(k: int, d: int, points_per_message: int) -> int:
+    """Messages to warm up on: :data:`WARM_MESSAGES`, or more to hold twice the model's
+    warm-up."""
+    model = OnlineGMM(n_components=k)
+    model.partial_fit(np.empty((0, d)))  # fixes d, so warmup_ is the daemons'
+    return max(WARM_MESSAGES, math.ceil(2 * model.warmup_ / points_per_message))
+
+
 @dataclass
 class _Watch:
     """Readings of the instances' metrics: per instance (time, points answered), whether it
@@ -265,7 +275,7 @@ def run_instances(bootstrap: str, topics: Topics, *, n_points: int, instances: i
     try:
         deadline = time.monotonic() + TIMEOUT_S
         _wait_ready(procs, deadline, leader=sharing)
-        warm = WARM_MESSAGES * points_per_message
+        warm = _warm_messages(k, d, points_per_message) * points_per_message
         produce(bootstrap, topic, warm, points_per_message, d, k)
         watch = _Watch.of(procs)
         before = watch.until(warm, deadline, shared=sharing)
