@@ -6,11 +6,10 @@ processes join one new consumer group on a new, empty topic of ``partitions`` pa
 counts: other work on the machine only ever slows a run down). Once every instance is ready
 (``/readyz``; with sharing, one of them leads), they warm up on :data:`WARM_MESSAGES` messages
 or twice the model's warm-up (with sharing, until each answers with a version the leader
-published), so the figures are of
-the steady state in both modes. Then they are paused (SIGSTOP; a session timeout of 60 s keeps
-them in the group), ``points`` points are produced in ``block`` messages of
-``points_per_message``, and they are resumed together on their shares of that backlog. Each
-instance's points answered are read from its ``/metrics``
+published), so the figures are of the steady state in both modes. Then they are paused
+(SIGSTOP; a session timeout of 60 s keeps them in the group), ``points`` points are produced in
+``block`` messages of ``points_per_message``, and they are resumed together on their shares of
+that backlog. Each instance's points answered are read from its ``/metrics``
 (``streamem_points_total{outcome="ok"}``) every :data:`SAMPLE_S`; its points/s are its points
 over the time from the resumption to its last answer. With sharing on, one of them also leads
 (folds the deltas, publishes the state), as in production.
@@ -217,12 +216,17 @@ def _drain_rates(resumed: float, samples: list[list[tuple[float, int]]]) -> list
     return rates
 
 
+def _warmup_points(k: int, d: int) -> int:
+    """The default warm-up of a model of ``k`` components in ``d`` features (the daemons')."""
+    model = OnlineGMM(n_components=k)
+    model.partial_fit(np.empty((0, d)))  # fixes d, which warmup_ depends on
+    return model.warmup_
+
+
 def _warm_messages(k: int, d: int, points_per_message: int) -> int:
     """Messages to warm up on: :data:`WARM_MESSAGES`, or more to hold twice the model's
     warm-up."""
-    model = OnlineGMM(n_components=k)
-    model.partial_fit(np.empty((0, d)))  # fixes d, so warmup_ is the daemons'
-    return max(WARM_MESSAGES, math.ceil(2 * model.warmup_ / points_per_message))
+    return max(WARM_MESSAGES, math.ceil(2 * _warmup_points(k, d) / points_per_message))
 
 
 @dataclass
@@ -263,9 +267,9 @@ class _Watch:
 def run_instances(bootstrap: str, topics: Topics, *, n_points: int, instances: int,
                   partitions: int, points_per_message: int, batch_messages: int, k: int, d: int,
                   sharing: bool, log_dir: Path) -> Trial:
-    """One trial: the instances join a new group on a new topic and warm up on
-    :data:`WARM_MESSAGES` messages (with sharing, until each answers with a published version);
-    they are paused while the backlog is produced and measured from their resumption until
+    """One trial: the instances join a new group on a new topic and warm up
+    (:func:`_warm_messages`; with sharing, until each answers with a published version); they
+    are paused while the backlog is produced and measured from their resumption until
     every point of it is answered."""
     topic = topics.new("streamem-bench-scale", partitions=partitions)
     group = f"bench-scale-{uuid.uuid4().hex[:8]}"
@@ -339,7 +343,7 @@ class _FoldClock(Metrics):
 def deltas(k: int, d: int, n_deltas: int, points_per_delta: int) -> tuple[bytes, list[bytes]]:
     """A model warmed up on a mixture of ``k`` components in ``d`` features (its bytes), and
     ``n_deltas`` serialised deltas of a worker's copy of it on further points of the mixture."""
-    warm = max(20_000, 20 * k * d)  # twice the default warm-up, max(1000, 10·K·d)
+    warm = max(20_000, 2 * _warmup_points(k, d))
     X, _ = Mixture.random(k, d, random_state=0).sample(warm + n_deltas * points_per_delta,
                                                        random_state=1)
     model = OnlineGMM(n_components=k, random_state=0)
@@ -354,10 +358,10 @@ def deltas(k: int, d: int, n_deltas: int, points_per_delta: int) -> tuple[bytes,
     return state, out
 
 
-def fold_rate_model(state: bytes, values: list[bytes], group: str = "bench") -> float:
+def fold_rate_model(state: bytes, values: list[bytes]) -> float:
     """Deltas/s through the leader's per-record step (deserialise, fold, count), no Kafka."""
     metrics = _FoldClock()
-    leader = Leader(lambda: OnlineGMM.from_bytes(state), {}, {}, group, "stats", "state",
+    leader = Leader(lambda: OnlineGMM.from_bytes(state), {}, {}, "bench", "stats", "state",
                     "bench", metrics)
     leader.model = OnlineGMM.from_bytes(state)
     now_ms = time.time() * 1000
@@ -429,8 +433,7 @@ def fold_rate_kafka(bootstrap: str, topics: Topics, stats_topic: str, state: byt
 
 def run(bootstrap: str, *, n_points: int = 2_000_000, instances: int = 2, partitions: int = 4,
         points_per_message: int = 1000, batch_messages: int = 10, k: int = 8, d: int = 8,
-        repeats: int = 3,
-        fold_size: tuple[int, int] = (16, 32), n_deltas: int = 300,
+        repeats: int = 3, fold_size: tuple[int, int] = (16, 32), n_deltas: int = 300,
         points_per_delta: int = 1000, workers: int = 2) -> dict[str, Any]:
     """Measure both parts; returns ``settings``, ``throughput`` (per mode, :meth:`Trial.summary`),
     ``cost_ratio`` (on / off mean per-instance points/s) and ``fold`` (``model_deltas_per_s``,
