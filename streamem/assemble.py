@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from streamem.clients import kafka_python
 from streamem.errors import TransportError
@@ -201,21 +201,12 @@ def runtime(cfg: Config, source: Source, sink: Sink, metrics: Metrics, *,
 def sharing(cfg: Config, sink: Sink, metrics: Metrics) -> Worker:
     """This instance's worker of the group's shared model, its leader thread started (it leads
     while it owns the stats topic's partition); closing the worker stops the leader."""
-    from streamem.io import kafka_admin
-    from streamem.sharing.records import MAX_RECORD_BYTES, instance_id
+    from streamem.sharing.records import instance_id
 
     k, s = cfg.kafka, cfg.sharing
-    stats_topic, state_topic = s.topics(k.group_id)
-    big = {"max.message.bytes": str(MAX_RECORD_BYTES)}
-    admin = kafka_python.admin_settings(cfg)
-    kafka_admin.create_topics(admin, [stats_topic], partitions=1, configs=big, exist_ok=True)
-    kafka_admin.create_topics(admin, [state_topic], partitions=1, exist_ok=True,
-                              configs={**big, "cleanup.policy": "compact"})
+    stats_topic, state_topic = sharing_topics(cfg)
     me = instance_id(k.client_id)
-    consumer = {**kafka_python.consumer_settings(cfg), "max_partition_fetch_bytes":
-                MAX_RECORD_BYTES, "fetch_max_bytes": MAX_RECORD_BYTES}
-    producer = {**kafka_python.producer_settings(cfg),
-                "max_request_size": MAX_RECORD_BYTES}
+    consumer, producer = sharing_clients(cfg)
     leader = Leader(lambda: fresh_model(cfg), consumer, producer, k.group_id, stats_topic,
                     state_topic, me, metrics, model_topic=k.model_topic,
                     publish_interval_s=s.publish_interval_s)
@@ -227,3 +218,29 @@ def sharing(cfg: Config, sink: Sink, metrics: Metrics) -> Worker:
     log.info("sharing_model", extra={"instance": me, "stats_topic": stats_topic,
                                      "state_topic": state_topic})
     return worker
+
+
+def sharing_topics(cfg: Config) -> tuple[str, str]:
+    """The shared model's stats and state topics, created when absent (one partition each,
+    records up to ``MAX_RECORD_BYTES``, the state compacted)."""
+    from streamem.io import kafka_admin
+    from streamem.sharing.records import MAX_RECORD_BYTES
+
+    stats_topic, state_topic = cfg.sharing.topics(cfg.kafka.group_id)
+    big = {"max.message.bytes": str(MAX_RECORD_BYTES)}
+    admin = kafka_python.admin_settings(cfg)
+    kafka_admin.create_topics(admin, [stats_topic], partitions=1, configs=big, exist_ok=True)
+    kafka_admin.create_topics(admin, [state_topic], partitions=1, exist_ok=True,
+                              configs={**big, "cleanup.policy": "compact"})
+    return stats_topic, state_topic
+
+
+def sharing_clients(cfg: Config) -> tuple[dict[str, Any], dict[str, Any]]:
+    """kafka-python consumer and producer settings of the shared model's clients (records up
+    to ``MAX_RECORD_BYTES``)."""
+    from streamem.sharing.records import MAX_RECORD_BYTES
+
+    consumer = {**kafka_python.consumer_settings(cfg), "max_partition_fetch_bytes":
+                MAX_RECORD_BYTES, "fetch_max_bytes": MAX_RECORD_BYTES}
+    producer = {**kafka_python.producer_settings(cfg), "max_request_size": MAX_RECORD_BYTES}
+    return consumer, producer

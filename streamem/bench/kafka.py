@@ -303,7 +303,7 @@ def _values(n_points: int, ppm: int, d: int, k: int, seed: int) -> Iterator[byte
         yield codec.encode(chunk, range(s, s + len(chunk)), None, ppm > 1)
 
 
-def _produce(bootstrap: str, topic: str, n_points: int, ppm: int, d: int, k: int) -> int:
+def produce(bootstrap: str, topic: str, n_points: int, ppm: int, d: int, k: int) -> int:
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=1 << 20)
     n = 0
     for value in _values(n_points, ppm, d, k, seed=1):
@@ -345,17 +345,17 @@ def _config(bootstrap: str, topic: str, row: Row, k: int,
     ], environ={})
 
 
-class _Topics:
+class Topics:
     """Topics this run creates; all deleted at the end (outputs included)."""
 
     def __init__(self, bootstrap: str) -> None:
         self.bootstrap = bootstrap
         self.created: list[str] = []
 
-    def new(self, prefix: str) -> str:
+    def new(self, prefix: str, partitions: int = 1) -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:8]}"
         kafka_admin.create_topics({"bootstrap_servers": self.bootstrap}, [name],
-                                  replication_factor=1)
+                                  partitions=partitions, replication_factor=1)
         self.created.append(name)
         return name
 
@@ -378,10 +378,10 @@ def run(bootstrap: str, *, n_points: int, points_per_message: int = 1, output_fo
     formats = output_formats or (("json",) if points_per_message == 1 else
                                  tuple(sorted(OUTPUT_FORMATS)))
     rows = [Row(points_per_message, f) for f in formats]
-    topics = _Topics(bootstrap)
+    topics = Topics(bootstrap)
     try:
         topic = topics.new(f"streamem-bench-{points_per_message}")
-        _produce(bootstrap, topic, n_points, points_per_message, d, k)
+        produce(bootstrap, topic, n_points, points_per_message, d, k)
         ppm = points_per_message
         passthrough, daemons = Side(), [Side() for _ in rows]
         for _ in range(REPEATS):  # alternate the sides; keep each one's best run
@@ -642,10 +642,10 @@ def run_delivery(bootstrap: str, *, n_points: int, points_per_message: int = 1, 
     """
     ppm = points_per_message
     row = Row(ppm, "json" if ppm == 1 else "block")
-    topics = _Topics(bootstrap)
+    topics = Topics(bootstrap)
     try:
         topic = topics.new(f"streamem-bench-delivery-{ppm}")
-        _produce(bootstrap, topic, n_points, ppm, d, k)
+        produce(bootstrap, topic, n_points, ppm, d, k)
         sides = {name: Side() for name in DELIVERY}
         for _ in range(REPEATS):  # alternate; keep each one's best run
             for name, cls in DELIVERY.items():

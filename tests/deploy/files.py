@@ -193,8 +193,10 @@ def mount_covering(name: str, path: str) -> Mount:
 
 @dataclass(frozen=True)
 class Port:
+    """A published port; ``host_ports`` holds one port, or a range's (one per replica)."""
+
     host_ip: str | None
-    host_port: int
+    host_ports: range
     container_port: int
 
 
@@ -204,7 +206,8 @@ def ports(name: str) -> list[Port]:
         parts = str(entry).split("/")[0].split(":")
         assert len(parts) in (2, 3), f"{name}: write ports as [ip:]host:container (got {entry!r})"
         ip = parts[0] if len(parts) == 3 else None
-        out.append(Port(ip, int(parts[-2]), int(parts[-1])))
+        first, _, last = parts[-2].partition("-")
+        out.append(Port(ip, range(int(first), int(last or first) + 1), int(parts[-1])))
     return out
 
 

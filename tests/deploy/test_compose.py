@@ -184,9 +184,31 @@ def test_prometheus_scrapes_the_streamem_service(cfg: Config) -> None:
                  ["scrape_configs"]}
     assert JOB in repo_jobs and set(jobs) == {JOB}, (
         f"compose scrapes jobs {sorted(jobs)}; the alert rules expect job {JOB!r}")
-    targets = [t for sc in jobs[JOB]["static_configs"] for t in sc["targets"]]
-    assert targets == [f"streamem:{cfg.metrics.port}"]
+    [dns] = jobs[JOB]["dns_sd_configs"]  # every replica of the service, not one of them
+    assert (dns["names"], dns.get("type", "SRV"), dns["port"]) == (
+        ["streamem"], "A", cfg.metrics.port)
+    assert "static_configs" not in jobs[JOB]
     assert jobs[JOB].get("metrics_path", "/metrics") == "/metrics"
+
+
+def test_two_instances_share_one_model(cfg: Config) -> None:
+    """The compose file runs two instances in one group, sharing one model; each can be
+    reached and scraped, and none keeps a checkpoint of its own."""
+    svc = service("streamem")
+    replicas = svc["deploy"]["replicas"]
+    assert replicas >= 2
+    assert "container_name" not in svc and "hostname" not in svc, (
+        "a fixed container name or hostname cannot be given to two replicas")
+    raw = load_yaml(compose_config_file())
+    assert raw["sharing"]["enabled"] is True, "set sharing.enabled explicitly"
+    assert cfg.sharing.enabled and cfg.delivery.guarantee == "at_least_once", (
+        "exactly once needs a transactional id per instance")
+    [published] = ports("streamem")
+    assert len(published.host_ports) >= replicas, (
+        f"{replicas} replicas need {replicas} host ports, got {published.host_ports}")
+    partitions = int(environment(service("kafka"))["KAFKA_NUM_PARTITIONS"])
+    assert partitions >= replicas, "replicas beyond the input's partitions sit idle"
+    assert "deploy" not in service("producer"), "one producer is enough"
 
 
 def test_prometheus_rule_files_are_the_repo_alerts() -> None:

@@ -178,6 +178,29 @@ def test_deployment_defaults(cfg: Config) -> None:
     assert cfg.kafka.group_id, "replicas split partitions through one consumer group"
 
 
+def test_deployment_scales_with_replicas(cfg: Config) -> None:
+    """``replicas: N`` as it stands: the pods share one model, and nothing a pod writes or
+    claims is fixed to one pod (no shared checkpoint key, no volume claim, no fixed identity)."""
+    raw = yaml.safe_load(configmap_config_text())
+    assert raw["sharing"]["enabled"] is True, "set sharing.enabled explicitly"
+    assert cfg.sharing.enabled
+    assert cfg.checkpoint.kafka_topic is None, (
+        "checkpoint.kafka_topic is keyed by kafka.group_id: N pods would write one key")
+    volumes = pod_spec()["volumes"]
+    claimed = [v["name"] for v in volumes if "persistentVolumeClaim" in v]
+    assert not claimed, f"a Deployment's replicas cannot share the claims {claimed}"
+    assert not {"hostname", "subdomain"} & set(pod_spec()), "a fixed hostname for every pod"
+    fixed = [e["name"] for e in k8s_container()["env"] if "value" in e and e["name"] in
+             {"STREAMEM_KAFKA__CLIENT_ID", "STREAMEM_DELIVERY__TRANSACTIONAL_ID"}]
+    assert not fixed, f"{fixed}: one fixed identity for every pod"
+    assert cfg.delivery.guarantee == "at_least_once", (
+        "exactly once in a Deployment: every pod has the transactional id "
+        "<group_id>.<client_id> and fences the others")
+    strategy = k8s_object("Deployment")["spec"]["strategy"]
+    assert strategy["type"] == "RollingUpdate" and strategy["rollingUpdate"][
+        "maxUnavailable"] == 0, "pods sharing the model may overlap: roll without downtime"
+
+
 def test_env_overrides_map_to_real_config_keys(config_file: Path) -> None:
     env = k8s_container()["env"]
     names = [e["name"] for e in env if e["name"].startswith("STREAMEM_")]

@@ -126,6 +126,36 @@ def test_dashboard_shows_what_was_asked() -> None:
         assert needle in queries, needle
 
 
+def test_every_panel_queries_exported_metrics(exported: set[str]) -> None:
+    """Each panel (rows aside) has queries, and each names a metric streamem exports (or
+    Prometheus' ``up``), none it does not."""
+    for panel in walk_panels(dashboard()["panels"]):
+        if panel["type"] == "row":
+            continue
+        assert panel.get("targets"), panel["title"]
+        for target in panel["targets"]:
+            names = {strip_suffix(n, exported) for n in METRIC_NAME.findall(target["expr"])}
+            assert names or target["expr"].startswith("up{"), (panel["title"], target["expr"])
+            assert names <= exported, (panel["title"], names - exported)
+
+
+def test_dashboard_shows_the_shared_model() -> None:
+    """Leader, version in use, staleness, deltas sent and folded, fold lag, publication age."""
+    panels = [p for p in walk_panels(dashboard()["panels"]) if p["type"] != "row"]
+    for needle in [
+        "streamem_leader{",
+        "streamem_model_version_in_use{",
+        "streamem_model_staleness_versions{",
+        "rate(streamem_deltas_sent_total{",
+        "rate(streamem_deltas_folded_total{",
+        "streamem_fold_lag_seconds{",
+        "streamem_model_published_timestamp_seconds{",
+    ]:
+        showing = [p["title"] for p in panels
+                   if any(needle in t["expr"] for t in p["targets"])]
+        assert showing, needle
+
+
 def test_dashboard_uses_the_datasource_variable() -> None:
     d = dashboard()
     variables = {v["name"]: v for v in d["templating"]["list"]}

@@ -6,10 +6,13 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
+import yaml
+
 from streamem.metrics import Metrics, MetricsServer
 
 from .prometheus_server import REPO
 from .stand_in import populate
+from .test_names import dashboard_queries
 
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
 
@@ -50,6 +53,21 @@ def test_alert_rules_are_valid(promtool: str) -> None:
 def test_alert_rules_unit_tests_pass(promtool: str) -> None:
     output = run(promtool, "test", "rules", PROMETHEUS_DIR / "alerts_test.yml")
     assert "SUCCESS" in output
+
+
+def test_dashboard_queries_parse(promtool: str, tmp_path: Path) -> None:
+    """Every dashboard query is valid PromQL: each, with Grafana's variables filled in, is a
+    recording rule that ``promtool check rules`` parses."""
+    grafana = {"$__rate_interval": "1m", "$job": ".*", "$instance": ".*"}
+    rules = []
+    for i, query in enumerate(q for q in dashboard_queries() if not q.startswith("label_")):
+        for variable, value in grafana.items():
+            query = query.replace(variable, value)
+        rules.append({"record": f"dashboard:query_{i}", "expr": query})
+    assert len(rules) >= 20
+    path = tmp_path / "dashboard_rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    assert "SUCCESS" in run(promtool, "check", "rules", path)
 
 
 def test_scrape_config_is_valid(promtool: str) -> None:
