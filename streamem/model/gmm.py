@@ -164,6 +164,7 @@ class OnlineGMM(Estimator):
     _conditioning: tuple[int, np.ndarray] | None = None
     _factored: np.ndarray | None = None  # what lazily kept factors were computed from
     _checked = False  # hyperparameters checked since the last set_params
+    _undo: list[tuple[np.ndarray, Any, np.ndarray]] | None = None  # see ``_snapshot``
 
     def __init__(
         self,
@@ -470,12 +471,14 @@ class OnlineGMM(Estimator):
         if learning_rate is not None and not 0.0 < learning_rate <= 1.0:
             raise ValueError(f"learning_rate must be in (0, 1], got {learning_rate!r}")
         self._ready()
-        saved = self._snapshot()
+        n_features = self._n_features
         X = self._check(X)
         if len(X) == 0:
             empty = np.zeros(0, dtype=bool)
             return _result(np.zeros((0, self.n_components)), np.zeros(0), empty, empty,
                            self.version_)
+        saved = self._snapshot(len(X))
+        saved["_n_features"] = n_features  # a refused first batch does not fix d
         return self._all_or_nothing(saved, "batch", lambda: self._learn(X, learning_rate))
 
     def _all_or_nothing(self, saved: dict[str, Any], what: str,
@@ -492,27 +495,44 @@ class OnlineGMM(Estimator):
         if problem:
             self._restore(saved)
             raise ModelRejected(f"the model refused the {what} and is unchanged: {problem}")
+        del self._undo
         return result
 
-    def _snapshot(self) -> dict[str, Any]:
-        """The state ``partial_fit`` may change: attributes, and copies of what it mutates."""
+    def _snapshot(self, n_points: int | None = None) -> dict[str, Any]:
+        """The state a step of ``n_points`` points (``None``: any) may change, for ``_restore``.
+
+        The attributes, by reference where the step replaces them (the statistics' arrays, the
+        parameters, the trackers); copies of what it mutates in place: the containers, and the
+        statistics and usage when a collapse check may run (resets and moves change them in
+        place). The ring of recent inliers is not copied: ``_remember`` logs the rows it
+        overwrites in ``_undo``, which ``_restore`` writes back.
+        """
         saved = dict(self.__dict__)
         for name in ("_buffer", "_rewarm", "collapse_history_"):
             saved[name] = list(saved[name])
         saved["resets_"] = dict(self.resets_)
-        saved["_usage"] = self._usage.copy()
-        if self._collecting():
-            saved["_recent"] = self._recent.copy()
-        if self.stats_ is not None:
-            saved["stats_"] = self.stats_.copy()
+        may_check = n_points is None or self._since_check + n_points >= CHECK_EVERY
+        if may_check:
+            saved["_usage"] = self._usage.copy()
+        stats = self.stats_
+        if stats is not None:
+            saved["stats_"] = stats.copy() if may_check else SufficientStatistics(
+                stats.nk, stats.means, stats.scatter)
+        self._undo = []
         return saved
 
     def _restore(self, saved: dict[str, Any]) -> None:
+        for ring, rows, old in reversed(self._undo):
+            ring[rows] = old
         self.__dict__.clear()
         self.__dict__.update(saved)
 
     def _invalid_state(self, result: BatchResult) -> str | None:
-        """What is wrong with the state after an update (non-finite, not positive definite)."""
+        """What is wrong with the state after an update (non-finite, not positive definite).
+
+        An array's sum is finite when all its values are (one pass, no temporary); only a sum
+        that is not (a non-finite value, or an overflow of finite ones) is looked at closely.
+        """
         arrays = {"responsibilities": result.responsibilities}
         if self.stats_ is not None:
             arrays.update(nk=self.stats_.nk, means=self.stats_.means, scatter=self.stats_.scatter)
@@ -520,9 +540,10 @@ class OnlineGMM(Estimator):
             arrays.update(precisions_cholesky=self._params.precisions_chol,
                           log_det=self._params.log_det)
         for name, value in arrays.items():
-            if not np.isfinite(value).all():
+            if not math.isfinite(value.sum()) and not np.isfinite(value).all():
                 return f"{name} would not be finite"
-        if np.isnan(result.log_likelihood).any() or np.isnan(self.anomaly_threshold_):
+        if math.isnan(result.log_likelihood.sum()) and np.isnan(result.log_likelihood).any() \
+                or math.isnan(self.anomaly_threshold_):
             return "log-likelihoods would be NaN"
         return None
 
@@ -735,12 +756,21 @@ class OnlineGMM(Estimator):
         return inlier_capacity(self.n_components, self._n_features or 1)
 
     def _remember(self, X: np.ndarray) -> None:
-        """Keep the latest inliers X (n, d) in a ring of ``_recent_capacity()`` rows."""
+        """Keep the latest inliers X (n, d) in a ring of ``_recent_capacity()`` rows.
+
+        During a step that may be undone (``_snapshot``), the rows overwritten are logged first.
+        """
         capacity = self._recent_capacity()
         if self._recent.shape != (capacity, X.shape[1]):
             self._recent, self._recent_n = np.zeros((capacity, X.shape[1])), 0
         X = X[-capacity:]
-        self._recent[(self._recent_n + np.arange(len(X))) % capacity] = X
+        start = self._recent_n % capacity
+        rows: slice | np.ndarray = slice(start, start + len(X))
+        if start + len(X) > capacity:
+            rows = (start + np.arange(len(X))) % capacity
+        if self._undo is not None:
+            self._undo.append((self._recent, rows, self._recent[rows].copy()))
+        self._recent[rows] = X
         self._recent_n += len(X)
 
     def _try_move(self) -> None:
