@@ -132,3 +132,20 @@ def test_a_warm_up_poison_pill_is_refused_and_the_stream_goes_on():
     assert model.initialized_ and model.n_seen_ == 599
     assert np.isfinite(model.covariances_).all() and np.isfinite(model.means_).all()
     assert np.all(np.linalg.eigvalsh(model.covariances_) > 0)
+
+
+@pytest.mark.parametrize("n_points", [1, 7, 5000])
+def test_a_refused_step_leaves_the_ring_of_recent_inliers_as_it_was(n_points):
+    """The ring is not copied for a step: the rows a refused step wrote are written back
+    (5000 points wrap the ring of 4096 rows)."""
+    model = model_at("online")
+    model._move_wait = 1  # a try of the moves is near: the model keeps its recent inliers
+    assert model._collecting()
+    model._remember(points(4000, seed=6))  # the ring nearly full: the next rows wrap around
+    before = snapshot(model)
+    with mock.patch.object(OnlineGMM, "_refresh", side_effect=FloatingPointError), \
+            pytest.raises(ModelRejected):
+        model.partial_fit(points(n_points, seed=7) * 0.1)
+    assert_unchanged(before, model)
+    model.partial_fit(points(n_points, seed=7) * 0.1)
+    assert model._recent_n == 4000 + min(n_points, model._recent_capacity())
