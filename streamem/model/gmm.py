@@ -35,7 +35,6 @@ from streamem.model.params import (
     e_step,
     estimate_weighted_log_prob,
     hard_responsibilities,
-    make_params,
     params_from_statistics,
     refresh_params,
     row_argmax,
@@ -162,7 +161,7 @@ class OnlineGMM(Estimator):
     _params: Params | None = None
     _n_features: int | None = None
     _conditioning: tuple[int, np.ndarray] | None = None
-    _factored: np.ndarray | None = None  # what lazily kept factors were computed from
+    _drift: np.ndarray | None = None  # (K,) see ``point.stale_rows``; None: all 0
     _checked = False  # hyperparameters checked since the last set_params
     _undo: list[tuple[np.ndarray, Any, np.ndarray]] | None = None  # see ``_snapshot``
 
@@ -245,7 +244,7 @@ class OnlineGMM(Estimator):
         self._flagged = np.empty((0, 0))
         self._flagged_at = np.empty(0, dtype=np.int64)
         self._conditioning = None
-        self._factored = None
+        self._drift = None
         self._settled: tuple[np.ndarray, np.ndarray] | None = None
         self._bound = -np.inf
         self._inflation = 1.0
@@ -522,7 +521,7 @@ class OnlineGMM(Estimator):
         return saved
 
     def _restore(self, saved: dict[str, Any]) -> None:
-        for ring, rows, old in reversed(self._undo):
+        for ring, rows, old in reversed(self._undo or ()):
             ring[rows] = old
         self.__dict__.clear()
         self.__dict__.update(saved)
@@ -596,21 +595,23 @@ class OnlineGMM(Estimator):
 
     def _online_step(self, X: np.ndarray, learning_rate: float | None) -> BatchResult:
         assert self.stats_ is not None and self._params is not None
-        version = self.version_
-        Y = centred(X, self._params.center)
-        one = point.e_step(self._kind, self._params, X[0]) if len(X) == 1 else None
+        version, params = self.version_, self._params
+        one = point.answer(self._kind, params, X[0]) if len(X) == 1 else None
         if one is not None:  # one point: the same answers in fewer numpy calls
             resp, log_lik = one[0][None], np.array([one[1]])
+            Y = X - params.center
         else:
-            resp, log_lik = e_step(self._kind, self._params, X, Y)
+            Y = centred(X, params.center)
+            resp, log_lik = e_step(self._kind, params, X, Y)
         anomaly = log_lik < self.anomaly_threshold_
         n_flagged = int(np.count_nonzero(anomaly))
         collecting, window = self._collecting(), self._counted_window()
         if n_flagged and self.protecting_:
             kept = np.flatnonzero(~anomaly)  # take() is several times faster than a mask
-            self._update(Y.T.take(kept, axis=1).T, resp.T.take(kept, axis=1).T, learning_rate)
+            frac = self._update(Y.T.take(kept, axis=1).T, resp.T.take(kept, axis=1).T,
+                                learning_rate)
         else:
-            self._update(Y, resp, learning_rate)
+            frac = self._update(Y, resp, learning_rate)
         self._track_recent(X, resp, anomaly, n_flagged)
         self._track_tail(log_lik, window, collecting, X, anomaly)
         if self.drifting_ or self._rewarm:
@@ -622,9 +623,18 @@ class OnlineGMM(Estimator):
             self._since_check = 0
             self._reset_components()
             self._remember_settled()
-        if len(X):
-            self._refresh(threshold=checked, lazy=len(X) == 1)
-        return _result(resp, log_lik, anomaly, np.zeros(len(X), dtype=bool), version)
+        if one is None:
+            self._refresh(threshold=checked)
+            return _result(resp, log_lik, anomaly, np.zeros(len(X), dtype=bool), version)
+        rows = None
+        if not checked:  # the statistics changed by this point only
+            rows = np.zeros(0, dtype=np.intp)
+            if frac is not None:
+                rows, self._drift = point.stale_rows(self._drift, frac, one[2], self.stats_.nk)
+        self._refresh(threshold=checked, rows=rows)
+        label = int(one[0].argmax())
+        return BatchResult(np.array([label]), one[0][label : label + 1], resp, log_lik, anomaly,
+                           np.zeros(1, dtype=bool), version)
 
     def _collect_rewarm(self, X: np.ndarray) -> None:
         """After a large change, refit from a fresh warm-up buffer of the new regime."""
@@ -668,12 +678,33 @@ class OnlineGMM(Estimator):
         order = matching.match_components(means, old, stats.means, new)
         return SufficientStatistics(stats.nk[order], stats.means[order], stats.scatter[order])
 
-    def _update(self, Y: np.ndarray, resp: np.ndarray, learning_rate: float | None) -> None:
-        """Blend the statistics of points ``Y`` (centred on ``params.center``) in."""
+    def _update(
+        self, Y: np.ndarray, resp: np.ndarray, learning_rate: float | None
+    ) -> np.ndarray | None:
+        """Blend the statistics of points ``Y`` (centred on ``params.center``) in.
+
+        For one point, returns its share of each component's mass (``point.blend``).
+        """
         assert self.stats_ is not None and self._params is not None
         m = len(Y)
         if m == 0:
-            return
+            return None
+        if self.assignment == "hard":
+            resp = hard_responsibilities(resp)
+        if m == 1:
+            if learning_rate is None:
+                decay, weight = point.step(
+                    self._n_steps, learning_decay=self.learning_decay,
+                    learning_offset=self.learning_offset,
+                    floor=floor_for_halflife(self._halflife()))
+            else:
+                decay, weight = 1.0 - learning_rate, learning_rate
+            self.learning_rate_ = float(weight)
+            frac = point.blend(self._kind, self.stats_, Y[0], resp[0] * weight, decay,
+                               self._params.center)
+            self._n_steps += 1
+            self._sum_sq_weights = decay**2 * self._sum_sq_weights + weight * weight
+            return frac
         if learning_rate is None:
             decay, w, self.learning_rate_ = batch_schedule(
                 self._n_steps, m, learning_decay=self.learning_decay,
@@ -681,17 +712,12 @@ class OnlineGMM(Estimator):
         else:
             decay, w = 1.0 - learning_rate, np.full(m, learning_rate / m)
             self.learning_rate_ = float(learning_rate)
-        if self.assignment == "hard":
-            resp = hard_responsibilities(resp)
-        if m == 1:
-            point.blend(self._kind, self.stats_, Y[0], resp[0] * w[0], decay,
-                        self._params.center)
-        else:
-            batch = batch_statistics(self._kind, Y, resp * w[:, None], self._params.center)
-            self.stats_.blend(batch, decay, self._kind)
-            self.stats_.normalise()
+        batch = batch_statistics(self._kind, Y, resp * w[:, None], self._params.center)
+        self.stats_.blend(batch, decay, self._kind)
+        self.stats_.normalise()
         self._n_steps += m
         self._sum_sq_weights = decay**2 * self._sum_sq_weights + float(w @ w)
+        return None
 
     def _halflife(self) -> float | None:
         """``halflife``, raised to ``POINTS_PER_PARAMETER`` points per free parameter."""
@@ -862,20 +888,19 @@ class OnlineGMM(Estimator):
             -HISTORY_LENGTH:
         ]
 
-    def _refresh(self, threshold: bool, lazy: bool = False) -> None:
+    def _refresh(self, threshold: bool, rows: np.ndarray | None = None) -> None:
         """The M-step: parameters from the statistics; optionally the anomaly threshold too.
 
-        ``lazy`` (after one point) factorises again only the covariances that moved by more
-        than rounding (``params.refresh_params``); the others keep their factors.
+        ``rows`` (after one point): the only covariances to compute and factorise again
+        (``point.stale_rows``); the others keep covariance and factor.
         """
         assert self.stats_ is not None
-        if lazy and not threshold and self._params is not None:
-            factored = self._params.covariances if self._factored is None else self._factored
-            self._params, self._factored = refresh_params(
-                self.stats_, self._kind, self.reg_covar, self._params, factored)
+        if rows is not None and self._params is not None:
+            self._params = refresh_params(self.stats_, self._kind, self.reg_covar, self._params,
+                                          rows)
         else:
             self._params = params_from_statistics(self.stats_, self._kind, self.reg_covar)
-            self._factored = None
+            self._drift = None
         self.version_ += 1
         if threshold or not np.isfinite(self.anomaly_threshold_):
             p, d, rate = self._params, self._params.means.shape[1], self.anomaly_rate
@@ -1007,11 +1032,10 @@ class OnlineGMM(Estimator):
 
     # ------------------------------------------------------------------ helpers
     def _settle(self) -> None:
-        """Factorise every covariance afresh, as loading a saved model will (bit for bit)."""
-        if self._factored is not None and self._params is not None:
-            p = self._params
-            self._params = make_params(self._kind, p.weights, p.means, p.covariances, p.center)
-            self._factored = None
+        """Forget the drift of kept factors (``point.stale_rows``), as loading a saved model
+        does: the factors are those of the covariances, which a loaded model factorises (bit
+        for bit the same), so the copy continues exactly as the original."""
+        self._drift = None
 
     def _buffered(self) -> int:
         return sum(len(b) for b in self._buffer)
