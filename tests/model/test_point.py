@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from streamem.model import OnlineGMM, point
-from streamem.model import gmm as gmm_module
 from streamem.model.covariance import KINDS
 from streamem.model.params import e_step, params_from_statistics, refresh_params
 from streamem.model.point import STALE_LIMIT
