@@ -105,7 +105,8 @@ def _point_maha_full(D: np.ndarray, prec_chol: np.ndarray) -> np.ndarray:
     """Squared Mahalanobis norms (K, m) of a few vectors per component, D (K, m, d), each in its
     component's metric (D = x − μ_k: one point's distances from the means)."""
     Z = np.matmul(D, prec_chol)
-    return np.einsum("kij,kij->ki", Z, Z)
+    Z *= Z
+    return np.add.reduce(Z, axis=2)
 
 
 def _point_maha_diag(D: np.ndarray, prec_chol: np.ndarray) -> np.ndarray:
@@ -201,10 +202,14 @@ def _add_floor_full(cov: np.ndarray, reg: float) -> np.ndarray:
     The relative part bounds the condition number (about d / RELATIVE_FLOOR), so the Cholesky
     factorisation succeeds even for perfectly correlated features at a large scale.
     """
-    cov = 0.5 * (cov + np.swapaxes(cov, -1, -2))
+    cov = cov + cov.transpose(0, 2, 1)
+    cov *= 0.5
     d = cov.shape[-1]
     diag = cov.reshape(len(cov), d * d)[:, :: d + 1]  # a view of the diagonals
-    diag += (reg + RELATIVE_FLOOR * np.maximum(diag.max(axis=1), 0.0))[:, None]
+    floor = np.maximum(diag.max(axis=1), 0.0)
+    floor *= RELATIVE_FLOOR
+    floor += reg
+    diag += floor[:, None]
     return cov
 
 

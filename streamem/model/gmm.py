@@ -539,9 +539,11 @@ class OnlineGMM(Estimator):
             arrays.update(precisions_cholesky=self._params.precisions_chol,
                           log_det=self._params.log_det)
         for name, value in arrays.items():
-            if not math.isfinite(value.sum()) and not np.isfinite(value).all():
+            if not math.isfinite(np.add.reduce(value, axis=None)) and \
+                    not np.isfinite(value).all():
                 return f"{name} would not be finite"
-        if math.isnan(result.log_likelihood.sum()) and np.isnan(result.log_likelihood).any() \
+        log_lik = result.log_likelihood
+        if math.isnan(log_lik.sum()) and np.isnan(log_lik).any() \
                 or math.isnan(self.anomaly_threshold_):
             return "log-likelihoods would be NaN"
         return None

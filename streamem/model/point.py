@@ -54,12 +54,14 @@ def answer(
     (1 − f)Σ + f·yyᵀ + f(1 − f)mmᵀ, with δ = x − μ, y = x − c, m = c − μ; the floor's relative
     part moves with the largest variance, by at most as much again.) ``None`` as ``e_step``.
     """
-    K, d = params.means.shape
-    DM = np.empty((K, 2, d))
-    np.subtract(x, params.means, out=DM[:, 0])
-    np.subtract(params.means, params.center, out=DM[:, 1])
+    means = params.means
+    DM = np.empty((len(means), 2, len(x)))
+    np.subtract(x, means, out=DM[:, 0])
+    np.subtract(means, params.center, out=DM[:, 1])
     dist = kind.point_mahalanobis(DM, params.precisions_chol)
-    found = _normalised(params.log_norm - 0.5 * dist[:, 0])
+    weighted = dist[:, 0] * -0.5
+    weighted += params.log_norm
+    found = _normalised(weighted)
     if found is None:
         return None
     reach = dist @ _REACH
@@ -68,15 +70,19 @@ def answer(
 
 
 def _normalised(weighted: np.ndarray) -> tuple[np.ndarray, float] | None:
-    """Responsibilities and log p(x) from log π_k + log N(x | k) (K,), normalised in place."""
-    top = weighted.max()
+    """Responsibilities and log p(x) from log π_k + log N(x | k) (K,), normalised in place.
+
+    K values: Python's max and ``math.fsum`` of a list beat numpy's reductions. (A NaN, which
+    a valid model cannot produce, would reach the responsibilities, which the model checks.)
+    """
+    top = max(weighted.tolist())
     if not math.isfinite(top):
         return None
     weighted -= top
     scaled = np.exp(weighted, out=weighted)
-    total = scaled.sum()
+    total = math.fsum(scaled.tolist())
     scaled /= total
-    return scaled, float(top) + math.log(total)
+    return scaled, top + math.log(total)
 
 
 def step(
@@ -109,19 +115,27 @@ def blend(
     """
     n_old = decay * stats.nk
     n_new = n_old + r
-    frac = np.divide(r, n_new, out=np.zeros_like(n_new), where=n_new > TINY)
-    total = n_new.sum()
+    masses = n_new.tolist()  # K numbers: Python's min and fsum beat numpy's reductions
+    if min(masses) > TINY:
+        frac = r / n_new
+    else:
+        frac = np.divide(r, n_new, out=np.zeros_like(n_new), where=n_new > TINY)
+    total = math.fsum(masses)
     scale = 1.0 / total if total > TINY else 1.0  # the normalisation, folded in
-    live = r > TINY
     offset = center - stats.means
     scatter = (decay * scale) * stats.scatter
-    if live.all():
+    if min(r.tolist()) > TINY:
         delta = offset + y
     else:
-        delta = np.where(live[:, None], y, 0.0) + offset
-        dead = np.where(live, 0.0, r * scale)
+        live = r > TINY
+        delta = live[:, None] * y
+        delta += offset
+        dead = r * scale
+        dead[live] = 0.0
         scatter += kind.outer(dead[:, None] * y, y[None])
-    scatter += kind.outer((n_old * frac * scale)[:, None] * delta, delta)
+    coef = n_old * frac
+    coef *= scale
+    scatter += kind.outer(coef[:, None] * delta, delta)
     stats.means = stats.means + frac[:, None] * delta
     n_new *= scale
     stats.nk = n_new
@@ -144,6 +158,6 @@ def stale_rows(
     moved = frac * reach
     if drift is not None:
         moved += drift
-    rows = np.flatnonzero(~(moved <= STALE_LIMIT) | (nk <= TINY))
+    rows = (~(moved <= STALE_LIMIT) | (nk <= TINY)).nonzero()[0]
     moved[rows] = 0.0
     return rows, moved

@@ -42,7 +42,7 @@ class SufficientStatistics:
         when given)."""
         nk, scatter = self.nk, self.scatter
         if rows is not None:
-            nk, scatter = nk[rows], scatter[rows]
+            nk, scatter = nk.take(rows), scatter.take(rows, axis=0)
         shape = (-1,) + (1,) * (scatter.ndim - 1)
         return kind.add_floor(scatter / np.maximum(nk, TINY).reshape(shape), reg_covar)
 
