@@ -9,6 +9,7 @@ import pytest
 
 from streamem import OnlineGMM
 from streamem.model import gmm as gmm_module
+from streamem.model import point
 from streamem.model.gmm import ModelRejected
 from streamem.model.validation import max_abs_value
 
@@ -87,6 +88,30 @@ def test_nan_statistics_are_never_committed():
             pytest.raises(ModelRejected, match="scatter would not be finite"):
         model.partial_fit(points(5, seed=5))
     assert_unchanged(before, model)
+
+
+def test_a_non_finite_statistic_of_one_point_is_never_committed():
+    """One point takes its own path (``point``): a NaN in a component its update leaves
+    unfactorised is caught all the same."""
+    model = OnlineGMM(3, warmup=50, random_state=0)
+    model.partial_fit(np.vstack([points(150, seed=8), points(150, seed=9) + 20.0]))
+    x = points(1, seed=10)
+    far = int(model.predict_proba(x)[0].argmin())
+    before = snapshot(model)
+    real = point.blend
+
+    def poisoned(kind, stats, *args):
+        frac = real(kind, stats, *args)
+        stats.scatter = stats.scatter.copy()
+        stats.scatter[far, 0, 0] = np.nan
+        return frac
+
+    with mock.patch.object(point, "blend", side_effect=poisoned), \
+            pytest.raises(ModelRejected, match="scatter would not be finite"):
+        model.partial_fit(x)
+    assert_unchanged(before, model)
+    model.partial_fit(x)
+    assert_valid(model)
 
 
 def test_a_fresh_model_refused_on_its_first_batch_forgets_its_width():
