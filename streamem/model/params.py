@@ -92,7 +92,7 @@ def make_params(
 
     ``prec_chol`` are the covariances' precision factors when the caller has them.
     """
-    if min(weights.tolist()) > 0.0:  # K numbers: faster than numpy's reduction
+    if 0.0 not in weights.tolist():  # weights.all(), faster for K numbers
         log_weights = np.log(weights)
     else:  # an empty component: −inf, without a warning
         log_weights = np.log(weights, out=np.full(len(weights), -np.inf), where=weights > 0)
