@@ -18,7 +18,7 @@ from streamem.model.params import e_step, params_from_statistics, refresh_params
 from streamem.model.point import STALE_LIMIT
 from streamem.model.schedule import batch_schedule
 from streamem.model.statistics import TINY, SufficientStatistics, batch_statistics
-from streamem.synthetic import Mixture
+from streamem.synthetic import Mixture, Stream
 
 KIND_NAMES = ("full", "diag", "spherical")
 RTOL = 1e-12
@@ -202,6 +202,31 @@ def test_a_stream_of_single_points_follows_the_batch_path(
         assert_close(getattr(fast, name), getattr(slow, name), rtol=1e-11)
     assert fast.anomaly_threshold_ == pytest.approx(slow.anomaly_threshold_, rel=RTOL)
     assert fast.n_seen_ == slow.n_seen_ and fast.resets_ == slow.resets_
+
+
+def test_a_drifting_stream_with_outliers_follows_the_batch_path(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Flagged points kept out of the update, a drift refit in the middle of a step, resets:
+    one point at a time still gives the batch path's answers."""
+    before, after = Mixture.random(4, 3, random_state=3), Mixture.random(4, 3, random_state=9)
+    X, _ = Stream(before, outlier_share=0.03, after=after, drift_at=2500).take(9000, 4)
+
+    def stream() -> tuple[OnlineGMM, list]:
+        gmm = OnlineGMM(4, warmup=300, random_state=0, anomaly_rate=0.01)
+        return gmm, [gmm.partial_fit(X[i : i + 1]) for i in range(len(X))]
+
+    fast, fast_results = stream()
+    with monkeypatch.context() as patched:
+        force_batch_path(patched)
+        slow, slow_results = stream()
+    assert fast.resets_["drift"] == slow.resets_["drift"] == 1 and fast.resets_ == slow.resets_
+    assert sum(int(r.anomaly[0]) for r in fast_results) > 100
+    for a, b in zip(fast_results, slow_results, strict=True):
+        np.testing.assert_array_equal(a.labels, b.labels)
+        np.testing.assert_array_equal(a.anomaly, b.anomaly)
+        assert_close(a.log_likelihood, b.log_likelihood, rtol=1e-11)
+    assert_close(fast.covariances_, slow.covariances_, rtol=1e-11)
 
 
 @pytest.mark.parametrize("how", ["to_bytes", "pickle"])
