@@ -132,7 +132,8 @@ def bench_size(
 def bench_one_point(
     state: bytes, X: np.ndarray, warm: np.ndarray, repeats: int
 ) -> tuple[float, float, float | None]:
-    """µs per call of one-point ``partial_fit`` and ``predict``, and of River's KMeans.
+    """µs per call of one-point ``partial_fit`` and ``predict``, and of River's KMeans, each
+    call counted with its fastest round (``fastest_calls``).
 
     Each round's ``partial_fit`` starts from the same warm model (restored before the clock
     starts); River's model, warmed on the same stream, keeps learning.
