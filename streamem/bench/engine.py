@@ -10,8 +10,12 @@ For each (K, d) it measures, on the same points and the same BLAS thread count:
   ``predict`` of a 1×d array, beside River's ``KMeans`` ``learn_one`` + ``predict_one`` on the
   same points as dicts (River is a development dependency; without it that column is empty).
 
-Times are the best of ``repeats`` runs, the two sides taking turns so that both meet the same
-load; the ratios are what to compare across machines.
+The sides take turns, round by round, so that both meet the same load. A pass of batches counts
+with its fastest round, as does scikit-learn's iteration (calls of about the same length). In the
+one-point rows every call (one point, on each side) is timed in every round and counts with its
+fastest round: a call the machine preempted in one round is taken from another, while one that
+is slow in every round (a collapse check) keeps its cost. Each round starts from the same state.
+The ratios are what to compare across machines.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -54,21 +59,33 @@ class EngineResult:
 
 def best_time(fn: Callable[[], object], repeats: int) -> float:
     """The fastest of ``repeats`` wall-clock runs of ``fn``, in seconds."""
-    return best_times([fn], repeats)[0]
+    return fastest_calls([lambda: timed([fn])], repeats)[0]
 
 
-def best_times(fns: Sequence[Callable[[], object]], repeats: int) -> list[float]:
-    """The fastest of ``repeats`` runs of each of ``fns``, run in turn round by round.
+def timed(calls: Sequence[Callable[[], object]]) -> np.ndarray:
+    """Run ``calls`` in order; the seconds each took (n,)."""
+    times = np.empty(len(calls))
+    clock = time.perf_counter
+    for i, call in enumerate(calls):
+        start = clock()
+        call()
+        times[i] = clock() - start
+    return times
 
-    Interleaving puts both sides of a ratio under the same load on a shared machine.
+
+def fastest_calls(rounds: Sequence[Callable[[], np.ndarray]], repeats: int) -> list[float]:
+    """Seconds of each of ``rounds`` (a function that runs one round and returns the seconds
+    of each of its calls): the sum over its calls of each call's fastest of ``repeats`` rounds.
+
+    The rounds of all sides run in turn, which puts both sides of a ratio under the same load.
     """
-    best = [np.inf] * len(fns)
+    best: list[np.ndarray | None] = [None] * len(rounds)
     for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            start = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - start)
-    return best
+        for i, run_round in enumerate(rounds):
+            times = run_round()
+            previous = best[i]
+            best[i] = times if previous is None else np.minimum(previous, times)
+    return [float(b.sum()) for b in best if b is not None]
 
 
 def matmul_peak_gflops(n: int = 1024, repeats: int = 5) -> float:
@@ -103,7 +120,8 @@ def bench_size(
         _, log_resp = reference._e_step(X)
         reference._m_step(X, log_resp)
 
-    ours, theirs = best_times([streamem_pass, sklearn_iteration], repeats)
+    ours, theirs = fastest_calls(
+        [lambda: timed([streamem_pass]), lambda: timed([sklearn_iteration])], repeats)
     point_fit, point_predict, river = bench_one_point(state, X[:POINT_CALLS], warm, repeats)
     return EngineResult(
         n_components, n_features, n_points / ours, n_points / theirs, peak,
@@ -114,7 +132,8 @@ def bench_size(
 def bench_one_point(
     state: bytes, X: np.ndarray, warm: np.ndarray, repeats: int
 ) -> tuple[float, float, float | None]:
-    """µs per call of one-point ``partial_fit`` and ``predict``, and of River's KMeans.
+    """µs per call of one-point ``partial_fit`` and ``predict``, and of River's KMeans, each
+    call counted with its fastest round (``fastest_calls``).
 
     Each round's ``partial_fit`` starts from the same warm model (restored before the clock
     starts); River's model, warmed on the same stream, keeps learning.
@@ -123,16 +142,14 @@ def bench_one_point(
     fresh = [OnlineGMM.from_bytes(state) for _ in range(repeats)]
     predictor = OnlineGMM.from_bytes(state)
 
-    def learn() -> None:
+    def learn() -> np.ndarray:
         model = fresh.pop()
-        for row in rows:
-            model.partial_fit(row)
+        return timed([partial(model.partial_fit, row) for row in rows])
 
-    def predict() -> None:
-        for row in rows:
-            predictor.predict(row)
+    def predict() -> np.ndarray:
+        return timed([partial(predictor.predict, row) for row in rows])
 
-    fns: list[Callable[[], object]] = [learn, predict]
+    fns: list[Callable[[], np.ndarray]] = [learn, predict]
     try:
         from river import cluster
     except ImportError:
@@ -143,13 +160,12 @@ def bench_one_point(
             river.learn_one(dict(enumerate(x.tolist())))
         dicts = [dict(enumerate(x.tolist())) for x in X]
 
-        def river_step() -> None:
-            for x in dicts:
-                river.learn_one(x)
-                river.predict_one(x)
+        def river_point(x: dict[int, float]) -> None:
+            river.learn_one(x)
+            river.predict_one(x)
 
-        fns.append(river_step)
-    times = [1e6 * t / len(rows) for t in best_times(fns, repeats)]
+        fns.append(lambda: timed([partial(river_point, x) for x in dicts]))
+    times = [1e6 * t / len(rows) for t in fastest_calls(fns, repeats)]
     return times[0], times[1], times[2] if river is not None else None
 
 

@@ -102,18 +102,20 @@ def _maha_spherical(Y: np.ndarray, M: np.ndarray, prec_chol: np.ndarray) -> np.n
 
 
 def _point_maha_full(D: np.ndarray, prec_chol: np.ndarray) -> np.ndarray:
-    """Squared Mahalanobis distances (K,) of one point from each mean, D = x − μ_k (K, d)."""
-    Z = np.matmul(D[:, None, :], prec_chol)
-    return np.einsum("kij,kij->k", Z, Z)
+    """Squared Mahalanobis norms (K, m) of a few vectors per component, D (K, m, d), each in its
+    component's metric (D = x − μ_k: one point's distances from the means)."""
+    Z = np.matmul(D, prec_chol)
+    Z *= Z
+    return np.add.reduce(Z, axis=2)
 
 
 def _point_maha_diag(D: np.ndarray, prec_chol: np.ndarray) -> np.ndarray:
-    Z = D * prec_chol
-    return np.einsum("kd,kd->k", Z, Z)
+    Z = D * prec_chol[:, None, :]
+    return np.einsum("kij,kij->ki", Z, Z)
 
 
 def _point_maha_spherical(D: np.ndarray, prec_chol: np.ndarray) -> np.ndarray:
-    return np.einsum("kd,kd->k", D, D) * prec_chol**2
+    return np.einsum("kij,kij->ki", D, D) * (prec_chol**2)[:, None]
 
 
 def _moment_full(Y: np.ndarray, R: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
@@ -200,10 +202,14 @@ def _add_floor_full(cov: np.ndarray, reg: float) -> np.ndarray:
     The relative part bounds the condition number (about d / RELATIVE_FLOOR), so the Cholesky
     factorisation succeeds even for perfectly correlated features at a large scale.
     """
-    cov = 0.5 * (cov + np.swapaxes(cov, -1, -2))
+    cov = cov + cov.transpose(0, 2, 1)
+    cov *= 0.5
     d = cov.shape[-1]
     diag = cov.reshape(len(cov), d * d)[:, :: d + 1]  # a view of the diagonals
-    diag += (reg + RELATIVE_FLOOR * np.maximum(diag.max(axis=1), 0.0))[:, None]
+    floor = np.maximum(diag.max(axis=1), 0.0)
+    floor *= RELATIVE_FLOOR
+    floor += reg
+    diag += floor[:, None]
     return cov
 
 
@@ -257,7 +263,8 @@ class CovarianceKind:
     precision_cholesky : covariances -> precision Cholesky factors
     log_det : (precisions_chol, n_features) -> (K,) log det of the factors (= −½ log det Σ)
     mahalanobis : (Y (n, d), M (K, d), precisions_chol) -> (K, n) squared distances
-    point_mahalanobis : (D (K, d) = x − μ_k, precisions_chol) -> (K,) for one point x
+    point_mahalanobis : (D (K, m, d), precisions_chol) -> (K, m) squared norms of m vectors per
+        component in its metric (D = x − μ_k: one point's distances)
     moment : (Y (n, d), R (n, K)[, active (n, K) bool]) -> Σ_i R_ik (second moment of y_i) per
         component; pairs outside ``active`` may be skipped
     outer : (a (K, d), b (K, d)) -> per-component a bᵀ in this type's scatter shape

@@ -37,7 +37,6 @@ from streamem.model.params import (
     e_step,
     estimate_weighted_log_prob,
     hard_responsibilities,
-    make_params,
     params_from_statistics,
     refresh_params,
     row_argmax,
@@ -164,8 +163,9 @@ class OnlineGMM(Estimator):
     _params: Params | None = None
     _n_features: int | None = None
     _conditioning: tuple[int, np.ndarray] | None = None
-    _factored: np.ndarray | None = None  # what lazily kept factors were computed from
+    _drift: np.ndarray | None = None  # (K,) see ``point.stale_rows``; None: all 0
     _checked = False  # hyperparameters checked since the last set_params
+    _undo: list[tuple[np.ndarray, Any, np.ndarray]] | None = None  # see ``_snapshot``
 
     def __init__(
         self,
@@ -246,7 +246,7 @@ class OnlineGMM(Estimator):
         self._flagged = np.empty((0, 0))
         self._flagged_at = np.empty(0, dtype=np.int64)
         self._conditioning = None
-        self._factored = None
+        self._drift = None
         self._settled: tuple[np.ndarray, np.ndarray] | None = None
         self._bound = -np.inf
         self._inflation = 1.0
@@ -473,12 +473,14 @@ class OnlineGMM(Estimator):
         if learning_rate is not None and not 0.0 < learning_rate <= 1.0:
             raise ValueError(f"learning_rate must be in (0, 1], got {learning_rate!r}")
         self._ready()
-        saved = self._snapshot()
+        n_features = self._n_features
         X = self._check(X)
         if len(X) == 0:
             empty = np.zeros(0, dtype=bool)
             return _result(np.zeros((0, self.n_components)), np.zeros(0), empty, empty,
                            self.version_)
+        saved = self._snapshot(len(X))
+        saved["_n_features"] = n_features  # a refused first batch does not fix d
         return self._all_or_nothing(saved, "batch", lambda: self._learn(X, learning_rate))
 
     def _all_or_nothing(self, saved: dict[str, Any], what: str,
@@ -495,27 +497,44 @@ class OnlineGMM(Estimator):
         if problem:
             self._restore(saved)
             raise ModelRejected(f"the model refused the {what} and is unchanged: {problem}")
+        del self._undo
         return result
 
-    def _snapshot(self) -> dict[str, Any]:
-        """The state ``partial_fit`` may change: attributes, and copies of what it mutates."""
+    def _snapshot(self, n_points: int | None = None) -> dict[str, Any]:
+        """The state a step of ``n_points`` points (``None``: any) may change, for ``_restore``.
+
+        The attributes, by reference where the step replaces them (the statistics' arrays, the
+        parameters, the trackers); copies of what it mutates in place: the containers, and the
+        statistics and usage when a collapse check may run (resets and moves change them in
+        place). The ring of recent inliers is not copied: ``_remember`` logs the rows it
+        overwrites in ``_undo``, which ``_restore`` writes back.
+        """
         saved = dict(self.__dict__)
         for name in ("_buffer", "_rewarm", "collapse_history_"):
             saved[name] = list(saved[name])
         saved["resets_"] = dict(self.resets_)
-        saved["_usage"] = self._usage.copy()
-        if self._collecting():
-            saved["_recent"] = self._recent.copy()
-        if self.stats_ is not None:
-            saved["stats_"] = self.stats_.copy()
+        may_check = n_points is None or self._since_check + n_points >= CHECK_EVERY
+        if may_check:
+            saved["_usage"] = self._usage.copy()
+        stats = self.stats_
+        if stats is not None:
+            saved["stats_"] = stats.copy() if may_check else SufficientStatistics(
+                stats.nk, stats.means, stats.scatter)
+        self._undo = []
         return saved
 
     def _restore(self, saved: dict[str, Any]) -> None:
+        for ring, rows, old in reversed(self._undo or ()):
+            ring[rows] = old
         self.__dict__.clear()
         self.__dict__.update(saved)
 
     def _invalid_state(self, result: BatchResult) -> str | None:
-        """What is wrong with the state after an update (non-finite, not positive definite)."""
+        """What is wrong with the state after an update (non-finite, not positive definite).
+
+        An array's sum is finite when all its values are (one pass, no temporary); only a sum
+        that is not (a non-finite value, or an overflow of finite ones) is looked at closely.
+        """
         arrays = {"responsibilities": result.responsibilities}
         if self.stats_ is not None:
             arrays.update(nk=self.stats_.nk, means=self.stats_.means, scatter=self.stats_.scatter)
@@ -523,9 +542,12 @@ class OnlineGMM(Estimator):
             arrays.update(precisions_cholesky=self._params.precisions_chol,
                           log_det=self._params.log_det)
         for name, value in arrays.items():
-            if not np.isfinite(value).all():
+            if not math.isfinite(np.add.reduce(value, axis=None)) and \
+                    not np.isfinite(value).all():
                 return f"{name} would not be finite"
-        if np.isnan(result.log_likelihood).any() or np.isnan(self.anomaly_threshold_):
+        log_lik = result.log_likelihood
+        if math.isnan(log_lik.sum()) and np.isnan(log_lik).any() \
+                or math.isnan(self.anomaly_threshold_):
             return "log-likelihoods would be NaN"
         return None
 
@@ -583,21 +605,23 @@ class OnlineGMM(Estimator):
 
     def _online_step(self, X: np.ndarray, learning_rate: float | None) -> BatchResult:
         assert self.stats_ is not None and self._params is not None
-        version = self.version_
-        Y = centred(X, self._params.center)
-        one = point.e_step(self._kind, self._params, X[0]) if len(X) == 1 else None
+        version, params = self.version_, self._params
+        one = point.answer(self._kind, params, X[0]) if len(X) == 1 else None
         if one is not None:  # one point: the same answers in fewer numpy calls
             resp, log_lik = one[0][None], np.array([one[1]])
+            Y = X - params.center
         else:
-            resp, log_lik = e_step(self._kind, self._params, X, Y)
+            Y = centred(X, params.center)
+            resp, log_lik = e_step(self._kind, params, X, Y)
         anomaly = log_lik < self.anomaly_threshold_
         n_flagged = int(np.count_nonzero(anomaly))
         collecting, window = self._collecting(), self._counted_window()
         if n_flagged and self.protecting_:
             kept = np.flatnonzero(~anomaly)  # take() is several times faster than a mask
-            self._update(Y.T.take(kept, axis=1).T, resp.T.take(kept, axis=1).T, learning_rate)
+            frac = self._update(Y.T.take(kept, axis=1).T, resp.T.take(kept, axis=1).T,
+                                learning_rate)
         else:
-            self._update(Y, resp, learning_rate)
+            frac = self._update(Y, resp, learning_rate)
         self._track_recent(X, resp, anomaly, n_flagged)
         self._track_tail(log_lik, window, collecting, X, anomaly)
         if self.drifting_ or self._rewarm:
@@ -609,10 +633,19 @@ class OnlineGMM(Estimator):
             self._since_check = 0
             self._reset_components()
             self._remember_settled()
-        if len(X):
-            self._refresh(threshold=checked, lazy=len(X) == 1)
-        return _result(resp, log_lik, self._reported(anomaly, log_lik),
-                       np.zeros(len(X), dtype=bool), version)
+        if one is None:
+            self._refresh(threshold=checked)
+            return _result(resp, log_lik, self._reported(anomaly, log_lik),
+                           np.zeros(len(X), dtype=bool), version)
+        rows = None
+        if not checked:  # the statistics changed by this point only
+            rows = np.zeros(0, dtype=np.intp)
+            if frac is not None:
+                rows, self._drift = point.stale_rows(self._drift, frac, one[2], self.stats_.nk)
+        self._refresh(threshold=checked, rows=rows)
+        label = int(one[0].argmax())
+        return BatchResult(np.array([label]), one[0][label : label + 1], resp, log_lik,
+                           self._reported(anomaly, log_lik), np.zeros(1, dtype=bool), version)
 
     def _collect_rewarm(self, X: np.ndarray) -> None:
         """After a large change, refit from a fresh warm-up buffer of the new regime."""
@@ -656,12 +689,33 @@ class OnlineGMM(Estimator):
         order = matching.match_components(means, old, stats.means, new)
         return SufficientStatistics(stats.nk[order], stats.means[order], stats.scatter[order])
 
-    def _update(self, Y: np.ndarray, resp: np.ndarray, learning_rate: float | None) -> None:
-        """Blend the statistics of points ``Y`` (centred on ``params.center``) in."""
+    def _update(
+        self, Y: np.ndarray, resp: np.ndarray, learning_rate: float | None
+    ) -> np.ndarray | None:
+        """Blend the statistics of points ``Y`` (centred on ``params.center``) in.
+
+        For one point, returns its share of each component's mass (``point.blend``).
+        """
         assert self.stats_ is not None and self._params is not None
         m = len(Y)
         if m == 0:
-            return
+            return None
+        if self.assignment == "hard":
+            resp = hard_responsibilities(resp)
+        if m == 1:
+            if learning_rate is None:
+                decay, weight = point.step(
+                    self._n_steps, learning_decay=self.learning_decay,
+                    learning_offset=self.learning_offset,
+                    floor=floor_for_halflife(self._halflife()))
+            else:
+                decay, weight = 1.0 - learning_rate, learning_rate
+            self.learning_rate_ = float(weight)
+            frac = point.blend(self._kind, self.stats_, Y[0], resp[0] * weight, decay,
+                               self._params.center)
+            self._n_steps += 1
+            self._sum_sq_weights = decay**2 * self._sum_sq_weights + weight * weight
+            return frac
         if learning_rate is None:
             decay, w, self.learning_rate_ = batch_schedule(
                 self._n_steps, m, learning_decay=self.learning_decay,
@@ -669,17 +723,12 @@ class OnlineGMM(Estimator):
         else:
             decay, w = 1.0 - learning_rate, np.full(m, learning_rate / m)
             self.learning_rate_ = float(learning_rate)
-        if self.assignment == "hard":
-            resp = hard_responsibilities(resp)
-        if m == 1:
-            point.blend(self._kind, self.stats_, Y[0], resp[0] * w[0], decay,
-                        self._params.center)
-        else:
-            batch = batch_statistics(self._kind, Y, resp * w[:, None], self._params.center)
-            self.stats_.blend(batch, decay, self._kind)
-            self.stats_.normalise()
+        batch = batch_statistics(self._kind, Y, resp * w[:, None], self._params.center)
+        self.stats_.blend(batch, decay, self._kind)
+        self.stats_.normalise()
         self._n_steps += m
         self._sum_sq_weights = decay**2 * self._sum_sq_weights + float(w @ w)
+        return None
 
     def _halflife(self) -> float | None:
         """``halflife``, raised to ``POINTS_PER_PARAMETER`` points per free parameter."""
@@ -778,12 +827,21 @@ class OnlineGMM(Estimator):
         return inlier_capacity(self.n_components, self._n_features or 1)
 
     def _remember(self, X: np.ndarray) -> None:
-        """Keep the latest inliers X (n, d) in a ring of ``_recent_capacity()`` rows."""
+        """Keep the latest inliers X (n, d) in a ring of ``_recent_capacity()`` rows.
+
+        During a step that may be undone (``_snapshot``), the rows overwritten are logged first.
+        """
         capacity = self._recent_capacity()
         if self._recent.shape != (capacity, X.shape[1]):
             self._recent, self._recent_n = np.zeros((capacity, X.shape[1])), 0
         X = X[-capacity:]
-        self._recent[(self._recent_n + np.arange(len(X))) % capacity] = X
+        start = self._recent_n % capacity
+        rows: slice | np.ndarray = slice(start, start + len(X))
+        if start + len(X) > capacity:
+            rows = (start + np.arange(len(X))) % capacity
+        if self._undo is not None:
+            self._undo.append((self._recent, rows, self._recent[rows].copy()))
+        self._recent[rows] = X
         self._recent_n += len(X)
 
     def _try_move(self) -> None:
@@ -875,20 +933,19 @@ class OnlineGMM(Estimator):
             -HISTORY_LENGTH:
         ]
 
-    def _refresh(self, threshold: bool, lazy: bool = False) -> None:
+    def _refresh(self, threshold: bool, rows: np.ndarray | None = None) -> None:
         """The M-step: parameters from the statistics; optionally the anomaly threshold too.
 
-        ``lazy`` (after one point) factorises again only the covariances that moved by more
-        than rounding (``params.refresh_params``); the others keep their factors.
+        ``rows`` (after one point): the only covariances to compute and factorise again
+        (``point.stale_rows``); the others keep covariance and factor.
         """
         assert self.stats_ is not None
-        if lazy and not threshold and self._params is not None:
-            factored = self._params.covariances if self._factored is None else self._factored
-            self._params, self._factored = refresh_params(
-                self.stats_, self._kind, self.reg_covar, self._params, factored)
+        if rows is not None and self._params is not None:
+            self._params = refresh_params(self.stats_, self._kind, self.reg_covar, self._params,
+                                          rows)
         else:
             self._params = params_from_statistics(self.stats_, self._kind, self.reg_covar)
-            self._factored = None
+            self._drift = None
         self.version_ += 1
         if threshold or not np.isfinite(self.anomaly_threshold_):
             p, d, rate = self._params, self._params.means.shape[1], self.anomaly_rate
@@ -1023,11 +1080,10 @@ class OnlineGMM(Estimator):
 
     # ------------------------------------------------------------------ helpers
     def _settle(self) -> None:
-        """Factorise every covariance afresh, as loading a saved model will (bit for bit)."""
-        if self._factored is not None and self._params is not None:
-            p = self._params
-            self._params = make_params(self._kind, p.weights, p.means, p.covariances, p.center)
-            self._factored = None
+        """Forget the drift of kept factors (``point.stale_rows``), as loading a saved model
+        does: the factors are those of the covariances, which a loaded model factorises (bit
+        for bit the same), so the copy continues exactly as the original."""
+        self._drift = None
 
     def _buffered(self) -> int:
         return sum(len(b) for b in self._buffer)

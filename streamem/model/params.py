@@ -14,10 +14,6 @@ from streamem.model.covariance import (
 )
 from streamem.model.statistics import SufficientStatistics
 
-#: Relative change of a covariance below which its precision factor is kept (see
-#: ``refresh_params``): far below the 1e-12 to which one-point and batch answers agree.
-STALE_LIMIT = 1e-14
-
 
 @dataclass(frozen=True)
 class Params:
@@ -62,34 +58,26 @@ def refresh_params(
     kind: CovarianceKind,
     reg_covar: float,
     previous: Params,
-    factored: np.ndarray,
-) -> tuple[Params, np.ndarray]:
-    """``params_from_statistics``, factorising again only the covariances that moved.
+    rows: np.ndarray,
+) -> Params:
+    """``params_from_statistics`` after a step that moved only the covariances ``rows`` (m,).
 
-    ``previous.precisions_chol`` were computed from ``factored`` (the kind's covariance shape).
-    Component k keeps its factor P_k while ‖P_k‖²_F · ‖Σ_k − F_k‖_F ≤ ``STALE_LIMIT``: that
-    bounds the change of Σ_k relative to itself in every direction, so P_k stays the factor of
-    Σ_k to within about 1e-14 relative. After one point, usually one or two components moved.
-    Returns the parameters and the covariances their factors were computed from.
+    Weights and means come from ``stats``; the covariances ``rows`` are computed and factorised
+    again, the others keep ``previous``'s covariance and factor (``point.stale_rows`` picks the
+    rows so that a kept factor is that of the current covariance to within ``STALE_LIMIT``).
     """
     weights = stats.nk / stats.nk.sum()
-    covariances = stats.covariances(kind, reg_covar)
-    K = len(weights)
-    change = (covariances - factored).reshape(K, -1)
-    prec = previous.precisions_chol
-    flat = prec.reshape(K, -1)
-    moved = np.einsum("ki,ki->k", flat, flat) ** 2 * np.einsum("ki,ki->k", change, change) \
-        > STALE_LIMIT**2
-    if moved.any():
-        rows = np.flatnonzero(moved)
-        prec, factored = prec.copy(), factored.copy()
+    covariances, prec = previous.covariances, previous.precisions_chol
+    if len(rows):
+        fresh = stats.covariances(kind, reg_covar, rows)
         try:
-            prec[rows] = kind.precision_cholesky(covariances[rows])
+            fresh_prec = kind.precision_cholesky(fresh)
         except np.linalg.LinAlgError:
-            params = params_from_statistics(stats, kind, reg_covar)
-            return params, params.covariances
-        factored[rows] = covariances[rows]
-    return make_params(kind, weights, stats.means.copy(), covariances, prec_chol=prec), factored
+            return params_from_statistics(stats, kind, reg_covar)
+        covariances, prec = covariances.copy(), prec.copy()
+        covariances[rows] = fresh
+        prec[rows] = fresh_prec
+    return make_params(kind, weights, stats.means.copy(), covariances, prec_chol=prec)
 
 
 def make_params(
@@ -104,7 +92,7 @@ def make_params(
 
     ``prec_chol`` are the covariances' precision factors when the caller has them.
     """
-    if weights.all():
+    if 0.0 not in weights.tolist():  # weights.all(), faster for K numbers
         log_weights = np.log(weights)
     else:  # an empty component: −inf, without a warning
         log_weights = np.log(weights, out=np.full(len(weights), -np.inf), where=weights > 0)

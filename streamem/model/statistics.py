@@ -35,11 +35,16 @@ class SufficientStatistics:
     def copy(self) -> SufficientStatistics:
         return SufficientStatistics(self.nk.copy(), self.means.copy(), self.scatter.copy())
 
-    def covariances(self, kind: CovarianceKind, reg_covar: float) -> np.ndarray:
-        """Covariances C_k / N_k + reg·I in the kind's shape."""
-        nk = np.maximum(self.nk, TINY)
-        shape = (-1,) + (1,) * (self.scatter.ndim - 1)
-        return kind.add_floor(self.scatter / nk.reshape(shape), reg_covar)
+    def covariances(
+        self, kind: CovarianceKind, reg_covar: float, rows: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Covariances C_k / N_k + reg·I in the kind's shape (of the components ``rows`` only,
+        when given)."""
+        nk, scatter = self.nk, self.scatter
+        if rows is not None:
+            nk, scatter = nk.take(rows), scatter.take(rows, axis=0)
+        shape = (-1,) + (1,) * (scatter.ndim - 1)
+        return kind.add_floor(scatter / np.maximum(nk, TINY).reshape(shape), reg_covar)
 
     def blend(self, batch: SufficientStatistics, decay: float, kind: CovarianceKind) -> None:
         """s ← decay·s + batch, in place, where ``batch`` already carries its step weights."""

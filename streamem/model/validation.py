@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -128,6 +129,7 @@ def check_points(X: Any, n_features: int | None, allow_empty: bool = False) -> n
                      "squares summed over the features would overflow); nothing was learned")
 
 
+@functools.lru_cache(maxsize=64)
 def max_abs_value(n_features: int) -> float:
     """The largest magnitude a coordinate may have (about 1e144 / sqrt(d)).
 

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 
 from streamem.model import OnlineGMM, point
-from streamem.model import gmm as gmm_module
 from streamem.model.covariance import KINDS
-from streamem.model.params import STALE_LIMIT, e_step, params_from_statistics, refresh_params
+from streamem.model.params import e_step, params_from_statistics, refresh_params
+from streamem.model.point import STALE_LIMIT
+from streamem.model.schedule import batch_schedule
 from streamem.model.statistics import TINY, SufficientStatistics, batch_statistics
-from streamem.synthetic import Mixture
+from streamem.synthetic import Mixture, Stream
 
 KIND_NAMES = ("full", "diag", "spherical")
 RTOL = 1e-12
@@ -84,26 +85,79 @@ def test_blend_of_one_point_is_the_batch_update(kind_name: str, decay: float) ->
 
 
 @pytest.mark.parametrize("kind_name", KIND_NAMES)
-def test_refresh_keeps_only_factors_of_covariances_that_did_not_move(kind_name: str) -> None:
+def test_refresh_computes_and_factorises_only_the_rows_given(kind_name: str) -> None:
     kind = KINDS[kind_name]
     stats = stats_of(kind_name)
     before = params_from_statistics(stats, kind, 1e-6)
-    stats.scatter = stats.scatter.copy()
-    stats.scatter[0] *= 1.0 + 1e-3  # component 0 moves; the others by a rounding error at most
-    stats.scatter[1] *= 1.0 + 1e-16
-    params, factored = refresh_params(stats, kind, 1e-6, before, before.covariances)
+    stats.scatter = stats.scatter * np.array([1.5, 1.0, 1.0, 1.0]).reshape(
+        (-1,) + (1,) * (stats.scatter.ndim - 1))
+    stats.means = stats.means + 1.0
+    params = refresh_params(stats, kind, 1e-6, before, np.array([0]))
     fresh = params_from_statistics(stats, kind, 1e-6)
-    np.testing.assert_array_equal(params.covariances, fresh.covariances)
+    for name in ("weights", "means", "center", "log_weights"):
+        np.testing.assert_array_equal(getattr(params, name), getattr(fresh, name))
+    np.testing.assert_array_equal(params.covariances[0], fresh.covariances[0])
     np.testing.assert_array_equal(params.precisions_chol[0], fresh.precisions_chol[0])
-    np.testing.assert_array_equal(factored[0], fresh.covariances[0])
+    np.testing.assert_array_equal(params.covariances[1:], before.covariances[1:])
     np.testing.assert_array_equal(params.precisions_chol[1:], before.precisions_chol[1:])
-    assert_close(params.precisions_chol, fresh.precisions_chol, rtol=10 * STALE_LIMIT)
-    assert_close(params.log_norm, fresh.log_norm)
+    np.testing.assert_array_equal(params.log_det, fresh.log_det)
+    unchanged = refresh_params(stats, kind, 1e-6, before, np.array([], dtype=np.intp))
+    np.testing.assert_array_equal(unchanged.precisions_chol, before.precisions_chol)
+
+
+def whitened_change(kind_name: str, before, after, k: int) -> float:
+    """‖P_kᵀ (F'_k − F_k) P_k‖₂: component k's covariance change relative to itself."""
+    kind, d = KINDS[kind_name], before.means.shape[1]
+    P = kind.to_full(before.precisions_chol, d)[k]
+    change = kind.to_full(after.covariances, d)[k] - kind.to_full(before.covariances, d)[k]
+    return float(np.abs(np.linalg.eigvalsh(P.T @ change @ P)).max())
+
+
+@pytest.mark.parametrize("kind_name", KIND_NAMES)
+def test_the_reach_bounds_how_far_one_point_moves_each_covariance(kind_name: str) -> None:
+    """The bound ``stale_rows`` accumulates holds, for weights above and below TINY, points
+    near and far, a light component (where a weight below TINY still moves it)."""
+    kind = KINDS[kind_name]
+    rng = np.random.default_rng(5)
+    checked = 0
+    for trial in range(40):
+        stats = stats_of(kind_name, seed=trial)
+        stats.nk = np.array([0.3, 0.3, 0.4 - 1e-9, 1e-9])
+        before = params_from_statistics(stats, kind, 1e-6)
+        x = before.means[trial % 4] + rng.normal(size=3) * 10.0 ** (trial % 3)
+        found = point.answer(kind, before, x)
+        assert found is not None
+        resp, _, reach = found
+        w = 10.0 ** rng.uniform(-6, -1)
+        r = resp * w
+        r[3] = 0.5 * TINY if trial % 2 else r[3]
+        frac = point.blend(kind, stats, x - before.center, r, 1.0 - w, before.center)
+        after = params_from_statistics(stats, kind, 1e-6)
+        for k in range(4):
+            bound = frac[k] * reach[k]
+            assert whitened_change(kind_name, before, after, k) <= bound * (1 + 1e-9) + 1e-13
+            checked += bound > 1e-6
+    assert checked > 40  # the bound was put to work, not only met by tiny changes
+
+
+def test_stale_rows_accumulate_the_drift_and_take_light_components() -> None:
+    nk = np.array([0.5, 0.5 - TINY, TINY])
+    frac, reach = np.array([0.4, 0.1, 0.0]), np.full(3, 1e-14)
+    rows, drift = point.stale_rows(None, frac, reach, nk)
+    assert rows.tolist() == [2] and drift.tolist() == [0.4e-14, 0.1e-14, 0.0]
+    for _ in range(2):
+        rows, drift = point.stale_rows(drift, frac, reach, nk)
+    assert rows.tolist() == [0, 2]  # 1.2e-14 > STALE_LIMIT: factorised again, drift from 0
+    assert drift[0] == 0.0 and drift[1] == pytest.approx(0.3e-14)
+    rows, _ = point.stale_rows(drift, np.array([np.nan, 0.0, 0.0]), reach, nk)
+    assert 0 in rows
+    assert STALE_LIMIT == 1e-14
 
 
 def force_batch_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Answer and learn one point with the general batch code."""
-    monkeypatch.setattr(point, "e_step", lambda kind, params, x: None)
+    """Answer and learn one point with the general batch code (E-step, schedule, statistics
+    and a full M-step)."""
+    monkeypatch.setattr(point, "answer", lambda kind, params, x: None)
 
     def blend(kind, stats, y, r, decay, center):
         batch = batch_statistics(kind, y[None], r[None], center)
@@ -112,11 +166,11 @@ def force_batch_path(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(point, "blend", blend)
 
-    def refresh(stats, kind, reg_covar, previous, factored):
-        params = params_from_statistics(stats, kind, reg_covar)
-        return params, params.covariances
+    def step(n_steps, **schedule):
+        decay, w, _ = batch_schedule(n_steps, 1, **schedule)
+        return decay, float(w[0])
 
-    monkeypatch.setattr(gmm_module, "refresh_params", refresh)
+    monkeypatch.setattr(point, "step", step)
 
 
 def stream_one_by_one(config: dict, X: np.ndarray) -> tuple[OnlineGMM, list]:
@@ -148,6 +202,31 @@ def test_a_stream_of_single_points_follows_the_batch_path(
         assert_close(getattr(fast, name), getattr(slow, name), rtol=1e-11)
     assert fast.anomaly_threshold_ == pytest.approx(slow.anomaly_threshold_, rel=RTOL)
     assert fast.n_seen_ == slow.n_seen_ and fast.resets_ == slow.resets_
+
+
+def test_a_drifting_stream_with_outliers_follows_the_batch_path(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Flagged points kept out of the update, a drift refit in the middle of a step, resets:
+    one point at a time still gives the batch path's answers."""
+    before, after = Mixture.random(4, 3, random_state=3), Mixture.random(4, 3, random_state=9)
+    X, _ = Stream(before, outlier_share=0.03, after=after, drift_at=2500).take(9000, 4)
+
+    def stream() -> tuple[OnlineGMM, list]:
+        gmm = OnlineGMM(4, warmup=300, random_state=0, anomaly_rate=0.01)
+        return gmm, [gmm.partial_fit(X[i : i + 1]) for i in range(len(X))]
+
+    fast, fast_results = stream()
+    with monkeypatch.context() as patched:
+        force_batch_path(patched)
+        slow, slow_results = stream()
+    assert fast.resets_["drift"] == slow.resets_["drift"] == 1 and fast.resets_ == slow.resets_
+    assert sum(int(r.anomaly[0]) for r in fast_results) > 100
+    for a, b in zip(fast_results, slow_results, strict=True):
+        np.testing.assert_array_equal(a.labels, b.labels)
+        np.testing.assert_array_equal(a.anomaly, b.anomaly)
+        assert_close(a.log_likelihood, b.log_likelihood, rtol=1e-11)
+    assert_close(fast.covariances_, slow.covariances_, rtol=1e-11)
 
 
 @pytest.mark.parametrize("how", ["to_bytes", "pickle"])

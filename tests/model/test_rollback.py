@@ -9,6 +9,7 @@ import pytest
 
 from streamem import OnlineGMM
 from streamem.model import gmm as gmm_module
+from streamem.model import point
 from streamem.model.gmm import ModelRejected
 from streamem.model.validation import max_abs_value
 
@@ -89,6 +90,30 @@ def test_nan_statistics_are_never_committed():
     assert_unchanged(before, model)
 
 
+def test_a_non_finite_statistic_of_one_point_is_never_committed():
+    """One point takes its own path (``point``): a NaN in a component its update leaves
+    unfactorised is caught all the same."""
+    model = OnlineGMM(3, warmup=50, random_state=0)
+    model.partial_fit(np.vstack([points(150, seed=8), points(150, seed=9) + 20.0]))
+    x = points(1, seed=10)
+    far = int(model.predict_proba(x)[0].argmin())
+    before = snapshot(model)
+    real = point.blend
+
+    def poisoned(kind, stats, *args):
+        frac = real(kind, stats, *args)
+        stats.scatter = stats.scatter.copy()
+        stats.scatter[far, 0, 0] = np.nan
+        return frac
+
+    with mock.patch.object(point, "blend", side_effect=poisoned), \
+            pytest.raises(ModelRejected, match="scatter would not be finite"):
+        model.partial_fit(x)
+    assert_unchanged(before, model)
+    model.partial_fit(x)
+    assert_valid(model)
+
+
 def test_a_fresh_model_refused_on_its_first_batch_forgets_its_width():
     model = OnlineGMM(2, warmup=20)
     with mock.patch.object(gmm_module, "e_step", side_effect=FloatingPointError), \
@@ -132,3 +157,20 @@ def test_a_warm_up_poison_pill_is_refused_and_the_stream_goes_on():
     assert model.initialized_ and model.n_seen_ == 599
     assert np.isfinite(model.covariances_).all() and np.isfinite(model.means_).all()
     assert np.all(np.linalg.eigvalsh(model.covariances_) > 0)
+
+
+@pytest.mark.parametrize("n_points", [1, 7, 5000])
+def test_a_refused_step_leaves_the_ring_of_recent_inliers_as_it_was(n_points):
+    """The ring is not copied for a step: the rows a refused step wrote are written back
+    (5000 points wrap the ring of 4096 rows)."""
+    model = model_at("online")
+    model._move_wait = 1  # a try of the moves is near: the model keeps its recent inliers
+    assert model._collecting()
+    model._remember(points(4000, seed=6))  # the ring nearly full: the next rows wrap around
+    before = snapshot(model)
+    with mock.patch.object(OnlineGMM, "_refresh", side_effect=FloatingPointError), \
+            pytest.raises(ModelRejected):
+        model.partial_fit(points(n_points, seed=7) * 0.1)
+    assert_unchanged(before, model)
+    model.partial_fit(points(n_points, seed=7) * 0.1)
+    assert model._recent_n == 4000 + min(n_points, model._recent_capacity())
