@@ -166,6 +166,8 @@ class OnlineGMM(Estimator):
     _drift: np.ndarray | None = None  # (K,) see ``point.stale_rows``; None: all 0
     _checked = False  # hyperparameters checked since the last set_params
     _undo: list[tuple[np.ndarray, Any, np.ndarray]] | None = None  # see ``_snapshot``
+    _flag_share = 0.0  # read by the metrics before the first batch
+    _inflation = 1.0
 
     def __init__(
         self,

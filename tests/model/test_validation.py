@@ -90,6 +90,11 @@ def test_prediction_before_any_point_is_a_not_fitted_error() -> None:
         OnlineGMM(2).predict(points(3))
 
 
+def test_the_fit_diagnostics_read_calm_before_any_point() -> None:
+    fresh = OnlineGMM(2)
+    assert (fresh.flag_excess_, fresh.tail_inflation_, fresh.fit_poor_) == (0.0, 1.0, False)
+
+
 def test_first_rejected_batch_does_not_fix_the_feature_count() -> None:
     fresh = OnlineGMM(2, warmup=20)
     with pytest.raises(ValueError):
