@@ -187,20 +187,30 @@ def runtime(cfg: Config, source: Source, sink: Sink, metrics: Metrics, *,
     unless given.
 
     With ``sharing.enabled`` and Kafka at both ends, the instance shares its group's model
-    (:func:`sharing`): it answers with the leader's state, checkpoints nothing of its own (the
-    state topic is the checkpoint, the group's offsets the position) and may lead.
+    (:func:`sharing`): it answers with the leader's state and may lead. The state topic replaces
+    the Kafka checkpoint store (keyed by the group, which the instances share); the file
+    checkpoint stays the instance's own (the shared model as it last read it).
     """
+    model = model if model is not None else fresh_model(cfg)
+    stores = checkpoint_stores(cfg) if stores is None else list(stores)
     share = None
     if cfg.sharing.enabled and isinstance(source, KafkaSource) and isinstance(sink, KafkaSink):
-        share, stores, resume = sharing(cfg, sink, metrics), [], None
-    return Runtime(cfg, source, sink, model if model is not None else fresh_model(cfg),
-                   metrics, checkpoint_stores(cfg) if stores is None else stores, log,
-                   resume=resume, stop=stop, share=share)
+        share = sharing(cfg, sink, metrics, model)
+        stores = [s for s in stores if not isinstance(s, KafkaCheckpointStore)]
+    return Runtime(cfg, source, sink, model, metrics, stores, log, resume=resume, stop=stop,
+                   share=share)
 
 
-def sharing(cfg: Config, sink: Sink, metrics: Metrics) -> Worker:
+def sharing(cfg: Config, sink: Sink, metrics: Metrics, model: OnlineGMM | None = None
+            ) -> Worker:
     """This instance's worker of the group's shared model, its leader thread started (it leads
-    while it owns the stats topic's partition); closing the worker stops the leader."""
+    while it owns the stats topic's partition); closing the worker stops the leader.
+
+    ``model`` (this instance's restored checkpoint, else fresh) answers until the first state
+    arrives, and is where a leader starts when the state topic holds none yet.
+    """
+    import copy
+
     from streamem.io import kafka_admin
     from streamem.sharing.records import MAX_RECORD_BYTES, instance_id
 
@@ -216,10 +226,11 @@ def sharing(cfg: Config, sink: Sink, metrics: Metrics) -> Worker:
                 MAX_RECORD_BYTES, "fetch_max_bytes": MAX_RECORD_BYTES}
     producer = {**kafka_python.producer_settings(cfg),
                 "max_request_size": MAX_RECORD_BYTES}
-    leader = Leader(lambda: fresh_model(cfg), consumer, producer, k.group_id, stats_topic,
+    start = model if model is not None else fresh_model(cfg)
+    leader = Leader(lambda: copy.deepcopy(start), consumer, producer, k.group_id, stats_topic,
                     state_topic, me, metrics, model_topic=k.model_topic,
                     publish_interval_s=s.publish_interval_s)
-    worker = Worker(fresh_model(cfg), sink, consumer, stats_topic, state_topic, me, metrics,
+    worker = Worker(copy.deepcopy(start), sink, consumer, stats_topic, state_topic, me, metrics,
                     delta_interval_s=s.delta_interval_s, max_staleness=s.max_staleness_versions,
                     leader=leader)
     metrics.set_leader(False)

@@ -91,7 +91,8 @@ class Leader(threading.Thread):
         consumer = KafkaConsumer(**{**self.consumer_kwargs,
                                     "group_id": f"{self.group_id}.leader",
                                     "enable_auto_commit": False,
-                                    "auto_offset_reset": "earliest"})
+                                    "auto_offset_reset": "earliest",
+                                    "isolation_level": "read_committed"})
         consumer.subscribe([self.stats.topic], listener=generations)
         try:
             while not self.stop.is_set():
@@ -108,6 +109,7 @@ class Leader(threading.Thread):
         finally:
             if self.leading:
                 try:
+                    self._drain(consumer)
                     self._publish(consumer)
                 except KafkaError:
                     pass
@@ -135,6 +137,14 @@ class Leader(threading.Thread):
                                                     "error": repr(exc)})
                 self._fenced_at = generations.count
                 self._resign(consumer, "fenced")
+
+    def _drain(self, consumer: KafkaConsumer, timeout_s: float = 10.0) -> None:
+        """Fold the stats topic to its end as of now (a clean stop: the last deltas)."""
+        end = consumer.end_offsets([self.stats])[self.stats]
+        deadline = time.monotonic() + timeout_s
+        while consumer.position(self.stats) < end and time.monotonic() < deadline:
+            for record in consumer.poll(timeout_ms=200).get(self.stats, []):
+                self._fold(record)
 
     def _become(self, consumer: KafkaConsumer) -> None:
         producer = KafkaProducer(**self.producer_kwargs)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 
+from streamem.errors import TransportError
 from streamem.io.base import RecordTooLarge, Sink
 from streamem.metrics import Metrics
 from streamem.model import OnlineGMM
-from streamem.model.delta import StatsDelta, coalesce
+from streamem.model.delta import StatsDelta, coalesce, warmup_delta
 from streamem.model.gmm import BatchResult
 from streamem.sharing.leader import Leader
 from streamem.sharing.records import VERSION_HEADER, header
@@ -125,31 +127,94 @@ class Worker:
         return result
 
     def send(self) -> None:
-        """Send the queued deltas as one (the loop's flush acknowledges it); as two halves,
-        recursively, when one would be too large (deltas carrying warm-up points)."""
+        """Send the queued deltas as one (the loop's flush acknowledges it), or one per run
+        of warm-up and other deltas; as two halves, recursively, when one would be too large
+        (deltas carrying points)."""
         pending, self._pending = self._pending, []
         self._last_sent = time.monotonic()
         if pending:
             self._send(pending)
 
     def _send(self, deltas: list[StatsDelta]) -> None:
+        start = 0
+        for i in range(1, len(deltas) + 1):  # warm-up deltas coalesce only with warm-up ones
+            if i == len(deltas) or deltas[i].warmup != deltas[start].warmup:
+                self._send_run(deltas[start:i])
+                start = i
+
+    def _send_run(self, deltas: list[StatsDelta]) -> None:
         delta = coalesce(deltas)
         try:
             self.sink.send(self.stats_topic, self.instance.encode(), delta.to_bytes(), ())
         except RecordTooLarge as exc:
             if len(deltas) > 1:
                 half = len(deltas) // 2
-                self._send(deltas[:half])
-                self._send(deltas[half:])
-                return
-            log.warning("delta_not_sent", extra={"error": str(exc), "points": delta.n_points})
+                self._send_run(deltas[:half])
+                self._send_run(deltas[half:])
+            elif len(delta.points) > 1:
+                for part in _smaller(delta):
+                    self._send_run([part])
+            else:
+                log.warning("delta_not_sent", extra={"error": str(exc),
+                                                     "points": delta.n_points})
             return
         self.metrics.deltas_sent()
+
+    def discard(self) -> None:
+        """Drop the queued deltas: their batches were rolled back (an aborted transaction)."""
+        self._pending = []
+
+    def settle(self, timeout_s: float = 30.0) -> OnlineGMM:
+        """At a clean stop: send the queued deltas, stop this instance's leader thread (when it
+        leads, it folds the stats topic to its end and publishes first), then read the state
+        to its end. Returns the model for the final checkpoint."""
+        self.send()
+        try:
+            self.sink.flush(timeout_s)
+        except TransportError as exc:
+            log.warning("deltas_not_flushed", extra={"error": str(exc)})
+        self._await_folded(time.monotonic() + timeout_s)
+        self._stop_leader()
+        self.sync(to_end=True, timeout_s=timeout_s)
+        return self.model
+
+    def _await_folded(self, deadline: float) -> None:
+        """Wait until this instance leads (stopping it folds the rest) or the leader's
+        committed stats offset passes this worker's last delta (a state reflecting it is
+        published: the offsets commit in the state's transaction)."""
+        if self.leader is None:
+            return
+        stats = TopicPartition(self.stats_topic, 0)
+        end = self._consumer.end_offsets([stats])[stats]
+        group = KafkaConsumer(**{**self.leader.consumer_kwargs, "enable_auto_commit": False,
+                                 "group_id": f"{self.leader.group_id}.leader"})
+        try:
+            while time.monotonic() < deadline:
+                if self.leader.leading or (group.committed(stats) or 0) >= end:
+                    return
+                time.sleep(0.2)
+        finally:
+            group.close()
+        log.warning("deltas_not_folded", extra={"stats_end": end})
+
+    def _stop_leader(self) -> None:
+        if self.leader is not None:
+            self.leader.stop.set()
+            self.leader.join(timeout=30)
 
     def close(self) -> None:
         """Send what is queued, stop the leader thread (it publishes first), close."""
         self.send()
-        if self.leader is not None:
-            self.leader.stop.set()
-            self.leader.join(timeout=30)
+        self._stop_leader()
         self._consumer.close()
+
+
+def _smaller(delta: StatsDelta) -> list[StatsDelta]:
+    """A delta too large for one record, made smaller: a warm-up delta as two, one per half of
+    its points (the leader learns from all of them); another keeps the last half of the points
+    it carries (a suffix, as after coalescing)."""
+    half = len(delta.points) // 2
+    if delta.warmup:
+        return [warmup_delta(delta.covariance_type, delta.n_components, delta.points[:half]),
+                warmup_delta(delta.covariance_type, delta.n_components, delta.points[half:])]
+    return [replace(delta, points=delta.points[half:])]
