@@ -121,6 +121,7 @@ class Leader(threading.Thread):
         owns = self.stats in consumer.assignment()
         if owns and not self.leading and generations.count != self._fenced_at:
             self._become(consumer)
+            return  # the batch in hand was fetched before the seek to the committed offset
         elif not owns and self.leading:
             self._resign(consumer, "rebalance")
         if not self.leading:
