@@ -41,6 +41,9 @@ class Worker:
     max_staleness : int
         More versions than this behind the newest seen, the worker reads the state to its end
         before answering (consumption pauses meanwhile).
+    read_timeout_s : float
+        The bound on one read of the state topic to its end; when it runs out, the worker is
+        not ready and reads again before the next batch.
     leader : Leader, optional
         This instance's leader thread, stopped by :meth:`close`.
     """
@@ -48,7 +51,7 @@ class Worker:
     def __init__(self, model: OnlineGMM, sink: Sink, consumer_kwargs: dict[str, Any],
                  stats_topic: str, state_topic: str, instance: str, metrics: Metrics, *,
                  delta_interval_s: float = 0.1, max_staleness: int = 32,
-                 leader: Leader | None = None) -> None:
+                 read_timeout_s: float = 30.0, leader: Leader | None = None) -> None:
         self.model = model
         self.leader = leader
         self.sink = sink
@@ -57,6 +60,7 @@ class Worker:
         self.metrics = metrics
         self.delta_interval_s = delta_interval_s
         self.max_staleness = max_staleness
+        self.read_timeout_s = read_timeout_s
         self._tp = TopicPartition(state_topic, 0)
         self._consumer = KafkaConsumer(**{**consumer_kwargs, "group_id": None,
                                           "enable_auto_commit": False,
@@ -78,10 +82,12 @@ class Worker:
 
     def before_batch(self, assigned: set[tuple[str, int]]) -> OnlineGMM:
         """Take in new states; read the state topic to its end first when a partition was
-        newly assigned or the model is too stale. Returns the model to answer with."""
+        newly assigned, the model is too stale or the last such read ran out of time. Returns
+        the model to answer with."""
         gained = bool(assigned - self._assigned)
         self._assigned = set(assigned)
-        self.sync(to_end=gained or self.staleness > self.max_staleness)
+        self.sync(to_end=gained or not self.has_parameters or
+                  self.staleness > self.max_staleness, timeout_s=self.read_timeout_s)
         self.metrics.model_in_use(int(self.model.version_), self.staleness)
         return self.model
 
