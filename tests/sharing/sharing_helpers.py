@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from daemon_helpers import Daemon
+from daemon_helpers import Daemon, Reader
 from kafka import KafkaConsumer, TopicPartition
 from scipy.optimize import linear_sum_assignment
 
@@ -49,6 +49,18 @@ def wait_for(what: Callable[[], Any], timeout_s: float, message: Callable[[], st
             return got
         time.sleep(0.2)
     pytest.fail(message())
+
+
+class CommittedReader(Reader):
+    """A :class:`Reader` with ``isolation_level=read_committed``."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                      isolation_level="read_committed")
+        tps = [TopicPartition(topic, p) for p in sorted(self.consumer.partitions_for_topic(topic))]
+        self.consumer.assign(tps)
+        self.consumer.seek_to_beginning(*tps)
+        self.records: list = []
 
 
 def _read(bootstrap: str, topic: str, *, committed: bool) -> list:
