@@ -37,13 +37,15 @@ def test_one_leader_at_a_time_visible_with_increasing_versions(
     cfg = load_config(None, [f"kafka.bootstrap_servers={kafka_bootstrap}",
                              "kafka.session_timeout_ms=6000", "kafka.heartbeat_interval_ms=500"])
     stats, state = topic_factory("stats"), topic_factory("state", compacted=True)
+    params = topic_factory("model")
     group = f"g-{stats}"
     registries = [CollectorRegistry(), CollectorRegistry()]
 
     def leader(name: str, registry: CollectorRegistry) -> Leader:
         return Leader(lambda: OnlineGMM(n_components=3, warmup=300, random_state=0),
                       kafka_python.consumer_settings(cfg), kafka_python.producer_settings(cfg),
-                      group, stats, state, name, Metrics(registry), publish_interval_s=0.2)
+                      group, stats, state, name, Metrics(registry), model_topic=params,
+                      publish_interval_s=0.2)
 
     def gauge(i: int) -> float | None:
         return registries[i].get_sample_value("streamem_leader")
@@ -96,5 +98,8 @@ def test_one_leader_at_a_time_visible_with_increasing_versions(
               if r.msg in ("leader_gained", "leader_lost")]
     assert events == [("leader_gained", "inst-a"), ("leader_lost", "inst-a"),
                       ("leader_gained", "inst-b"), ("leader_lost", "inst-b")]
+    published = [(header(r.headers, WRITER_HEADER), int(header(r.headers, VERSION_HEADER)))
+                 for r in _read(kafka_bootstrap, params, committed=True)]
+    assert published == log, "the JSON parameters go with each state, named the same"
     final = OnlineGMM.from_bytes(records[-1].value)
     assert final.n_seen_ == 1200, "every delta folded once across the hand-over"
