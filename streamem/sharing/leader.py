@@ -194,27 +194,31 @@ class Leader(threading.Thread):
         self.metrics.deltas_folded(1, time.time() - record.timestamp / 1000)
 
     def _publish(self, consumer: KafkaConsumer) -> None:
-        """One transaction: the state, the JSON parameters, the stats offsets it reflects."""
+        """One transaction: the state, the JSON parameters, the stats offsets it reflects.
+
+        Nothing while the version has not moved (a model warming up keeps version 0): the
+        offsets commit only with a state that reflects them, so a new leader folds again
+        whatever no published state holds.
+        """
         assert self.model is not None and self._producer is not None
         self._last_publish = time.monotonic()
         self._unpublished = False
         version = int(self.model.version_)
+        if version <= self.published_version or not self.model.initialized_:
+            return
         producer = self._producer
         producer.begin_transaction()
-        if version > self.published_version and self.model.initialized_:
-            producer.send(self.state_topic, key=state_key(self.group_id),
-                          value=self.model.to_bytes(),
+        producer.send(self.state_topic, key=state_key(self.group_id), value=self.model.to_bytes(),
+                      headers=state_headers(self.instance, version))
+        if self.model_topic:
+            params = json.dumps(self.model.params_dict(), allow_nan=False).encode()
+            producer.send(self.model_topic, key=state_key(self.group_id), value=params,
                           headers=state_headers(self.instance, version))
-            if self.model_topic:
-                params = json.dumps(self.model.params_dict(), allow_nan=False).encode()
-                producer.send(self.model_topic, key=state_key(self.group_id), value=params,
-                              headers=state_headers(self.instance, version))
         offsets = {self.stats: OffsetAndMetadata(consumer.position(self.stats), "", -1)}
         producer.send_offsets_to_transaction(offsets, consumer.group_metadata())
         producer.commit_transaction()
-        if version > self.published_version:
-            self.published_version = version
-            self.metrics.model_published()
+        self.published_version = version
+        self.metrics.model_published()
 
     def _resign(self, consumer: KafkaConsumer, why: str) -> None:
         if self._producer is None:

@@ -103,3 +103,51 @@ def test_one_leader_at_a_time_visible_with_increasing_versions(
     assert published == log, "the JSON parameters go with each state, named the same"
     final = OnlineGMM.from_bytes(records[-1].value)
     assert final.n_seen_ == 1200, "every delta folded once across the hand-over"
+
+
+@pytest.mark.kafka
+def test_a_warm_up_no_state_holds_yet_is_folded_again_by_the_next_leader(
+        kafka_bootstrap, topic_factory) -> None:
+    """A leader stopped while its model still warms up publishes nothing and commits no stats
+    offset: the next one folds those deltas again, so their points are not lost."""
+    cfg = load_config(None, [f"kafka.bootstrap_servers={kafka_bootstrap}",
+                             "kafka.session_timeout_ms=6000", "kafka.heartbeat_interval_ms=500"])
+    stats, state = topic_factory("stats"), topic_factory("state", compacted=True)
+    group = f"g-{stats}"
+
+    def leader(name: str) -> Leader:
+        return Leader(lambda: OnlineGMM(n_components=3, warmup=1000, random_state=0),
+                      kafka_python.consumer_settings(cfg), kafka_python.producer_settings(cfg),
+                      group, stats, state, name, Metrics(CollectorRegistry()),
+                      publish_interval_s=0.2)
+
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+
+    def send_deltas(seed: int, n: int) -> None:
+        for s in range(n):
+            X = MIX.sample(200, random_state=100 * seed + s)[0]
+            producer.send(stats, key=b"w", value=warmup_delta("full", 3, X).to_bytes())
+        producer.flush()
+
+    a = leader("inst-a")
+    try:
+        a.start()
+        until(lambda: a.leading)
+        send_deltas(1, 3)
+        until(lambda: a.model is not None and a.model.n_seen_ == 600)
+    finally:
+        a.stop.set()
+        a.join(30)
+    assert _read(kafka_bootstrap, state, committed=True) == [], "no state while warming up"
+    b = leader("inst-b")
+    try:
+        b.start()
+        until(lambda: b.leading)
+        send_deltas(2, 3)
+        until(lambda: _read(kafka_bootstrap, state, committed=True))
+    finally:
+        b.stop.set()
+        b.join(30)
+        producer.close()
+    final = OnlineGMM.from_bytes(_read(kafka_bootstrap, state, committed=True)[-1].value)
+    assert final.initialized_ and final.n_seen_ == 1200
