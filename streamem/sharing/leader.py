@@ -1,10 +1,11 @@
 """The leader's side of a shared model: fold the stats topic's deltas, publish the state.
 
 The leader is whichever instance owns partition 0 of the stats topic in the group
-``<group_id>.leader`` (Kafka's group protocol elects it). Each publication is one transaction:
-the state record (the model's checkpoint bytes, one key, strictly increasing versions, a header
-naming the writer), the JSON parameters on ``kafka.model_topic`` when set, and the stats offsets
-the state reflects. The transactional id is the role's, so a new leader's ``init_transactions``
+``<group_id>.leader`` (Kafka's group protocol elects it). It reads committed deltas only (a
+worker's aborted transaction teaches nothing). Each publication is one transaction: the state
+record (the model's checkpoint bytes, one key, strictly increasing versions, a header naming
+the writer), the JSON parameters on ``kafka.model_topic`` when set, and the stats offsets the
+state reflects. The transactional id is the role's, so a new leader's ``init_transactions``
 fences an old one that comes back: its next publication fails with ProducerFencedError and it
 stands down. A new leader restores the newest committed state and resumes from the offsets
 committed with it, so no delta is folded twice or lost.

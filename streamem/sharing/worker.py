@@ -30,7 +30,8 @@ class Worker:
     model : OnlineGMM
         A fresh model, used until the first state arrives.
     sink : Sink
-        The loop's sink: deltas are acknowledged by the loop's flush, before its commit.
+        The loop's sink: deltas are acknowledged by the loop's flush, before its commit (with
+        exactly once, the loop sends them into its transaction before committing it).
     consumer_kwargs : dict
         KafkaConsumer settings; the state topic is read by assignment, committed records only.
     stats_topic, state_topic : str
