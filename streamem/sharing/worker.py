@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import replace
@@ -73,6 +74,7 @@ class Worker:
         self._newest_seen = 0
         self._assigned: set[tuple[str, int]] = set()
         self._loaded = False
+        self._warm: OnlineGMM | None = None  # answers until the first state arrives
         #: The state topic was read to its end since the last new assignment: the worker
         #: answers with the newest parameters (or there are none yet). ``/readyz`` follows it.
         self.has_parameters = False
@@ -123,11 +125,24 @@ class Worker:
             log.error("model_state_unreadable", extra={"offset": record.offset,
                                                         "error": str(exc)})
             return
-        self._loaded = True
+        self._loaded, self._warm = True, None
 
     def answer(self, X: np.ndarray) -> BatchResult:
-        """Answer X (n, d) without changing the model; its delta is queued for the leader."""
-        result, delta = self.model.delta(X)
+        """Answer X (n, d); its delta is queued for the leader.
+
+        The model is left unchanged. Before the first state, a copy of it (fresh, or this
+        instance's checkpoint) learns X, so that answers agree from batch to batch, and the
+        delta carries the points (the leader learns from them; the checkpoint does not hold
+        them twice).
+        """
+        if self._loaded:
+            result, delta = self.model.delta(X)
+        else:
+            if self._warm is None:
+                self.model.delta(X[:0])  # readies its learning state: the loop's metrics read it
+                self._warm = copy.deepcopy(self.model)
+            result = self._warm.partial_fit(X)
+            delta = warmup_delta(self.model.covariance_type, self.model.n_components, X)
         self._pending.append(delta)
         if time.monotonic() - self._last_sent >= self.delta_interval_s:
             self.send()

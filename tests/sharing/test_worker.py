@@ -123,3 +123,26 @@ def test_readyz_waits_while_the_worker_has_no_parameters(parts, kafka_bootstrap)
         assert worker.model.version_ == leader.version_
     finally:
         worker.close()
+
+
+@pytest.mark.kafka
+def test_before_the_first_state_answers_are_those_of_one_model(parts) -> None:
+    """Until a state arrives, a worker answers as one unshared model fed the same batches
+    would (so ids agree from batch to batch); its deltas carry every point, and its own model
+    (what the checkpoint holds) stays as it started."""
+    cfg, stats, state, sink = parts
+    worker = make_worker(cfg, stats, state, sink)
+    alone = OnlineGMM(n_components=3, warmup=300, random_state=0)
+    try:
+        worker.before_batch({("points", 0)})
+        for seed in range(4):
+            X = MIX.sample(200, random_state=seed)[0]
+            got, want = worker.answer(X), alone.partial_fit(X)
+            np.testing.assert_array_equal(got.labels, want.labels)
+            assert got.model_version == want.model_version
+        assert alone.initialized_ and not worker.model.initialized_
+        assert worker.model.n_seen_ == 0
+        assert sum(d.n_points for d in worker._pending) == 800
+        assert all(d.warmup and len(d.points) == d.n_points for d in worker._pending)
+    finally:
+        worker.close()
