@@ -29,7 +29,8 @@ class Worker:
     Parameters
     ----------
     model : OnlineGMM
-        A fresh model, used until the first state arrives.
+        Fresh, or this instance's checkpoint: what the checkpoint holds until the first state
+        arrives (a copy of it learns the batches meanwhile, see :meth:`answer`).
     sink : Sink
         The loop's sink: deltas are acknowledged by the loop's flush, before its commit (with
         exactly once, the loop sends them into its transaction before committing it).
