@@ -187,30 +187,53 @@ def runtime(cfg: Config, source: Source, sink: Sink, metrics: Metrics, *,
     unless given.
 
     With ``sharing.enabled`` and Kafka at both ends, the instance shares its group's model
-    (:func:`sharing`): it answers with the leader's state, checkpoints nothing of its own (the
-    state topic is the checkpoint, the group's offsets the position) and may lead.
+    (:func:`sharing`): it answers with the leader's state and may lead. The state topic replaces
+    the Kafka checkpoint store (keyed by the group, which the instances share); the file
+    checkpoint stays the instance's own (the shared model as it last read it).
     """
+    model = model if model is not None else fresh_model(cfg)
+    stores = checkpoint_stores(cfg) if stores is None else list(stores)
     share = None
-    if cfg.sharing.enabled and isinstance(source, KafkaSource) and isinstance(sink, KafkaSink):
-        share, stores, resume = sharing(cfg, sink, metrics), [], None
-    return Runtime(cfg, source, sink, model if model is not None else fresh_model(cfg),
-                   metrics, checkpoint_stores(cfg) if stores is None else stores, log,
-                   resume=resume, stop=stop, share=share)
+    if cfg.sharing.enabled and _kafka_ends(cfg, source, sink):
+        share = sharing(cfg, sink, metrics, model)
+        stores = [s for s in stores if not isinstance(s, KafkaCheckpointStore)]
+    return Runtime(cfg, source, sink, model, metrics, stores, log, resume=resume, stop=stop,
+                   share=share)
 
 
-def sharing(cfg: Config, sink: Sink, metrics: Metrics) -> Worker:
+def _kafka_ends(cfg: Config, source: Source, sink: Sink) -> bool:
+    """Whether the loop reads a Kafka consumer group and writes Kafka, on either client."""
+    sources: tuple[type, ...] = (KafkaSource,)
+    sinks: tuple[type, ...] = (KafkaSink,)
+    if cfg.kafka.client == "confluent-kafka":
+        from streamem.io.rdkafka import RdKafkaSink, RdKafkaSource
+        from streamem.io.rdkafka_txn import TransactionalRdKafkaSink
+
+        sources, sinks = (RdKafkaSource,), (RdKafkaSink, TransactionalRdKafkaSink)
+    return isinstance(source, sources) and isinstance(sink, sinks)
+
+
+def sharing(cfg: Config, sink: Sink, metrics: Metrics, model: OnlineGMM | None = None
+            ) -> Worker:
     """This instance's worker of the group's shared model, its leader thread started (it leads
-    while it owns the stats topic's partition); closing the worker stops the leader."""
+    while it owns the stats topic's partition); closing the worker stops the leader.
+
+    ``model`` (this instance's restored checkpoint, else fresh) answers until the first state
+    arrives, and is where a leader starts when the state topic holds none yet.
+    """
+    import copy
+
     from streamem.sharing.records import instance_id
 
     k, s = cfg.kafka, cfg.sharing
     stats_topic, state_topic = sharing_topics(cfg)
     me = instance_id(k.client_id)
     consumer, producer = sharing_clients(cfg)
-    leader = Leader(lambda: fresh_model(cfg), consumer, producer, k.group_id, stats_topic,
+    start = model if model is not None else fresh_model(cfg)
+    leader = Leader(lambda: copy.deepcopy(start), consumer, producer, k.group_id, stats_topic,
                     state_topic, me, metrics, model_topic=k.model_topic,
                     publish_interval_s=s.publish_interval_s)
-    worker = Worker(fresh_model(cfg), sink, consumer, stats_topic, state_topic, me, metrics,
+    worker = Worker(copy.deepcopy(start), sink, consumer, stats_topic, state_topic, me, metrics,
                     delta_interval_s=s.delta_interval_s, max_staleness=s.max_staleness_versions,
                     leader=leader)
     metrics.set_leader(False)

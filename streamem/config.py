@@ -424,7 +424,7 @@ class RuntimeConfig:
 class SharingConfig:
     """One model shared by the instances of a group (see :mod:`streamem.sharing`)."""
 
-    enabled: bool = _opt(False, _boolean)
+    enabled: bool = _opt(True, _boolean)
     stats_topic: str | None = _opt(None, _optional(_topic))
     state_topic: str | None = _opt(None, _optional(_topic))
     delta_interval_s: float = _opt(0.1, _positive())

@@ -486,6 +486,8 @@ class Runtime:
             now = self.source.group_metadata()  # type: ignore[attr-defined]
             if getattr(now, "generation_id", None) != getattr(txn.member, "generation_id", None):
                 raise TransportError("the group rebalanced during the transaction")
+            if self.share is not None:  # the batches' deltas commit with them
+                self.share.send()
             sink.send_offsets(txn.offsets, txn.member)
             sink.commit()
         except TransportError as exc:
@@ -503,7 +505,9 @@ class Runtime:
         assert self._txn_sink is not None
         self._txn_sink.abort()
         txn, self._txn = self._txn, None
-        if txn is not None:
+        if self.share is not None:  # answering left the shared model as it was
+            self.share.discard()
+        elif txn is not None:
             self.model._restore(txn.model_before)
         self._txn_failing = True
         self.metrics.set_ready(False)
@@ -570,6 +574,8 @@ class Runtime:
         saved = True
         try:
             if checkpoint:
+                if self.share is not None:  # the checkpoint holds the group's final state
+                    self.model, self._dirty = self.share.settle(), True
                 self._maybe_checkpoint(force=True)
                 saved = not (self.stores and self._dirty)
                 if not saved:

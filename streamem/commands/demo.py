@@ -164,7 +164,9 @@ def _watch(runtime: Runtime, truth: Truth, metrics: Metrics, view: Any,
 
 
 def _config(args: argparse.Namespace, settings: DemoSettings) -> Config:
-    """The loop's config: the demo's model, no checkpoint unless asked, unique Kafka names."""
+    """The loop's config: the demo's model, no checkpoint unless asked, unique Kafka names,
+    no shared model (its answers would wait for a leader's publications, and its topics
+    would outlive the demo)."""
     import os
     import uuid
 
@@ -181,6 +183,7 @@ def _config(args: argparse.Namespace, settings: DemoSettings) -> Config:
         f"kafka.dead_letter_topic={name}.dead-letter", f"kafka.group_id={name}",
         "kafka.client_id=streamem-demo", "kafka.session_timeout_ms=6000",
         "kafka.heartbeat_interval_ms=1000", "kafka.delivery_timeout_s=30",
+        "sharing.enabled=false",  # one process on its own group: nobody to share with
     ]
     if args.bootstrap_servers:
         overrides.append(f"kafka.bootstrap_servers={args.bootstrap_servers}")

@@ -1,10 +1,11 @@
 """The leader's side of a shared model: fold the stats topic's deltas, publish the state.
 
 The leader is whichever instance owns partition 0 of the stats topic in the group
-``<group_id>.leader`` (Kafka's group protocol elects it). Each publication is one transaction:
-the state record (the model's checkpoint bytes, one key, strictly increasing versions, a header
-naming the writer), the JSON parameters on ``kafka.model_topic`` when set, and the stats offsets
-the state reflects. The transactional id is the role's, so a new leader's ``init_transactions``
+``<group_id>.leader`` (Kafka's group protocol elects it). It reads committed deltas only (a
+worker's aborted transaction teaches nothing). Each publication is one transaction: the state
+record (the model's checkpoint bytes, one key, strictly increasing versions, a header naming
+the writer), the JSON parameters on ``kafka.model_topic`` when set, and the stats offsets the
+state reflects. The transactional id is the role's, so a new leader's ``init_transactions``
 fences an old one that comes back: its next publication fails with ProducerFencedError and it
 stands down. A new leader restores the newest committed state and resumes from the offsets
 committed with it, so no delta is folded twice or lost.
@@ -91,7 +92,8 @@ class Leader(threading.Thread):
         consumer = KafkaConsumer(**{**self.consumer_kwargs,
                                     "group_id": f"{self.group_id}.leader",
                                     "enable_auto_commit": False,
-                                    "auto_offset_reset": "earliest"})
+                                    "auto_offset_reset": "earliest",
+                                    "isolation_level": "read_committed"})
         consumer.subscribe([self.stats.topic], listener=generations)
         try:
             while not self.stop.is_set():
@@ -108,6 +110,7 @@ class Leader(threading.Thread):
         finally:
             if self.leading:
                 try:
+                    self._drain(consumer)
                     self._publish(consumer)
                 except KafkaError:
                     pass
@@ -119,6 +122,7 @@ class Leader(threading.Thread):
         owns = self.stats in consumer.assignment()
         if owns and not self.leading and generations.count != self._fenced_at:
             self._become(consumer)
+            return  # the batch in hand was fetched before the seek to the committed offset
         elif not owns and self.leading:
             self._resign(consumer, "rebalance")
         if not self.leading:
@@ -135,6 +139,14 @@ class Leader(threading.Thread):
                                                     "error": repr(exc)})
                 self._fenced_at = generations.count
                 self._resign(consumer, "fenced")
+
+    def _drain(self, consumer: KafkaConsumer, timeout_s: float = 10.0) -> None:
+        """Fold the stats topic to its end as of now (a clean stop: the last deltas)."""
+        end = consumer.end_offsets([self.stats])[self.stats]
+        deadline = time.monotonic() + timeout_s
+        while consumer.position(self.stats) < end and time.monotonic() < deadline:
+            for record in consumer.poll(timeout_ms=200).get(self.stats, []):
+                self._fold(record)
 
     def _become(self, consumer: KafkaConsumer) -> None:
         producer = KafkaProducer(**self.producer_kwargs)
@@ -183,27 +195,31 @@ class Leader(threading.Thread):
         self.metrics.deltas_folded(1, time.time() - record.timestamp / 1000)
 
     def _publish(self, consumer: KafkaConsumer) -> None:
-        """One transaction: the state, the JSON parameters, the stats offsets it reflects."""
+        """One transaction: the state, the JSON parameters, the stats offsets it reflects.
+
+        Nothing while the version has not moved (a model warming up keeps version 0): the
+        offsets commit only with a state that reflects them, so a new leader folds again
+        whatever no published state holds.
+        """
         assert self.model is not None and self._producer is not None
         self._last_publish = time.monotonic()
         self._unpublished = False
         version = int(self.model.version_)
+        if version <= self.published_version or not self.model.initialized_:
+            return
         producer = self._producer
         producer.begin_transaction()
-        if version > self.published_version and self.model.initialized_:
-            producer.send(self.state_topic, key=state_key(self.group_id),
-                          value=self.model.to_bytes(),
+        producer.send(self.state_topic, key=state_key(self.group_id), value=self.model.to_bytes(),
+                      headers=state_headers(self.instance, version))
+        if self.model_topic:
+            params = json.dumps(self.model.params_dict(), allow_nan=False).encode()
+            producer.send(self.model_topic, key=state_key(self.group_id), value=params,
                           headers=state_headers(self.instance, version))
-            if self.model_topic:
-                params = json.dumps(self.model.params_dict(), allow_nan=False).encode()
-                producer.send(self.model_topic, key=state_key(self.group_id), value=params,
-                              headers=state_headers(self.instance, version))
         offsets = {self.stats: OffsetAndMetadata(consumer.position(self.stats), "", -1)}
         producer.send_offsets_to_transaction(offsets, consumer.group_metadata())
         producer.commit_transaction()
-        if version > self.published_version:
-            self.published_version = version
-            self.metrics.model_published()
+        self.published_version = version
+        self.metrics.model_published()
 
     def _resign(self, consumer: KafkaConsumer, why: str) -> None:
         if self._producer is None:

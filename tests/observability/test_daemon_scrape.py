@@ -22,8 +22,9 @@ def test_prometheus_sees_what_the_daemon_did(kafka_bootstrap, topic_factory, tmp
     X, _ = Mixture.random(8, 8, random_state=11).sample(WAVES * PER_WAVE, random_state=3)
     topics = make_topics(topic_factory)
     port = free_port()
+    # Unshared: each batch makes a model version, which tells the last batch's answers.
     settings = daemon_settings(kafka_bootstrap, tmp_path, topics, metrics__enabled="true",
-                               metrics__port=port)
+                               metrics__port=port, sharing__enabled="false")
     daemon = start_daemon(tmp_path, "scraped", settings)
     reader = Reader(kafka_bootstrap, topics["output"])
     bad = [b"{not json", b"[1, 2]"]

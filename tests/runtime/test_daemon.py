@@ -142,8 +142,11 @@ def test_kill_9_mid_stream_then_restart_answers_everything_and_resumes_the_model
     X, _ = MIX.sample(48_000, random_state=3)
     topics = make_topics(topic_factory)
     values = block_messages(X, 200)
+    # The per-instance model's arithmetic (checkpoint + what followed its offsets); with a
+    # shared model: tests/sharing/test_single_instance.py.
     settings = daemon_settings(kafka_bootstrap, tmp_path, topics, input__format="block",
-                               checkpoint__interval_s=0.3, kafka__max_poll_records=10)
+                               checkpoint__interval_s=0.3, kafka__max_poll_records=10,
+                               sharing__enabled="false")
 
     def trickle() -> None:
         for s in range(0, len(values), 8):

@@ -102,6 +102,7 @@ def test_an_aborted_transaction_leaves_nothing_visible_and_restores_the_model(
     cfg = load_config(None, [f"{k.replace('__', '.')}={v}" for k, v in {
         **daemon_settings(kafka_bootstrap, tmp_path, topics, input__format="block",
                           model__n_components=4, model__warmup=50, **EO),
+        "sharing.enabled": "false",  # this instance's model rolls back (shared: tests/sharing)
         "delivery.transaction_min_s": 1000}.items()])
     X, _ = MIX.sample(2000, random_state=1)
     first, second = block_messages(X[:1000], 100), block_messages(X[1000:], 100)

@@ -65,8 +65,10 @@ def test_a_poison_corpus_is_dead_lettered_once_and_survives_a_restart(
     topics = make_topics(topic_factory, partitions=1)
     # The first daemon stops mid warm-up: its checkpoint holds the warm-up buffer, where the
     # poison pill used to sit and crash every restart.
+    # The instance's own model holds the warm-up buffer (shared, the stats topic holds it:
+    # tests/sharing/test_leader.py).
     settings = daemon_settings(kafka_bootstrap, tmp_path, topics, model__n_components=4,
-                               model__warmup=2_000)
+                               model__warmup=2_000, sharing__enabled="false")
     first, poison_1 = corpus(X[:1_500], 0, wide_first=True)
     second, poison_2 = corpus(X[1_500:], 1_500, wide_first=False)
     outputs = Reader(kafka_bootstrap, topics["output"])

@@ -8,96 +8,25 @@ from __future__ import annotations
 import signal
 import time
 
-import numpy as np
 import pytest
-from daemon_helpers import Daemon, Reader, daemon_settings, make_topics, points_of, start_daemon
+from daemon_helpers import Reader, daemon_settings, make_topics, points_of, start_daemon
 from kafka_helpers import produce
-from scipy.optimize import linear_sum_assignment
+from sharing_helpers import (
+    collapsed,
+    instance,
+    is_subsequence,
+    leaders,
+    one_to_one,
+    state_log,
+    wait_for,
+    wave,
+)
 
-from streamem.formats.block import encode_block
-from streamem.sharing.records import VERSION_HEADER, WRITER_HEADER, header
 from streamem.synthetic import Mixture
 
 MIX = Mixture.random(6, 4, separation=8.0, random_state=3)  # Bayes accuracy 1.0
 PARTITIONS, POINTS_PER_MESSAGE = 4, 50
 SESSION_MS = 6000  # the broker's group.min.session.timeout.ms
-
-
-def wave(start: int, n_messages: int) -> tuple[list[bytes], list[bytes], dict[int, int]]:
-    """Block messages of points with ids from ``start``; their true clusters by id."""
-    X, y = MIX.sample(n_messages * POINTS_PER_MESSAGE, random_state=start)
-    values = [encode_block(X[i * POINTS_PER_MESSAGE:(i + 1) * POINTS_PER_MESSAGE],
-                                 ids=range(start + i * POINTS_PER_MESSAGE,
-                                           start + (i + 1) * POINTS_PER_MESSAGE))
-              for i in range(n_messages)]
-    keys = [b"key-%d" % (start + i) for i in range(n_messages)]
-    return values, keys, {start + i: int(c) for i, c in enumerate(y)}
-
-
-def leaders(daemons: list[Daemon]) -> list[int]:
-    """Which daemons lead now, by their last leader_gained/leader_lost event."""
-    out = []
-    for i, d in enumerate(daemons):
-        events = [e["event"] for e in d.events() if e.get("event") in ("leader_gained",
-                                                                         "leader_lost")]
-        if events and events[-1] == "leader_gained":
-            out.append(i)
-    return out
-
-
-def wait_for(what, timeout_s: float, message):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = what()
-        if got:
-            return got
-        time.sleep(0.2)
-    pytest.fail(message())
-
-
-def state_log(bootstrap: str, topic: str) -> list[tuple[str, int]]:
-    """(writer, version) of every committed record of the state topic, in log order."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                             isolation_level="read_committed")
-    try:
-        tp = TopicPartition(topic, 0)
-        consumer.assign([tp])
-        consumer.seek_to_beginning(tp)
-        end = consumer.end_offsets([tp])[tp]
-        out = []
-        while consumer.position(tp) < end:
-            for records in consumer.poll(timeout_ms=500).values():
-                out += [(header(r.headers, WRITER_HEADER), int(header(r.headers,
-                                                                       VERSION_HEADER)))
-                        for r in records]
-        return out
-    finally:
-        consumer.close()
-
-
-def instance(daemon: Daemon) -> str:
-    return str(daemon.events("sharing_model")[0]["instance"])
-
-
-def collapsed(names: list[str]) -> list[str]:
-    """``names`` without consecutive repeats."""
-    return [n for i, n in enumerate(names) if i == 0 or names[i - 1] != n]
-
-
-def is_subsequence(part: list[str], whole: list[str]) -> bool:
-    rest = iter(whole)
-    return all(any(n == m for m in rest) for n in part)
-
-
-def one_to_one_share(answers: list[dict], truth: dict[int, int]) -> float:
-    """The share of answers a one-to-one map from true cluster to id gets right."""
-    table = np.zeros((MIX.n_components, 64), dtype=np.int64)
-    for a in answers:
-        table[truth[int(a["id"])], a["cluster"]] += 1
-    rows, cols = linear_sum_assignment(-table)
-    return float(table[rows, cols].sum() / table.sum())
 
 
 @pytest.mark.kafka
@@ -120,7 +49,7 @@ def test_three_instances_share_one_model_with_fencing_and_failover(
         wait_for(lambda: len(leaders(daemons)) == 1, 60, lambda: "no leader\n" + tails())
 
         def send(start: int, n: int) -> None:
-            values, keys, t = wave(start, n)
+            values, keys, t = wave(MIX, start, n, POINTS_PER_MESSAGE)
             produce(kafka_bootstrap, topics["input"], values, keys=keys)
             truth.update(t)
 
@@ -176,7 +105,7 @@ def test_three_instances_share_one_model_with_fencing_and_failover(
     assert {int(a["id"]) for a in answers} >= set(truth), "every input point is answered"
     late = [a for a in answers if not a["warmup"] and int(a["id"]) >= 100_000]
     assert len({a["partition"] for a in late}) == PARTITIONS
-    share = one_to_one_share(late, truth)
+    share, _ = one_to_one(late, truth, MIX.n_components)
     assert share >= 0.99, f"one id per true cluster on every partition: {share:.4f}"
     assert took_over_s < SESSION_MS / 1000 + 15 and failover_s < SESSION_MS / 1000 + 15
 

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from streamem.clients import kafka_python
 from streamem.config import load_config
+from streamem.formats.block import encode_block
 from streamem.io.kafka import KafkaSink
 from streamem.metrics import Metrics
 from streamem.model import OnlineGMM
@@ -85,3 +86,63 @@ def test_too_large_deltas_are_sent_in_halves_and_lose_no_point(parts, kafka_boot
     assert {r.key for r in records} == {b"w-1"}
     assert sum(d.n_points for d in deltas) == 800
     assert sum(len(d.points) for d in deltas) == 800
+
+
+@pytest.mark.kafka
+def test_readyz_waits_while_the_worker_has_no_parameters(parts, kafka_bootstrap) -> None:
+    """A state topic that cannot be read to its end in time (its fetches paused here) keeps
+    ``/readyz`` at 503 while the loop answers with what it has; ready once it is read."""
+    from streamem.io.memory import MemorySink, MemorySource
+    from streamem.runtime import Runtime
+
+    cfg, stats, state, sink = parts
+    leader = OnlineGMM(n_components=3, warmup=300, random_state=0)
+    leader.partial_fit(MIX.sample(400, random_state=1)[0])
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    producer.send(state, key=b"g", value=leader.to_bytes(),
+                  headers=state_headers("leader-1", int(leader.version_)))
+    producer.flush()
+    producer.close()
+    worker = Worker(OnlineGMM(n_components=3, warmup=300, random_state=0), sink,
+                    kafka_python.consumer_settings(cfg), stats, state, "w-1",
+                    Metrics(CollectorRegistry()), delta_interval_s=3600, read_timeout_s=0.5)
+    worker._consumer.pause(worker._tp)
+    values = [encode_block(MIX.sample(20, random_state=s)[0]) for s in range(20)]
+    metrics = Metrics(CollectorRegistry())
+    cfg = load_config(None, [f"kafka.bootstrap_servers={kafka_bootstrap}", "input.format=block"])
+    runtime = Runtime(cfg, MemorySource(values, batch_size=2), MemorySink(), worker.model,
+                      metrics, share=worker)
+    try:
+        for _ in range(3):
+            runtime.step()
+            assert not metrics.ready and metrics.registry.get_sample_value("streamem_ready") == 0
+        assert worker.model.version_ == 0, "not read: the fresh model answers"
+        worker._consumer.resume(worker._tp)
+        runtime.step()
+        assert metrics.ready and metrics.registry.get_sample_value("streamem_ready") == 1
+        assert worker.model.version_ == leader.version_
+    finally:
+        worker.close()
+
+
+@pytest.mark.kafka
+def test_before_the_first_state_answers_are_those_of_one_model(parts) -> None:
+    """Until a state arrives, a worker answers as one unshared model fed the same batches
+    would (so ids agree from batch to batch); its deltas carry every point, and its own model
+    (what the checkpoint holds) stays as it started."""
+    cfg, stats, state, sink = parts
+    worker = make_worker(cfg, stats, state, sink)
+    alone = OnlineGMM(n_components=3, warmup=300, random_state=0)
+    try:
+        worker.before_batch({("points", 0)})
+        for seed in range(4):
+            X = MIX.sample(200, random_state=seed)[0]
+            got, want = worker.answer(X), alone.partial_fit(X)
+            np.testing.assert_array_equal(got.labels, want.labels)
+            assert got.model_version == want.model_version
+        assert alone.initialized_ and not worker.model.initialized_
+        assert worker.model.n_seen_ == 0
+        assert sum(d.n_points for d in worker._pending) == 800
+        assert all(d.warmup and len(d.points) == d.n_points for d in worker._pending)
+    finally:
+        worker.close()
