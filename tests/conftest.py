@@ -49,9 +49,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Run every daemon test against the broker once per Kafka client (``kafka.client``).
 
-    A test is one when it is under ``tests/runtime`` or ``tests/sharing`` (or scrapes the daemon's
-    metrics) and builds
-    its daemon's settings with ``daemon_settings``; a test may also ask for ``kafka_client``.
+    A test is one when it is under ``tests/runtime`` or ``tests/sharing`` (or scrapes the
+    daemon's metrics) and builds its daemon's settings with ``daemon_settings``; a test may also
+    ask for ``kafka_client``.
     The client is set by :func:`_daemon_client` from the test's parameter.
     """
     path = Path(metafunc.definition.path)
