@@ -194,14 +194,17 @@ def runtime(cfg: Config, source: Source, sink: Sink, metrics: Metrics, *,
     model = model if model is not None else fresh_model(cfg)
     stores = checkpoint_stores(cfg) if stores is None else list(stores)
     share = None
-    if cfg.sharing.enabled and _kafka_ends(cfg, source, sink):
+    if cfg.sharing.enabled and _kafka_ends(source, sink):
         share = sharing(cfg, sink, metrics, model)
         stores = [s for s in stores if not isinstance(s, KafkaCheckpointStore)]
+    elif cfg.sharing.enabled and cfg.kafka.client == "confluent-kafka":
+        log.warning("sharing_unavailable", extra={
+            "reason": "kafka.client confluent-kafka: this instance keeps its own model"})
     return Runtime(cfg, source, sink, model, metrics, stores, log, resume=resume, stop=stop,
                    share=share)
 
 
-def _kafka_ends(cfg: Config, source: Source, sink: Sink) -> bool:
+def _kafka_ends(source: Source, sink: Sink) -> bool:
     """Whether the loop reads a Kafka consumer group and writes Kafka through kafka-python
     (sharing is not yet proven on librdkafka: a rebalance and a leader's restart lose track
     there, README "Scaling")."""
