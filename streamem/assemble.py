@@ -198,7 +198,7 @@ def runtime(cfg: Config, source: Source, sink: Sink, metrics: Metrics, *,
         share = sharing(cfg, sink, metrics, model)
         stores = [s for s in stores if not isinstance(s, KafkaCheckpointStore)]
     elif cfg.sharing.enabled and cfg.kafka.client == "confluent-kafka":
-        log.warning("sharing_unavailable", extra={
+        (log or logging.getLogger(__name__)).warning("sharing_unavailable", extra={
             "reason": "kafka.client confluent-kafka: this instance keeps its own model"})
     return Runtime(cfg, source, sink, model, metrics, stores, log, resume=resume, stop=stop,
                    share=share)
