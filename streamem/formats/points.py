@@ -13,8 +13,8 @@ good point raises.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -49,9 +49,9 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
-@dataclass(frozen=True)
-class Points:
-    """The points of one message.
+class Points(NamedTuple):
+    """The points of one message (immutable; a tuple, so that a poll batch of single-point
+    messages makes its thousands of them cheaply).
 
     X : (n, d) float64, all finite.
     ids : n ids as the message gave them (str or int), None where it gave none.
@@ -62,14 +62,16 @@ class Points:
         in order (positions 0..n-1).
     rejected : the message's bad points, ``(position, reason, detail)`` in position order
         (only a multi-point message has some: a single bad point makes its message fail).
+
+    ``len(points)`` is the number of points (n), not the number of fields.
     """
 
     X: FloatArray
     ids: list[Any]
     ts_ms: FloatArray | None
     multi: bool
-    index: npt.NDArray[np.intp] | None = None
-    rejected: list[tuple[int, str, str]] = field(default_factory=list)
+    index: npt.NDArray[np.intp] | None = None  # type: ignore[assignment]  # (tuple.index)
+    rejected: Sequence[tuple[int, str, str]] = ()
 
     def keep(self, good: npt.NDArray[np.bool_], reasons: Sequence[tuple[str, str]]) -> Points:
         """These points with only the ``good`` rows (n,) kept; the others join ``rejected``.
@@ -79,8 +81,8 @@ class Points:
         position = self.positions()
         rows = np.flatnonzero(good)
         dropped = position[~good].tolist()
-        rejected = sorted(self.rejected + [(p, r, d) for p, (r, d) in
-                                           zip(dropped, reasons, strict=True)])
+        rejected = sorted([*self.rejected, *((p, r, d) for p, (r, d) in
+                                             zip(dropped, reasons, strict=True))])
         ts = None if self.ts_ms is None else self.ts_ms[rows]
         return Points(self.X[rows], [self.ids[r] for r in rows.tolist()], ts, self.multi,
                       position[rows], rejected)
@@ -89,7 +91,7 @@ class Points:
         """(n,) each row's position in the message."""
         return np.arange(len(self)) if self.index is None else self.index
 
-    def __len__(self) -> int:
+    def __len__(self) -> int:  # type: ignore[override]
         return int(self.X.shape[0])
 
 
