@@ -55,6 +55,7 @@ from streamem.io import kafka_admin
 from streamem.io.base import Headers, Record
 from streamem.io.kafka import KafkaSink, KafkaSource, TransactionalKafkaSink
 from streamem.metrics import BatchReport, Metrics
+from streamem.runtime import freeze_heap
 from streamem.synthetic import Mixture
 
 MAX_SECONDS = 15.0  #: longest throughput measurement of one side
@@ -245,6 +246,7 @@ def _best(best: Side, measure: Any) -> Side:
 def _measure_throughput(make: Any, side: Side, n_points: int) -> None:
     """Run a side over the backlog: points/s from its first batch's end to n_points (or time)."""
     loop = make(side, e2e=False)
+    freeze_heap()  # as ``streamem run`` does once started; the same for both sides
     thread = threading.Thread(target=loop.run, name="bench-loop")
     thread.start()
     deadline = time.monotonic() + TIMEOUT_S
@@ -266,6 +268,7 @@ def _measure_latency(make: Any, side: Side, bootstrap: str, topic: str, row: Row
                      rate_points_s: float, d: int, k: int) -> None:
     """Run a side on a fresh topic fed at a steady rate; record end-to-end latencies."""
     loop = make(side, e2e=True)
+    freeze_heap()
     thread = threading.Thread(target=loop.run, name="bench-loop")
     thread.start()
     try:

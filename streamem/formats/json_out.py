@@ -71,6 +71,22 @@ class _JsonColumns:
                                             partition, offset) for i, (ident, at) in pairs])
                 + "]").encode()
 
+    def singles(self, messages: Sequence[Points], version: int,
+                sources: Sequence[tuple[str, int, int]]) -> list[bytes]:
+        """The record objects of single-point messages, message i being row i: one string
+        format per message, the model version written into the format once."""
+        record = _RECORD.replace("%d,\"topic\"", f"{int(version)},\"topic\"").replace(
+            "\"index\":%d", "\"index\":0")
+        record += "}" if self.top_k is None else ',"top_k":%s}'
+        names = {topic: json.dumps(topic) for topic in {topic for topic, _, _ in sources}}
+        ids = list(map(_json_id, [points.ids[0] for points in messages]))
+        columns = [ids, self.labels, self.probs, self.loglik, self.anomaly, self.warmup,
+                   [names[topic] for topic, _, _ in sources],
+                   [partition for _, partition, _ in sources], [offset for _, _, offset in sources]]
+        if self.top_k is not None:
+            columns.append(self.top_k)
+        return [(record % row).encode() for row in zip(*columns, strict=True)]
+
     def record(self, r: int, ident: Any, index: int, version: int, topic_json: str,
                partition: int, offset: int) -> str:
         """The JSON object of row ``r``, the ``index``-th point of its message."""
@@ -106,6 +122,8 @@ def _encode(messages: Sequence[Points], result: Any, top_k: int, version: int,
     """One JSON message per input message; the columns are converted once for the batch, so
     a message costs a string format, not numpy calls."""
     cols = _JsonColumns.of(result, slice(None), top_k)
+    if not any([points.multi for points in messages]):
+        return cols.singles(messages, version, sources)
     out, start = [], 0
     topics: dict[str, str] = {}
     for points, (topic, partition, offset) in zip(messages, sources, strict=True):

@@ -95,6 +95,12 @@ class Points(NamedTuple):
         return int(self.X.shape[0])
 
 
+def sizes(messages: Sequence[Points]) -> list[int]:
+    """The number of points of each message (``ids`` has one entry per point: a C-level
+    ``len`` each, for the thousands of single-point messages of a poll batch)."""
+    return [len(points.ids) for points in messages]
+
+
 #: Decodes one value (non-empty, within ``max_bytes``) before the shared checks of
 #: :func:`check_points`: ``(value, n_features, limits) -> Points``.
 Parse = Callable[[bytes, "int | None", Limits], Points]
@@ -201,7 +207,7 @@ class OutputFormat:
         model_version : the version of the model that answered.
         sources : per message, the input ``(topic, partition, offset)``.
         """
-        n_rows = sum(len(p) for p in messages)
+        n_rows = sum(sizes(messages))
         if n_rows != len(result.labels):
             raise ValueError(f"the messages hold {n_rows} points, the result "
                              f"{len(result.labels)}")
