@@ -137,15 +137,12 @@ def _rows(rows: list[Any], at: Sequence[int], ids: list[Any], stamps: FloatArray
         at, ids = [at[j] for j in keep], [ids[j] for j in keep]
         stamps = None if stamps is None else stamps[keep]
     good = (np.abs(X) <= limits.max_abs_value).all(axis=1)  # False for NaN too
-    rows_of = X[:, None, :]
-    if stamps is None:
-        for j in np.flatnonzero(good).tolist():
-            out[at[j]] = Points(rows_of[j], [ids[j]], None, False)
-        return
-    stamps_of = stamps[:, None]
-    for j in np.flatnonzero(good).tolist():
-        ts = None if stamps_of[j, 0] != stamps_of[j, 0] else stamps_of[j]  # NaN: no time
-        out[at[j]] = Points(rows_of[j], [ids[j]], ts, False)
+    if not good.all():
+        keep = np.flatnonzero(good).tolist()
+        X, at, ids = X[keep], [at[j] for j in keep], [ids[j] for j in keep]
+        stamps = None if stamps is None else stamps[keep]
+    for j, points in zip(at, Points.singles(X, ids, stamps), strict=True):
+        out[j] = points
 
 
 def _plain_array(rows: list[Any], n_features: int) -> FloatArray | None:

@@ -56,8 +56,8 @@ class _JsonColumns:
                      for p in _top_k(result.responsibilities[rows], top_k)]
         return cls(result.labels[rows].tolist(), _json_numbers(result.probabilities[rows]),
                    _json_numbers(finite_log_likelihood(result.log_likelihood[rows])),
-                   [_BOOL[a] for a in result.anomaly[rows].tolist()],
-                   [_BOOL[w] for w in result.warmup[rows].tolist()], pairs)
+                   list(map(_BOOL.__getitem__, result.anomaly[rows].tolist())),
+                   list(map(_BOOL.__getitem__, result.warmup[rows].tolist())), pairs)
 
     def message(self, points: Points, start: int, version: int, topic_json: str,
                 partition: int, offset: int) -> bytes:
@@ -79,7 +79,8 @@ class _JsonColumns:
             "\"index\":%d", "\"index\":0")
         record += "}" if self.top_k is None else ',"top_k":%s}'
         names = {topic: json.dumps(topic) for topic in {topic for topic, _, _ in sources}}
-        ids = list(map(_json_id, [points.ids[0] for points in messages]))
+        ids = [points.ids[0] for points in messages]
+        ids = list(map(str if set(map(type, ids)) == {int} else _json_id, ids))
         columns = [ids, self.labels, self.probs, self.loglik, self.anomaly, self.warmup,
                    [names[topic] for topic, _, _ in sources],
                    [partition for _, partition, _ in sources], [offset for _, _, offset in sources]]
@@ -106,7 +107,7 @@ def _json_numbers(values: npt.NDArray[Any]) -> list[str]:
     """Values (m,) rounded to 6 decimals as JSON numbers, ``null`` where not finite."""
     rounded = np.round(np.asarray(values, dtype=np.float64), 6).tolist()
     if np.isfinite(values).all():
-        return [repr(v) for v in rounded]
+        return list(map(repr, rounded))
     return [repr(v) if np.isfinite(v) else "null" for v in rounded]
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -86,6 +87,22 @@ class Points(NamedTuple):
         ts = None if self.ts_ms is None else self.ts_ms[rows]
         return Points(self.X[rows], [self.ids[r] for r in rows.tolist()], ts, self.multi,
                       position[rows], rejected)
+
+    @classmethod
+    def singles(cls, X: FloatArray, ids: list[Any], ts_ms: FloatArray | None) -> list[Points]:
+        """The points of m single-point messages: row i of X (m, d) with ``ids[i]`` and event
+        time ``ts_ms[i]`` (NaN or None: none). Built by C loops, not a Python call each (a
+        poll batch makes thousands); each X is a (1, d) view of ``X``.
+        """
+        m = len(X)
+        times: Any = repeat(None, m)
+        if ts_ms is not None:
+            times = list(ts_ms[:, None])
+            for i in np.flatnonzero(np.isnan(ts_ms)).tolist():
+                times[i] = None
+        fields = zip(X[:, None, :], [[ident] for ident in ids], times, repeat(False, m),
+                     repeat(None, m), repeat((), m), strict=True)
+        return list(map(tuple.__new__, repeat(cls, m), fields))  # type: ignore[arg-type]
 
     def positions(self) -> npt.NDArray[np.intp]:
         """(n,) each row's position in the message."""

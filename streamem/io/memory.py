@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from itertools import islice
 
 from streamem.errors import TransportError
@@ -40,7 +40,7 @@ class MemorySource:
     def poll(self, timeout_s: float) -> list[Record]:
         batch, self._replay = self._replay[: self._batch_size], self._replay[self._batch_size:]
         for value in islice(self._values, self._batch_size - len(batch)):
-            batch.append(replace(value, topic=self._topic, partition=0, offset=self._next)
+            batch.append(value._replace(topic=self._topic, partition=0, offset=self._next)
                          if isinstance(value, Record) else
                          Record(self._topic, 0, self._next, None, value))
             self._next += 1

@@ -29,6 +29,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from itertools import chain, repeat
 from typing import Any, TypeVar
 
 from confluent_kafka import (
@@ -217,19 +218,18 @@ class RdKafkaSource:
                 if not more:
                     break
                 messages += more
-                size += sum(len(m.value() or b"") for m in more)
+                size += sum(map(len, filter(None, map(Message.value, more))))
         except KafkaException as exc:
             raise TransportError(f"poll failed: {exc}") from exc
         except RuntimeError as exc:  # the consumer was closed
             raise TransportError(f"poll failed: {exc}") from exc
-        records: list[Record] = []
-        for m in messages:
-            err = m.error()
-            if err is not None:
+        errors = list(map(Message.error, messages))
+        if any(errors):
+            for err in filter(None, errors):
                 self._message_error(err)
-                continue
-            records.append(_record(m))
-        self._next.update({(r.topic, r.partition): r.offset + 1 for r in records})
+            messages = [m for m, err in zip(messages, errors, strict=True) if err is None]
+        records, last = _records(messages)
+        self._next.update({tp: offset + 1 for tp, offset in last.items()})
         return records
 
     def _message_error(self, err: KafkaError) -> None:
@@ -368,14 +368,21 @@ def _has_partitions(stats: Mapping[str, Any], topics: list[str]) -> bool:
     return any(int(p) >= 0 for t in topics for p in (known.get(t) or {}).get("partitions", {}))
 
 
-def _record(m: Message) -> Record:
-    """A consumed message as a :class:`Record` (the consumer has no deserializers: bytes)."""
-    raw: Any = m.headers()
-    headers = tuple((k, v if isinstance(v, bytes) else b"") for k, v in raw) if raw else ()
-    ts: int = m.timestamp()[1]
-    message: Any = m  # topic, partition and offset are set on consumed messages
-    return Record(message.topic(), message.partition(), message.offset(), message.key(),
-                  message.value() or b"", headers, ts if ts >= 0 else None)
+def _records(messages: list[Message]) -> tuple[list[Record], dict[TP, int]]:
+    """Consumed messages as :class:`Record` (the consumer has no deserializers: bytes), read
+    field by field over the whole poll; and the last offset read of each partition."""
+    read: Any = Message  # topic, partition and offset are set on consumed messages
+    topics: list[str] = list(map(read.topic, messages))
+    partitions: list[int] = list(map(read.partition, messages))
+    offsets: list[int] = list(map(read.offset, messages))
+    raw: list[Any] = list(map(Message.headers, messages))
+    headers = [tuple((k, v if isinstance(v, bytes) else b"") for k, v in h) if h else ()
+               for h in raw] if any(raw) else repeat(())
+    stamps = [ts if ts >= 0 else None for _, ts in map(Message.timestamp, messages)]
+    values = [v or b"" for v in map(Message.value, messages)]
+    records = list(map(Record, topics, partitions, offsets, map(Message.key, messages),
+                       values, headers, stamps))
+    return records, dict(zip(zip(topics, partitions, strict=True), offsets, strict=True))
 
 
 class _Batch:
@@ -468,15 +475,16 @@ class RdKafkaSink:
             return
         size = len(value) + (len(key) if key else 0)
         if headers:
-            size += sum(len(n) + len(v) for n, v in headers)
+            size += sum(map(len, chain.from_iterable(headers)))
         if size > self._max_message_bytes:
             raise RecordTooLarge(f"a {size}-byte message to {topic} exceeds "
                                  f"{self._max_message_bytes} bytes")
         batch = self._batch
         try:
             if headers:
-                self._producer.produce(topic, value, key, headers=list(headers),
-                                       on_delivery=batch.report, timestamp=stamp)
+                self._producer.produce(topic, value, key, on_delivery=batch.report,
+                                       timestamp=stamp, headers=headers if type(headers) is list
+                                       else list(headers))
             else:
                 self._producer.produce(topic, value, key, on_delivery=batch.report,
                                        timestamp=stamp)
