@@ -12,8 +12,10 @@ one after them sets 1 and counts a reconnect. A member without partitions of a t
 some, while its group state is not steady, re-joins with a fresh consumer after
 ``rejoin_after_s``; when that did not help twice, ``/healthz`` fails.
 
-:class:`RdKafkaSink` produces with ``acks=all`` and idempotence; every delivery report of a batch
-is checked before :meth:`RdKafkaSink.flush` returns. A full local queue (``BufferError``) is
+:class:`RdKafkaSink` produces with ``acks=all`` and idempotence; :meth:`RdKafkaSink.flush`
+returns once every send since the last flush is acknowledged, and raises if one failed (the
+producers report failed deliveries only, per batch: no Python call per acknowledged message).
+A full local queue (``BufferError``) is
 back-pressure: it serves delivery reports and retries. Dead letters go through a second,
 non-idempotent producer whose ``message.max.bytes`` fits any message read; one the broker still
 refuses is sent again without its value (header ``streamem.value_dropped``) and counted.
@@ -386,19 +388,18 @@ def _records(messages: list[Message]) -> tuple[list[Record], dict[TP, int]]:
 
 
 class _Batch:
-    """The delivery reports of the sends since one flush: a report arriving after its batch's
-    flush gave up only touches that batch (already failed)."""
+    """The failed deliveries of the sends since one flush (the producers report failures only):
+    a report arriving after its batch's flush gave up only touches that batch (already
+    failed)."""
 
-    __slots__ = ("pending", "sent", "errors", "refused", "report")
+    __slots__ = ("sent", "errors", "refused", "report")
 
     def __init__(self) -> None:
-        self.pending = 0
         self.sent = 0
         self.errors: list[str] = []
         self.refused: list[tuple[str, bytes | None, int, Headers]] = []
 
         def report(err: KafkaError | None, msg: Message) -> None:
-            self.pending -= 1
             if err is not None:
                 self.errors.append(err.str())
 
@@ -409,7 +410,6 @@ class _Batch:
         """A dead letter's report: a broker's refusal for its size is noted, not an error."""
 
         def report(err: KafkaError | None, msg: Message) -> None:
-            self.pending -= 1
             if err is None:
                 return
             if err.code() in _SIZE:
@@ -421,7 +421,7 @@ class _Batch:
 
 
 class RdKafkaSink:
-    """Produces; :meth:`flush` checks every delivery report since the last flush.
+    """Produces; :meth:`flush` waits for every send since the last flush and checks them.
 
     Parameters
     ----------
@@ -443,10 +443,10 @@ class RdKafkaSink:
                  max_message_bytes: int = OUTPUT_MAX_BYTES, enqueue_timeout_s: float = 60.0,
                  events: ClientEvents = NO_EVENTS) -> None:
         self._events = events
-        self._producer = Producer({"logger": log, **conf, "error_cb": self._on_error})
+        fixed = {"error_cb": self._on_error, "delivery.report.only.error": True}
+        self._producer = Producer({"logger": log, **conf, **fixed})
         try:
-            self._dead = Producer({"logger": log, **dead_letter_conf,
-                                   "error_cb": self._on_error})
+            self._dead = Producer({"logger": log, **dead_letter_conf, **fixed})
         except BaseException:
             self._producer.flush(0)
             raise
@@ -498,7 +498,6 @@ class RdKafkaSink:
                 raise RecordTooLarge(err.str()) from exc
             batch.errors.append(str(exc))
             return
-        batch.pending += 1
         batch.sent += 1
 
     def _send_dead_letter(self, topic: str, key: bytes | None, value: bytes,
@@ -530,7 +529,6 @@ class RdKafkaSink:
                     return
                 producer.poll(0.05)
                 continue
-            self._batch.pending += 1
             self._batch.sent += 1
             return
 
@@ -547,23 +545,24 @@ class RdKafkaSink:
     def flush(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         batch = self._batch
-        self._flush_both(deadline)
+        waiting = self._flush_both(deadline)
         if batch.refused:  # the broker refused them: send them again without their values
             refused, batch.refused = batch.refused, []
             for topic, key, size, headers in refused:
                 self._send_without_value(topic, key, size, headers)
-            self._flush_both(deadline)
+            waiting = self._flush_both(deadline)
         self._batch = _Batch()
         errors = list(batch.errors)
-        if batch.pending > 0:
-            errors.append(f"{batch.pending} not acknowledged in time")
+        if waiting > 0:
+            errors.append(f"{waiting} not acknowledged in time")
         if errors:
             raise TransportError(f"{len(errors)} of {batch.sent} sends failed; "
                                  f"first: {errors[0]}")
 
-    def _flush_both(self, deadline: float) -> None:
-        for producer in (self._producer, self._dead):
-            producer.flush(max(deadline - time.monotonic(), 0.0))
+    def _flush_both(self, deadline: float) -> int:
+        """Wait for both producers' queues to empty; the messages still waiting then."""
+        return sum(producer.flush(max(deadline - time.monotonic(), 0.0))
+                   for producer in (self._producer, self._dead))
 
     def close(self) -> None:
         for producer in (self._producer, self._dead):
