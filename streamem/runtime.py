@@ -42,6 +42,8 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -70,6 +72,7 @@ if TYPE_CHECKING:
     from streamem.model import OnlineGMM
 
 TP = tuple[str, int]
+_KEY, _HEADERS, _TIMESTAMP = attrgetter("key"), attrgetter("headers"), attrgetter("timestamp_ms")
 
 
 @dataclass
@@ -383,14 +386,16 @@ class Runtime:
         if anomalous or None in values or any([p.rejected for p in batch.points]):
             self._publish_each(batch, values, own, anomalous)
         else:  # the common batch: one output message each, nothing else to send or refuse
-            send, topic, merged = self.sink.send, k.output_topic, out_headers.merged
-            for rec, value in zip(batch.answered, cast(list[bytes], values), strict=True):
-                ts = rec.timestamp_ms
-                try:
-                    send(topic, rec.key, value, merged(rec.headers, own) if rec.headers else own,
-                         ts if ts is not None and ts >= 0 else None)
-                except RecordTooLarge as exc:
-                    batch.dead.append(_Dead(rec, "too_large", str(exc)))
+            answered = batch.answered
+            incoming = list(map(_HEADERS, answered))
+            headers = [out_headers.merged(h, own) for h in incoming] if any(incoming) \
+                else repeat(own, len(answered))
+            stamps = [ts if ts is not None and ts >= 0 else None  # as _event_time
+                      for ts in map(_TIMESTAMP, answered)]
+            messages = zip(map(_KEY, answered), cast(list[bytes], values), headers, stamps,
+                           strict=True)
+            for i, detail in self.sink.send_many(k.output_topic, messages):
+                batch.dead.append(_Dead(answered[i], "too_large", detail))
         for dead in batch.dead:
             self._send_dead_letter(dead)
 

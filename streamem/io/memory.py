@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from itertools import islice
 
 from streamem.errors import TransportError
-from streamem.io.base import Headers, Record, TopicPartition
+from streamem.io.base import Headers, Record, TopicPartition, send_each
+from streamem.io.base import Message as OutMessage
 
 Message = tuple[str, "bytes | None", bytes, Headers]
 
@@ -85,6 +86,9 @@ class MemorySink:
     def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = (),
              timestamp_ms: int | None = None) -> None:
         self.pending.append(((topic, key, value, tuple(headers)), timestamp_ms))
+
+    def send_many(self, topic: str, messages: Iterable[OutMessage]) -> list[tuple[int, str]]:
+        return send_each(self, topic, messages)
 
     def flush(self, timeout_s: float) -> None:
         if self.fail_flushes > 0:

@@ -30,7 +30,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from itertools import chain, repeat
 from typing import Any, TypeVar
 
@@ -58,6 +58,7 @@ from streamem.io.base import (
     RecordTooLarge,
     RejoinGuard,
 )
+from streamem.io.base import Message as OutMessage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -469,36 +470,47 @@ class RdKafkaSink:
 
     def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = (),
              timestamp_ms: int | None = None) -> None:
-        stamp = timestamp_ms or 0  # librdkafka: 0 stamps the send time
+        too_large = self.send_many(topic, [(key, value, headers, timestamp_ms)])
+        if too_large:
+            raise RecordTooLarge(too_large[0][1])
+
+    def send_many(self, topic: str, messages: Iterable[OutMessage]) -> list[tuple[int, str]]:
+        """Queue the messages, one ``produce`` each with nothing else per message: a header
+        list shared by consecutive messages (the runtime's) is sized once."""
         if topic in self._value_drop_topics:
-            self._send_dead_letter(topic, key, value, headers, stamp)
-            return
-        size = len(value) + (len(key) if key else 0)
-        if headers:
-            size += sum(map(len, chain.from_iterable(headers)))
-        if size > self._max_message_bytes:
-            raise RecordTooLarge(f"a {size}-byte message to {topic} exceeds "
-                                 f"{self._max_message_bytes} bytes")
-        batch = self._batch
-        try:
-            if headers:
-                self._producer.produce(topic, value, key, on_delivery=batch.report,
-                                       timestamp=stamp, headers=headers if type(headers) is list
-                                       else list(headers))
-            else:
-                self._producer.produce(topic, value, key, on_delivery=batch.report,
-                                       timestamp=stamp)
-        except BufferError:
-            self._produce_when_room(self._producer, topic, key, value, headers, batch.report,
-                                    stamp)
-            return
-        except KafkaException as exc:
-            err = exc.args[0]
-            if isinstance(err, KafkaError) and err.code() in _SIZE:
-                raise RecordTooLarge(err.str()) from exc
-            batch.errors.append(str(exc))
-            return
-        batch.sent += 1
+            for key, value, headers, timestamp_ms in messages:
+                self._send_dead_letter(topic, key, value, headers, timestamp_ms or 0)
+            return []
+        batch, limit, produce = self._batch, self._max_message_bytes, self._producer.produce
+        report = batch.report
+        too_large: list[tuple[int, str]] = []
+        sized: tuple[Headers | None, int] = (None, 0)
+        sent = 0
+        for i, (key, value, headers, timestamp_ms) in enumerate(messages):
+            if headers is not sized[0]:
+                sized = (headers, sum(map(len, chain.from_iterable(headers))))
+            size = len(value) + (len(key) if key else 0) + sized[1]
+            if size > limit:
+                too_large.append((i, f"a {size}-byte message to {topic} exceeds {limit} bytes"))
+                continue
+            listed = headers if type(headers) is list else list(headers) if headers else None
+            stamp = timestamp_ms or 0  # librdkafka: 0 stamps the send time
+            try:
+                produce(topic, value, key, on_delivery=report, timestamp=stamp, headers=listed)
+            except BufferError:
+                self._produce_when_room(self._producer, topic, key, value, headers, report,
+                                        stamp)
+                continue
+            except KafkaException as exc:
+                err = exc.args[0]
+                if isinstance(err, KafkaError) and err.code() in _SIZE:
+                    too_large.append((i, err.str()))
+                else:
+                    batch.errors.append(str(exc))
+                continue
+            sent += 1
+        batch.sent += sent
+        return too_large
 
     def _send_dead_letter(self, topic: str, key: bytes | None, value: bytes,
                           headers: Headers, timestamp_ms: int = 0) -> None:
