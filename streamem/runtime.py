@@ -42,7 +42,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import compress, repeat
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, cast
 
@@ -73,6 +73,7 @@ if TYPE_CHECKING:
 
 TP = tuple[str, int]
 _KEY, _HEADERS, _TIMESTAMP = attrgetter("key"), attrgetter("headers"), attrgetter("timestamp_ms")
+_PARTITION, _SOURCE = attrgetter("topic", "partition"), attrgetter("topic", "partition", "offset")
 
 
 @dataclass
@@ -233,7 +234,9 @@ class Runtime:
         has_parameters = self.share is None or self.share.has_parameters
         self.metrics.set_ready(bool(assigned) and has_parameters and not self._txn_failing)
         self.metrics.set_consumer_lag(self.source.lags())
-        records = [r for r in records if (r.topic, r.partition) in assigned]
+        ours = list(map(assigned.__contains__, map(_PARTITION, records)))
+        if not all(ours):
+            records = list(compress(records, ours))
         if not records:
             self._txn_commit()
             self._maybe_checkpoint()
@@ -360,7 +363,7 @@ class Runtime:
         if not batch.points or result is None:
             return []
         fmt, top_k, version = self.cfg.output.format, self.cfg.output.top_k, result.model_version
-        sources = [(r.topic, r.partition, r.offset) for r in batch.answered]
+        sources = list(map(_SOURCE, batch.answered))
         try:
             return list(formats.encode_results(batch.points, result, fmt=fmt, top_k=top_k,
                                              model_version=version, sources=sources))
