@@ -351,7 +351,7 @@ def _produce_steadily(bootstrap: str, topic: str, ppm: int, n_messages: int,
                       messages_per_s: float, d: int, k: int) -> None:
     """Send ``n_messages`` at ``messages_per_s`` (in a child process: no GIL shared)."""
     values = list(_values(n_messages * ppm, ppm, d, k, seed=2))
-    send, close = _producer(bootstrap, topic, linger_ms=0)
+    send, close = _producer(bootstrap, topic, linger_ms=5)  # as a producer of volume would
     start = time.perf_counter()
     for i, value in enumerate(values):
         delay = start + i / messages_per_s - time.perf_counter()
