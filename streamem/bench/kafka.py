@@ -20,7 +20,9 @@ Two phases per row and side:
 * **latency**: a separate process produces a fresh topic at a steady rate (half the daemon's
   throughput, the same for both sides) while the side reads it; end-to-end latency is per
   point, from the record's Kafka timestamp (stamped by the producer at send) to the
-  acknowledgement of its output.
+  acknowledgement of its output. The feeder is librdkafka's producer when the ``rdkafka``
+  extra is installed (kafka-python's could not keep up with the faster rows' rates, and its
+  backlog would count as latency).
 
 Without a broker at ``--bootstrap-servers`` the bench starts one with
 ``deploy/kafka/kafka-local.sh`` (:class:`~streamem.io.kafka_admin.LocalBroker`: free port,
@@ -55,6 +57,7 @@ from streamem.io import kafka_admin
 from streamem.io.base import Headers, Record
 from streamem.io.kafka import KafkaSink, KafkaSource, TransactionalKafkaSink
 from streamem.metrics import BatchReport, Metrics
+from streamem.runtime import freeze_heap
 from streamem.synthetic import Mixture
 
 MAX_SECONDS = 15.0  #: longest throughput measurement of one side
@@ -245,6 +248,7 @@ def _best(best: Side, measure: Any) -> Side:
 def _measure_throughput(make: Any, side: Side, n_points: int) -> None:
     """Run a side over the backlog: points/s from its first batch's end to n_points (or time)."""
     loop = make(side, e2e=False)
+    freeze_heap()  # as ``streamem run`` does once started; the same for both sides
     thread = threading.Thread(target=loop.run, name="bench-loop")
     thread.start()
     deadline = time.monotonic() + TIMEOUT_S
@@ -266,6 +270,7 @@ def _measure_latency(make: Any, side: Side, bootstrap: str, topic: str, row: Row
                      rate_points_s: float, d: int, k: int) -> None:
     """Run a side on a fresh topic fed at a steady rate; record end-to-end latencies."""
     loop = make(side, e2e=True)
+    freeze_heap()
     thread = threading.Thread(target=loop.run, name="bench-loop")
     thread.start()
     try:
@@ -303,14 +308,42 @@ def _values(n_points: int, ppm: int, d: int, k: int, seed: int) -> Iterator[byte
         yield codec.encode(chunk, range(s, s + len(chunk)), None, ppm > 1)
 
 
+def _producer(bootstrap: str, topic: str, linger_ms: int) -> tuple[Any, Any]:
+    """``(send, close)`` of the producer that feeds a topic: librdkafka's when installed (it
+    keeps up with every rate measured here, so latencies are the side's, not the feeder's
+    backlog), else kafka-python's. Records are stamped at ``send``."""
+    try:
+        from confluent_kafka import Producer
+    except ImportError:
+        producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms,
+                                 batch_size=1 << 20)
+        return (lambda value: producer.send(topic, value)), (lambda: (producer.flush(),
+                                                                      producer.close()))
+    rd = Producer({"bootstrap.servers": bootstrap, "linger.ms": linger_ms})
+
+    def send(value: bytes) -> None:
+        while True:
+            try:
+                rd.produce(topic, value)
+                break
+            except BufferError:  # the local queue is full: let it drain
+                rd.poll(0.01)
+        rd.poll(0)
+
+    def close() -> None:
+        if rd.flush(TIMEOUT_S):
+            raise RuntimeError(f"the feeder could not deliver every message to {topic}")
+
+    return send, close
+
+
 def produce(bootstrap: str, topic: str, n_points: int, ppm: int, d: int, k: int) -> int:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=1 << 20)
+    send, close = _producer(bootstrap, topic, linger_ms=20)
     n = 0
     for value in _values(n_points, ppm, d, k, seed=1):
-        producer.send(topic, value)
+        send(value)
         n += 1
-    producer.flush()
-    producer.close()
+    close()
     return n
 
 
@@ -318,15 +351,14 @@ def _produce_steadily(bootstrap: str, topic: str, ppm: int, n_messages: int,
                       messages_per_s: float, d: int, k: int) -> None:
     """Send ``n_messages`` at ``messages_per_s`` (in a child process: no GIL shared)."""
     values = list(_values(n_messages * ppm, ppm, d, k, seed=2))
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+    send, close = _producer(bootstrap, topic, linger_ms=5)  # as a producer of volume would
     start = time.perf_counter()
     for i, value in enumerate(values):
         delay = start + i / messages_per_s - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
-        producer.send(topic, value)
-    producer.flush()
-    producer.close()
+        send(value)
+    close()
 
 
 # --- one run --------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ def main(args: argparse.Namespace) -> int:
     from streamem.errors import CheckpointError, ConfigError
     from streamem.logs import configure_logging
     from streamem.metrics import Metrics
-    from streamem.runtime import stop_on_signals
+    from streamem.runtime import freeze_heap, stop_on_signals
 
     try:
         cfg = load_config(args.config, args.set)
@@ -82,6 +82,7 @@ def main(args: argparse.Namespace) -> int:
                 return 0
             runtime = assemble.runtime(cfg, source, sink, metrics, model=model, stores=stores,
                                        resume=resume, log=log, stop=stop)
+            freeze_heap()
             return runtime.run()
     except Exception:
         log.exception("runtime_failed")

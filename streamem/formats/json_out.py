@@ -56,8 +56,8 @@ class _JsonColumns:
                      for p in _top_k(result.responsibilities[rows], top_k)]
         return cls(result.labels[rows].tolist(), _json_numbers(result.probabilities[rows]),
                    _json_numbers(finite_log_likelihood(result.log_likelihood[rows])),
-                   [_BOOL[a] for a in result.anomaly[rows].tolist()],
-                   [_BOOL[w] for w in result.warmup[rows].tolist()], pairs)
+                   list(map(_BOOL.__getitem__, result.anomaly[rows].tolist())),
+                   list(map(_BOOL.__getitem__, result.warmup[rows].tolist())), pairs)
 
     def message(self, points: Points, start: int, version: int, topic_json: str,
                 partition: int, offset: int) -> bytes:
@@ -70,6 +70,23 @@ class _JsonColumns:
         return ("[" + ",".join([self.record(start + i, ident, at, version, topic_json,
                                             partition, offset) for i, (ident, at) in pairs])
                 + "]").encode()
+
+    def singles(self, messages: Sequence[Points], version: int,
+                sources: Sequence[tuple[str, int, int]]) -> list[bytes]:
+        """The record objects of single-point messages, message i being row i: one string
+        format per message, the model version written into the format once."""
+        record = _RECORD.replace("%d,\"topic\"", f"{int(version)},\"topic\"").replace(
+            "\"index\":%d", "\"index\":0")
+        record += "}" if self.top_k is None else ',"top_k":%s}'
+        names = {topic: json.dumps(topic) for topic in {topic for topic, _, _ in sources}}
+        ids = [points.ids[0] for points in messages]
+        ids = list(map(str if set(map(type, ids)) == {int} else _json_id, ids))
+        columns = [ids, self.labels, self.probs, self.loglik, self.anomaly, self.warmup,
+                   [names[topic] for topic, _, _ in sources],
+                   [partition for _, partition, _ in sources], [offset for _, _, offset in sources]]
+        if self.top_k is not None:
+            columns.append(self.top_k)
+        return [(record % row).encode() for row in zip(*columns, strict=True)]
 
     def record(self, r: int, ident: Any, index: int, version: int, topic_json: str,
                partition: int, offset: int) -> str:
@@ -90,7 +107,7 @@ def _json_numbers(values: npt.NDArray[Any]) -> list[str]:
     """Values (m,) rounded to 6 decimals as JSON numbers, ``null`` where not finite."""
     rounded = np.round(np.asarray(values, dtype=np.float64), 6).tolist()
     if np.isfinite(values).all():
-        return [repr(v) for v in rounded]
+        return list(map(repr, rounded))
     return [repr(v) if np.isfinite(v) else "null" for v in rounded]
 
 
@@ -106,6 +123,8 @@ def _encode(messages: Sequence[Points], result: Any, top_k: int, version: int,
     """One JSON message per input message; the columns are converted once for the batch, so
     a message costs a string format, not numpy calls."""
     cols = _JsonColumns.of(result, slice(None), top_k)
+    if not any([points.multi for points in messages]):
+        return cols.singles(messages, version, sources)
     out, start = [], 0
     topics: dict[str, str] = {}
     for points, (topic, partition, offset) in zip(messages, sources, strict=True):

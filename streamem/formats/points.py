@@ -13,8 +13,9 @@ good point raises.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from itertools import repeat
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -49,9 +50,9 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
-@dataclass(frozen=True)
-class Points:
-    """The points of one message.
+class Points(NamedTuple):
+    """The points of one message (immutable; a tuple, so that a poll batch of single-point
+    messages makes its thousands of them cheaply).
 
     X : (n, d) float64, all finite.
     ids : n ids as the message gave them (str or int), None where it gave none.
@@ -62,14 +63,16 @@ class Points:
         in order (positions 0..n-1).
     rejected : the message's bad points, ``(position, reason, detail)`` in position order
         (only a multi-point message has some: a single bad point makes its message fail).
+
+    ``len(points)`` is the number of points (n), not the number of fields.
     """
 
     X: FloatArray
     ids: list[Any]
     ts_ms: FloatArray | None
     multi: bool
-    index: npt.NDArray[np.intp] | None = None
-    rejected: list[tuple[int, str, str]] = field(default_factory=list)
+    index: npt.NDArray[np.intp] | None = None  # type: ignore[assignment]  # (tuple.index)
+    rejected: Sequence[tuple[int, str, str]] = ()
 
     def keep(self, good: npt.NDArray[np.bool_], reasons: Sequence[tuple[str, str]]) -> Points:
         """These points with only the ``good`` rows (n,) kept; the others join ``rejected``.
@@ -79,18 +82,40 @@ class Points:
         position = self.positions()
         rows = np.flatnonzero(good)
         dropped = position[~good].tolist()
-        rejected = sorted(self.rejected + [(p, r, d) for p, (r, d) in
-                                           zip(dropped, reasons, strict=True)])
+        rejected = sorted([*self.rejected, *((p, r, d) for p, (r, d) in
+                                             zip(dropped, reasons, strict=True))])
         ts = None if self.ts_ms is None else self.ts_ms[rows]
         return Points(self.X[rows], [self.ids[r] for r in rows.tolist()], ts, self.multi,
                       position[rows], rejected)
+
+    @classmethod
+    def singles(cls, X: FloatArray, ids: list[Any], ts_ms: FloatArray | None) -> list[Points]:
+        """The points of m single-point messages: row i of X (m, d) with ``ids[i]`` and event
+        time ``ts_ms[i]`` (NaN or None: none). Built by C loops, not a Python call each (a
+        poll batch makes thousands); each X is a (1, d) view of ``X``.
+        """
+        m = len(X)
+        times: Any = repeat(None, m)
+        if ts_ms is not None:
+            times = list(ts_ms[:, None])
+            for i in np.flatnonzero(np.isnan(ts_ms)).tolist():
+                times[i] = None
+        fields = zip(X[:, None, :], [[ident] for ident in ids], times, repeat(False, m),
+                     repeat(None, m), repeat((), m), strict=True)
+        return list(map(tuple.__new__, repeat(cls, m), fields))  # type: ignore[arg-type]
 
     def positions(self) -> npt.NDArray[np.intp]:
         """(n,) each row's position in the message."""
         return np.arange(len(self)) if self.index is None else self.index
 
-    def __len__(self) -> int:
+    def __len__(self) -> int:  # type: ignore[override]
         return int(self.X.shape[0])
+
+
+def sizes(messages: Sequence[Points]) -> list[int]:
+    """The number of points of each message (``ids`` has one entry per point: a C-level
+    ``len`` each, for the thousands of single-point messages of a poll batch)."""
+    return [len(points.ids) for points in messages]
 
 
 #: Decodes one value (non-empty, within ``max_bytes``) before the shared checks of
@@ -199,7 +224,7 @@ class OutputFormat:
         model_version : the version of the model that answered.
         sources : per message, the input ``(topic, partition, offset)``.
         """
-        n_rows = sum(len(p) for p in messages)
+        n_rows = sum(sizes(messages))
         if n_rows != len(result.labels):
             raise ValueError(f"the messages hold {n_rows} points, the result "
                              f"{len(result.labels)}")

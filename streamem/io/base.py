@@ -12,9 +12,8 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol, TypeVar, runtime_checkable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import NamedTuple, Protocol, TypeVar, runtime_checkable
 
 from streamem.errors import StreamemError, TransportError
 
@@ -22,6 +21,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 TopicPartition = tuple[str, int]
 Headers = Sequence[tuple[str, bytes]]
+Message = tuple["bytes | None", bytes, Headers, "int | None"]
+"""An outgoing message of :meth:`Sink.send_many`: key, value, headers, timestamp (epoch ms)."""
 VALUE_DROPPED_HEADER = "streamem.value_dropped"
 """On a dead letter whose value was too large to send: the original value's size in bytes."""
 
@@ -119,12 +120,11 @@ class Backoff:
         self._delay = self.initial_s
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
     """One consumed message; ``offset`` is its position within ``(topic, partition)``.
 
     ``too_large``: the size of a message the source would not hold (its ``value`` is then
-    empty); the runtime dead-letters it as ``too_large``.
+    empty); the runtime dead-letters it as ``too_large``. A tuple: a poll makes thousands.
     """
 
     topic: str
@@ -132,7 +132,7 @@ class Record:
     offset: int
     key: bytes | None
     value: bytes
-    headers: Headers = field(default_factory=tuple)
+    headers: Headers = ()
     timestamp_ms: int | None = None
     too_large: int = 0
 
@@ -185,6 +185,12 @@ class Sink(Protocol):
         """
         ...
 
+    def send_many(self, topic: str, messages: Iterable[Message]) -> list[tuple[int, str]]:
+        """:meth:`send` each ``(key, value, headers, timestamp_ms)`` of ``messages`` to
+        ``topic`` (a poll batch's outputs); the position and error of each one too large to
+        send (:class:`RecordTooLarge`), the others queued. :func:`send_each` does it."""
+        ...
+
     def flush(self, timeout_s: float) -> None:
         """Wait for every send since the last flush.
 
@@ -193,6 +199,17 @@ class Sink(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def send_each(sink: Sink, topic: str, messages: Iterable[Message]) -> list[tuple[int, str]]:
+    """:meth:`Sink.send_many` by one :meth:`Sink.send` each (sinks with no faster way)."""
+    too_large = []
+    for i, (key, value, headers, timestamp_ms) in enumerate(messages):
+        try:
+            sink.send(topic, key, value, headers, timestamp_ms)
+        except RecordTooLarge as exc:
+            too_large.append((i, str(exc)))
+    return too_large
 
 
 @runtime_checkable

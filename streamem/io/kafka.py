@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
@@ -51,9 +51,11 @@ from streamem.io.base import (
     ClientEvents,
     CommitFailed,
     Headers,
+    Message,
     Record,
     RecordTooLarge,
     RejoinGuard,
+    send_each,
 )
 
 log = logging.getLogger(__name__)
@@ -392,6 +394,9 @@ class KafkaSink:
         self._futures.append(future)
         if droppable:
             self._droppable.append((future, topic, key, len(value), headers))
+
+    def send_many(self, topic: str, messages: Iterable[Message]) -> list[tuple[int, str]]:
+        return send_each(self, topic, messages)
 
     def _send_without_value(self, topic: str, key: bytes | None, size: int,
                             headers: Headers) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from itertools import islice
 
 from streamem.errors import TransportError
-from streamem.io.base import Headers, Record, TopicPartition
+from streamem.io.base import Headers, Record, TopicPartition, send_each
+from streamem.io.base import Message as OutMessage
 
 Message = tuple[str, "bytes | None", bytes, Headers]
 
@@ -40,7 +41,7 @@ class MemorySource:
     def poll(self, timeout_s: float) -> list[Record]:
         batch, self._replay = self._replay[: self._batch_size], self._replay[self._batch_size:]
         for value in islice(self._values, self._batch_size - len(batch)):
-            batch.append(replace(value, topic=self._topic, partition=0, offset=self._next)
+            batch.append(value._replace(topic=self._topic, partition=0, offset=self._next)
                          if isinstance(value, Record) else
                          Record(self._topic, 0, self._next, None, value))
             self._next += 1
@@ -85,6 +86,9 @@ class MemorySink:
     def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = (),
              timestamp_ms: int | None = None) -> None:
         self.pending.append(((topic, key, value, tuple(headers)), timestamp_ms))
+
+    def send_many(self, topic: str, messages: Iterable[OutMessage]) -> list[tuple[int, str]]:
+        return send_each(self, topic, messages)
 
     def flush(self, timeout_s: float) -> None:
         if self.fail_flushes > 0:

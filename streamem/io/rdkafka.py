@@ -12,8 +12,10 @@ one after them sets 1 and counts a reconnect. A member without partitions of a t
 some, while its group state is not steady, re-joins with a fresh consumer after
 ``rejoin_after_s``; when that did not help twice, ``/healthz`` fails.
 
-:class:`RdKafkaSink` produces with ``acks=all`` and idempotence; every delivery report of a batch
-is checked before :meth:`RdKafkaSink.flush` returns. A full local queue (``BufferError``) is
+:class:`RdKafkaSink` produces with ``acks=all`` and idempotence; :meth:`RdKafkaSink.flush`
+returns once every send since the last flush is acknowledged, and raises if one failed (the
+producers report failed deliveries only, per batch: no Python call per acknowledged message).
+A full local queue (``BufferError``) is
 back-pressure: it serves delivery reports and retries. Dead letters go through a second,
 non-idempotent producer whose ``message.max.bytes`` fits any message read; one the broker still
 refuses is sent again without its value (header ``streamem.value_dropped``) and counted.
@@ -28,8 +30,9 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from itertools import chain, repeat
 from typing import Any, TypeVar
 
 from confluent_kafka import (
@@ -56,6 +59,7 @@ from streamem.io.base import (
     RecordTooLarge,
     RejoinGuard,
 )
+from streamem.io.base import Message as OutMessage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -230,19 +234,18 @@ class RdKafkaSource:
                 if not more:
                     break
                 messages += more
-                size += sum(len(m.value() or b"") for m in more)
+                size += sum(map(len, filter(None, map(Message.value, more))))
         except KafkaException as exc:
             raise TransportError(f"poll failed: {exc}") from exc
         except RuntimeError as exc:  # the consumer was closed
             raise TransportError(f"poll failed: {exc}") from exc
-        records: list[Record] = []
-        for m in messages:
-            err = m.error()
-            if err is not None:
+        errors = list(map(Message.error, messages))
+        if any(errors):
+            for err in filter(None, errors):
                 self._message_error(err)
-                continue
-            records.append(_record(m))
-        self._next.update({(r.topic, r.partition): r.offset + 1 for r in records})
+            messages = [m for m, err in zip(messages, errors, strict=True) if err is None]
+        records, last = _records(messages)
+        self._next.update({tp: offset + 1 for tp, offset in last.items()})
         return records
 
     def _message_error(self, err: KafkaError) -> None:
@@ -389,30 +392,36 @@ def _has_partitions(stats: Mapping[str, Any], topics: list[str]) -> bool:
     return any(int(p) >= 0 for t in topics for p in (known.get(t) or {}).get("partitions", {}))
 
 
-def _record(m: Message) -> Record:
-    """A consumed message as a :class:`Record` (the consumer has no deserializers: bytes)."""
-    raw: Any = m.headers()
-    headers = tuple((k, v if isinstance(v, bytes) else b"") for k, v in raw) if raw else ()
-    ts: int = m.timestamp()[1]
-    message: Any = m  # topic, partition and offset are set on consumed messages
-    return Record(message.topic(), message.partition(), message.offset(), message.key(),
-                  message.value() or b"", headers, ts if ts >= 0 else None)
+def _records(messages: list[Message]) -> tuple[list[Record], dict[TP, int]]:
+    """Consumed messages as :class:`Record` (the consumer has no deserializers: bytes), read
+    field by field over the whole poll; and the last offset read of each partition."""
+    read: Any = Message  # topic, partition and offset are set on consumed messages
+    topics: list[str] = list(map(read.topic, messages))
+    partitions: list[int] = list(map(read.partition, messages))
+    offsets: list[int] = list(map(read.offset, messages))
+    raw: list[Any] = list(map(Message.headers, messages))
+    headers = [tuple((k, v if isinstance(v, bytes) else b"") for k, v in h) if h else ()
+               for h in raw] if any(raw) else repeat(())
+    stamps = [ts if ts >= 0 else None for _, ts in map(Message.timestamp, messages)]
+    values = [v or b"" for v in map(Message.value, messages)]
+    records = list(map(Record, topics, partitions, offsets, map(Message.key, messages),
+                       values, headers, stamps))
+    return records, dict(zip(zip(topics, partitions, strict=True), offsets, strict=True))
 
 
 class _Batch:
-    """The delivery reports of the sends since one flush: a report arriving after its batch's
-    flush gave up only touches that batch (already failed)."""
+    """The failed deliveries of the sends since one flush (the producers report failures only):
+    a report arriving after its batch's flush gave up only touches that batch (already
+    failed)."""
 
-    __slots__ = ("pending", "sent", "errors", "refused", "report")
+    __slots__ = ("sent", "errors", "refused", "report")
 
     def __init__(self) -> None:
-        self.pending = 0
         self.sent = 0
         self.errors: list[str] = []
         self.refused: list[tuple[str, bytes | None, int, Headers]] = []
 
         def report(err: KafkaError | None, msg: Message) -> None:
-            self.pending -= 1
             if err is not None:
                 self.errors.append(err.str())
 
@@ -423,7 +432,6 @@ class _Batch:
         """A dead letter's report: a broker's refusal for its size is noted, not an error."""
 
         def report(err: KafkaError | None, msg: Message) -> None:
-            self.pending -= 1
             if err is None:
                 return
             if err.code() in _SIZE:
@@ -435,7 +443,7 @@ class _Batch:
 
 
 class RdKafkaSink:
-    """Produces; :meth:`flush` checks every delivery report since the last flush.
+    """Produces; :meth:`flush` waits for every send since the last flush and checks them.
 
     Parameters
     ----------
@@ -457,10 +465,10 @@ class RdKafkaSink:
                  max_message_bytes: int = OUTPUT_MAX_BYTES, enqueue_timeout_s: float = 60.0,
                  events: ClientEvents = NO_EVENTS) -> None:
         self._events = events
-        self._producer = Producer({"logger": log, **conf, "error_cb": self._on_error})
+        fixed = {"error_cb": self._on_error, "delivery.report.only.error": True}
+        self._producer = Producer({"logger": log, **conf, **fixed})
         try:
-            self._dead = Producer({"logger": log, **dead_letter_conf,
-                                   "error_cb": self._on_error})
+            self._dead = Producer({"logger": log, **dead_letter_conf, **fixed})
         except BaseException:
             self._producer.flush(0)
             raise
@@ -483,36 +491,47 @@ class RdKafkaSink:
 
     def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = (),
              timestamp_ms: int | None = None) -> None:
-        stamp = timestamp_ms or 0  # librdkafka: 0 stamps the send time
+        too_large = self.send_many(topic, [(key, value, headers, timestamp_ms)])
+        if too_large:
+            raise RecordTooLarge(too_large[0][1])
+
+    def send_many(self, topic: str, messages: Iterable[OutMessage]) -> list[tuple[int, str]]:
+        """Queue the messages, one ``produce`` each with nothing else per message: a header
+        list shared by consecutive messages (the runtime's) is sized once."""
         if topic in self._value_drop_topics:
-            self._send_dead_letter(topic, key, value, headers, stamp)
-            return
-        size = len(value) + (len(key) if key else 0)
-        if headers:
-            size += sum(len(n) + len(v) for n, v in headers)
-        if size > self._max_message_bytes:
-            raise RecordTooLarge(f"a {size}-byte message to {topic} exceeds "
-                                 f"{self._max_message_bytes} bytes")
-        batch = self._batch
-        try:
-            if headers:
-                self._producer.produce(topic, value, key, headers=list(headers),
-                                       on_delivery=batch.report, timestamp=stamp)
-            else:
-                self._producer.produce(topic, value, key, on_delivery=batch.report,
-                                       timestamp=stamp)
-        except BufferError:
-            self._produce_when_room(self._producer, topic, key, value, headers, batch.report,
-                                    stamp)
-            return
-        except KafkaException as exc:
-            err = exc.args[0]
-            if isinstance(err, KafkaError) and err.code() in _SIZE:
-                raise RecordTooLarge(err.str()) from exc
-            batch.errors.append(str(exc))
-            return
-        batch.pending += 1
-        batch.sent += 1
+            for key, value, headers, timestamp_ms in messages:
+                self._send_dead_letter(topic, key, value, headers, timestamp_ms or 0)
+            return []
+        batch, limit, produce = self._batch, self._max_message_bytes, self._producer.produce
+        report = batch.report
+        too_large: list[tuple[int, str]] = []
+        sized: tuple[Headers | None, int] = (None, 0)
+        sent = 0
+        for i, (key, value, headers, timestamp_ms) in enumerate(messages):
+            if headers is not sized[0]:
+                sized = (headers, sum(map(len, chain.from_iterable(headers))))
+            size = len(value) + (len(key) if key else 0) + sized[1]
+            if size > limit:
+                too_large.append((i, f"a {size}-byte message to {topic} exceeds {limit} bytes"))
+                continue
+            listed = headers if type(headers) is list else list(headers) if headers else None
+            stamp = timestamp_ms or 0  # librdkafka: 0 stamps the send time
+            try:
+                produce(topic, value, key, on_delivery=report, timestamp=stamp, headers=listed)
+            except BufferError:
+                self._produce_when_room(self._producer, topic, key, value, headers, report,
+                                        stamp)
+                continue
+            except KafkaException as exc:
+                err = exc.args[0]
+                if isinstance(err, KafkaError) and err.code() in _SIZE:
+                    too_large.append((i, err.str()))
+                else:
+                    batch.errors.append(str(exc))
+                continue
+            sent += 1
+        batch.sent += sent
+        return too_large
 
     def _send_dead_letter(self, topic: str, key: bytes | None, value: bytes,
                           headers: Headers, timestamp_ms: int = 0) -> None:
@@ -543,7 +562,6 @@ class RdKafkaSink:
                     return
                 producer.poll(0.05)
                 continue
-            self._batch.pending += 1
             self._batch.sent += 1
             return
 
@@ -560,23 +578,24 @@ class RdKafkaSink:
     def flush(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         batch = self._batch
-        self._flush_both(deadline)
+        waiting = self._flush_both(deadline)
         if batch.refused:  # the broker refused them: send them again without their values
             refused, batch.refused = batch.refused, []
             for topic, key, size, headers in refused:
                 self._send_without_value(topic, key, size, headers)
-            self._flush_both(deadline)
+            waiting = self._flush_both(deadline)
         self._batch = _Batch()
         errors = list(batch.errors)
-        if batch.pending > 0:
-            errors.append(f"{batch.pending} not acknowledged in time")
+        if waiting > 0:
+            errors.append(f"{waiting} not acknowledged in time")
         if errors:
             raise TransportError(f"{len(errors)} of {batch.sent} sends failed; "
                                  f"first: {errors[0]}")
 
-    def _flush_both(self, deadline: float) -> None:
-        for producer in (self._producer, self._dead):
-            producer.flush(max(deadline - time.monotonic(), 0.0))
+    def _flush_both(self, deadline: float) -> int:
+        """Wait for both producers' queues to empty; the messages still waiting then."""
+        return sum(producer.flush(max(deadline - time.monotonic(), 0.0))
+                   for producer in (self._producer, self._dead))
 
     def close(self) -> None:
         for producer in (self._producer, self._dead):

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -36,6 +36,10 @@ from streamem.io.base import (
     ClientEvents,
     Headers,
     RecordTooLarge,
+    send_each,
+)
+from streamem.io.base import (
+    Message as OutMessage,
 )
 from streamem.io.rdkafka import DEAD_LETTER_MAX_BYTES, OUTPUT_MAX_BYTES, GroupMetadata
 
@@ -177,6 +181,9 @@ class TransactionalRdKafkaSink:
             raise RecordTooLarge(f"a {size}-byte message to {topic} exceeds "
                                  f"{self._max_message_bytes} bytes")
         self._produce(topic, key, value, headers, stamp, self._sends.report)
+
+    def send_many(self, topic: str, messages: Iterable[OutMessage]) -> list[tuple[int, str]]:
+        return send_each(self, topic, messages)
 
     def _send_without_value(self, topic: str, key: bytes | None, size: int, headers: Headers,
                             stamp: int) -> None:

@@ -15,11 +15,11 @@ import os
 import select
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import BinaryIO
 
 from streamem.errors import TransportError
-from streamem.io.base import Headers, Record, TopicPartition
+from streamem.io.base import Headers, Message, Record, TopicPartition, send_each
 
 MAX_LINE_BYTES = 16 * 1024 * 1024  #: default longest input line (16 MiB)
 READ_BYTES = 1 << 16
@@ -170,6 +170,9 @@ class StdoutSink:
                 self._err.write(_side_line(topic, key, value, headers))
         except (BrokenPipeError, ValueError) as exc:
             raise TransportError(f"cannot write to the output stream: {exc}") from exc
+
+    def send_many(self, topic: str, messages: Iterable[Message]) -> list[tuple[int, str]]:
+        return send_each(self, topic, messages)
 
     def flush(self, timeout_s: float) -> None:
         try:

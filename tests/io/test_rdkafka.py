@@ -366,3 +366,26 @@ def test_health_checks_read_the_statistics_down_up_and_rejoin() -> None:
         assert events.counts["rejoin"] == 1
     finally:
         source.close()
+
+
+@pytest.mark.kafka
+def test_send_many_queues_a_batch_and_names_the_messages_too_large(kafka_bootstrap) -> None:
+    topic = create_topic(kafka_bootstrap, "rdk-many")
+    sink = confluent.create_sink(config(kafka_bootstrap, topic), Events())
+    shared = [("streamem.model_version", b"7")]
+    messages = [(str(i).encode(), b"v%d" % i, shared if i % 2 else [("h", b"%d" % i)],
+                 1_700_000_000_000 + i) for i in range(300)]
+    messages[10] = (b"10", b"x" * 2_000_000, shared, None)
+    messages[11] = (b"11", b"y", [("big", b"z" * 2_000_000)], None)  # its headers make it large
+    try:
+        too_large = sink.send_many(topic, iter(messages))
+        sink.flush(WAIT_S)
+    finally:
+        sink.close()
+    assert [i for i, _ in too_large] == [10, 11]
+    assert "2000025-byte message" in too_large[0][1]  # value, key and shared headers
+    records = {r.key: r for r in consume_all(kafka_bootstrap, topic, 298)}
+    assert sorted(records) == sorted(key for key, *_ in messages if key not in (b"10", b"11"))
+    for key, value, headers, stamp in messages[12:]:
+        r = records[key]
+        assert (r.value, r.headers, r.timestamp) == (value, [(n, v) for n, v in headers], stamp)

@@ -18,7 +18,7 @@ from streamem.clients import confluent  # noqa: E402
 from streamem.config import load_config  # noqa: E402
 from streamem.errors import ConfigError, TransportError  # noqa: E402
 from streamem.io import rdkafka  # noqa: E402
-from streamem.io.base import VALUE_DROPPED_HEADER, Backoff  # noqa: E402
+from streamem.io.base import VALUE_DROPPED_HEADER, Backoff, TransactionalSink  # noqa: E402
 from streamem.io.rdkafka_txn import TransactionalRdKafkaSink  # noqa: E402
 
 EO = ("delivery.guarantee=exactly_once", "delivery.transaction_timeout_s=10")
@@ -37,7 +37,7 @@ def committed(bootstrap: str, topic: str) -> list:
 
 def txn_sink(bootstrap: str, topic: str, *extra: str) -> TransactionalRdKafkaSink:
     sink = confluent.create_sink(config(bootstrap, topic, *EO, *extra), Events())
-    assert isinstance(sink, TransactionalRdKafkaSink)
+    assert isinstance(sink, TransactionalRdKafkaSink) and isinstance(sink, TransactionalSink)
     return sink
 
 

@@ -13,6 +13,7 @@ from sklearn.metrics import adjusted_rand_score
 from streamem.config import Config, load_config
 from streamem.errors import CheckpointError, ConfigError
 from streamem.formats.block import decode_result_block, encode_block
+from streamem.io.base import RecordTooLarge
 from streamem.io.checkpoint import FileCheckpointStore
 from streamem.io.memory import MemorySink, MemorySource
 from streamem.metrics import Metrics
@@ -204,3 +205,26 @@ def test_exactly_once_without_kafka_says_it_runs_at_least_once(caplog) -> None:
     assert runtime._txn_sink is None
     assert [r for r in caplog.records if r.getMessage() == "exactly_once_unavailable"]
     assert len(answers(sink, cfg.kafka.output_topic)) == 200
+
+
+class _SmallSink(MemorySink):
+    """A MemorySink that refuses answers over 1000 bytes, as a Kafka sink would."""
+
+    def send(self, topic, key, value, headers=(), timestamp_ms=None) -> None:
+        if topic == "streamem.assignments" and len(value) > 1000:
+            raise RecordTooLarge(f"a {len(value)}-byte message exceeds 1000 bytes")
+        super().send(topic, key, value, headers, timestamp_ms)
+
+
+def test_an_answer_too_large_to_send_dead_letters_its_message_and_the_rest_go_out() -> None:
+    X, _ = MIX.sample(1200, random_state=3)
+    singles = [json.dumps({"id": i, "x": X[i].tolist()}).encode() for i in range(1100)]
+    big = json_messages(X[1100:], 100)  # one message of 100 points: a ~20 kB answer
+    values = singles[:500] + big + singles[500:]
+    cfg = make_config()
+    _, source, sink = run_loop(cfg, values, sink=_SmallSink(), batch_size=2000)
+    assert sorted(r["id"] for r in answers(sink, cfg.kafka.output_topic)) == list(range(1100))
+    dead = sink.on(cfg.kafka.dead_letter_topic)
+    assert [(value, dict(headers)["streamem.reason"]) for _, _, value, headers in dead] == \
+        [(big[0], b"too_large")]
+    assert source.commits[-1] == {("memory", 0): len(values)}
