@@ -39,7 +39,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import compress, repeat
@@ -137,12 +137,14 @@ class _Batch:
 @dataclass
 class _Transaction:
     """The open transaction: when it began, the model before it, the offsets it will commit,
-    and the group membership its first batch was polled under."""
+    the group membership its first batch was polled under, and its batches' metrics (counted
+    when it commits: an aborted batch is answered again, and counted once)."""
 
     started: float
     model_before: dict[str, Any]
     offsets: dict[TP, int] = field(default_factory=dict)
     member: Any = None
+    uncounted: list[Callable[[float], None]] = field(default_factory=list)
 
 
 class Runtime:
@@ -257,17 +259,25 @@ class Runtime:
             return
         acked_at = time.time()
         self.metrics.set_kafka_up(True)
-        for dead in batch.dead:
-            self.metrics.dead_letter(dead.reason)
+        duration_s = time.perf_counter() - started
         offsets = batch.next_offsets(self.source.assignment())
         if self._txn is not None:
             self._txn.offsets.update(offsets)
             self._txn.member = self._txn.member or member
+            self._txn.uncounted.append(
+                lambda visible_at: self._count(batch, result, polled_at, visible_at, duration_s))
             self._txn_commit()
         else:
             self._commit(offsets)
-        self._report(batch, result, polled_at, acked_at, time.perf_counter() - started)
+            self._count(batch, result, polled_at, acked_at, duration_s)
         self._maybe_checkpoint()
+
+    def _count(self, batch: _Batch, result: Any, polled_at: float, acked_at: float,
+               duration_s: float) -> None:
+        """A delivered batch's metrics: its dead letters, then :meth:`_report`."""
+        for dead in batch.dead:
+            self.metrics.dead_letter(dead.reason)
+        self._report(batch, result, polled_at, acked_at, duration_s)
 
     def _decode(self, records: list[Record]) -> _Batch:
         batch = _Batch(records)
@@ -532,6 +542,9 @@ class Runtime:
         self.offsets.update(txn.offsets)
         self._dirty = True
         self._backoff.reset()
+        visible_at = time.time()
+        for count in txn.uncounted:
+            count(visible_at)
 
     def _txn_abort(self, kind: str, exc: Exception) -> None:
         """Abort the open transaction and restore the model to before it: nothing of it was

@@ -111,8 +111,14 @@ def test_an_aborted_transaction_leaves_nothing_visible_and_restores_the_model(
     source = assemble.source(cfg, "kafka", NO_EVENTS, stop)
     sink = assemble.sink(cfg, "kafka", NO_EVENTS, stop)
     assert isinstance(sink, TransactionalSink) and isinstance(source, GroupMember)
-    runtime = assemble.runtime(cfg, source, sink, Metrics(), stores=[])
+    metrics = Metrics()
+    runtime = assemble.runtime(cfg, source, sink, metrics, stores=[])
     reader = CommittedReader(kafka_bootstrap, topics["output"], topics["dead"])
+
+    def counted() -> tuple[float | None, ...]:
+        value = metrics.registry.get_sample_value
+        return (value("streamem_points_total", {"outcome": "ok"}),
+                value("streamem_messages_total", {"outcome": "dead_letter"}))
 
     def step_until_seen(n: int) -> None:
         deadline = time.monotonic() + WAIT_S
@@ -131,6 +137,7 @@ def test_an_aborted_transaction_leaves_nothing_visible_and_restores_the_model(
         produce(kafka_bootstrap, topics["input"], [*second, b"not a block"])
         step_until_seen(2000)
         assert runtime._txn is not None and runtime._txn.offsets  # open: min_s is long
+        assert counted() == (1000, 0)  # the open transaction's batches are not counted yet
         runtime._txn_abort("test", RuntimeError("aborted by the test"))
         assert runtime.model.n_seen_ == 1000
         for name in ("nk", "means", "scatter"):
@@ -143,6 +150,7 @@ def test_an_aborted_transaction_leaves_nothing_visible_and_restores_the_model(
         runtime._txn_commit(force=True)
         assert runtime._txn is None
         assert_each_once(reader, topics, kafka_bootstrap)
+        assert counted() == (2000, 1)  # the aborted batches counted once, when committed
     finally:
         reader.close()
         source.close()
