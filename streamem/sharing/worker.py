@@ -134,7 +134,8 @@ class Worker:
         The model is left unchanged. Before the first state, a copy of it (fresh, or this
         instance's checkpoint) learns X, so that answers agree from batch to batch, and the
         delta carries the points (the leader learns from them; the checkpoint does not hold
-        them twice).
+        them twice). Those answers carry the version read (0 when none): the copy's own
+        versions are not the group's, and a partition's versions must never go back.
         """
         if self._loaded:
             result, delta = self.model.delta(X)
@@ -142,7 +143,8 @@ class Worker:
             if self._warm is None:
                 self.model.delta(X[:0])  # readies its learning state: the loop's metrics read it
                 self._warm = copy.deepcopy(self.model)
-            result = self._warm.partial_fit(X)
+            result = self._warm.partial_fit(X)  # stamped with the version read: none published
+            result = replace(result, model_version=int(self.model.version_))
             delta = warmup_delta(self.model.covariance_type, self.model.n_components, X)
         self._pending.append(delta)
         if time.monotonic() - self._last_sent >= self.delta_interval_s:
