@@ -197,18 +197,21 @@ def runtime(cfg: Config, source: Source, sink: Sink, metrics: Metrics, *,
     if cfg.sharing.enabled and _kafka_ends(source, sink):
         share = sharing(cfg, sink, metrics, model)
         stores = [s for s in stores if not isinstance(s, KafkaCheckpointStore)]
-    elif cfg.sharing.enabled and cfg.kafka.client == "confluent-kafka":
-        (log or logging.getLogger(__name__)).warning("sharing_unavailable", extra={
-            "reason": "kafka.client confluent-kafka: this instance keeps its own model"})
     return Runtime(cfg, source, sink, model, metrics, stores, log, resume=resume, stop=stop,
                    share=share)
 
 
 def _kafka_ends(source: Source, sink: Sink) -> bool:
-    """Whether the loop reads a Kafka consumer group and writes Kafka through kafka-python
-    (sharing is not yet proven on librdkafka: a rebalance and a leader's restart lose track
-    there, README "Scaling")."""
-    return isinstance(source, KafkaSource) and isinstance(sink, KafkaSink)
+    """Whether the loop reads a Kafka consumer group and writes Kafka, on either client."""
+    if isinstance(source, KafkaSource) and isinstance(sink, KafkaSink):
+        return True
+    try:
+        from streamem.io.rdkafka import RdKafkaSink, RdKafkaSource
+        from streamem.io.rdkafka_txn import TransactionalRdKafkaSink
+    except ImportError:  # no confluent-kafka: no librdkafka source or sink either
+        return False
+    return isinstance(source, RdKafkaSource) and isinstance(
+        sink, (RdKafkaSink, TransactionalRdKafkaSink))
 
 
 def sharing(cfg: Config, sink: Sink, metrics: Metrics, model: OnlineGMM | None = None

@@ -49,13 +49,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Run every daemon test against the broker once per Kafka client (``kafka.client``).
 
-    A test is one when it is under ``tests/runtime`` (or scrapes the daemon's metrics) and builds
-    its daemon's settings with ``daemon_settings``; a test may also ask for ``kafka_client``.
-    ``tests/sharing`` runs on kafka-python only: sharing applies only there (README "Scaling").
+    A test is one when it is under ``tests/runtime`` or ``tests/sharing`` (or scrapes the
+    daemon's metrics) and builds its daemon's settings with ``daemon_settings``; a test may also
+    ask for ``kafka_client``.
     The client is set by :func:`_daemon_client` from the test's parameter.
     """
     path = Path(metafunc.definition.path)
-    daemon_test = (("runtime" in path.parts or path.name == "test_daemon_scrape.py")
+    daemon_test = (("runtime" in path.parts or "sharing" in path.parts
+                    or path.name == "test_daemon_scrape.py")
                    and "daemon_settings" in inspect.getsource(metafunc.function))
     if "kafka_client" in metafunc.fixturenames:
         metafunc.parametrize("kafka_client", daemon_helpers.KAFKA_CLIENTS)
