@@ -41,38 +41,13 @@ from streamem.io.base import (
 from streamem.io.base import (
     Message as OutMessage,
 )
-from streamem.io.rdkafka import DEAD_LETTER_MAX_BYTES, OUTPUT_MAX_BYTES, GroupMetadata
+from streamem.io.rdkafka import DEAD_LETTER_MAX_BYTES, OUTPUT_MAX_BYTES, GroupMetadata, _Batch
 
 log = logging.getLogger(__name__)
 TP = tuple[str, int]
 _SIZE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
 _FENCED = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED,
                      KafkaError.INVALID_PRODUCER_EPOCH})
-
-
-class _Sends:
-    """The failed deliveries of one transaction's sends (the producer reports only those)."""
-
-    __slots__ = ("sent", "errors", "refused")
-
-    def __init__(self) -> None:
-        self.sent = 0
-        self.errors: list[str] = []
-        self.refused: list[int] = []  # sizes of dead letters refused as too large
-
-    def report(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
-            self.errors.append(err.str())
-
-    def droppable_report(self, size: int) -> Callable[[KafkaError | None, Message], None]:
-        def report(err: KafkaError | None, msg: Message) -> None:
-            if err is None:
-                return
-            if err.code() in _SIZE:
-                self.refused.append(size)
-            self.errors.append(err.str())
-
-        return report
 
 
 class TransactionalRdKafkaSink:
@@ -103,7 +78,7 @@ class TransactionalRdKafkaSink:
         self._max_message_bytes = max_message_bytes
         self._dead_limit = DEAD_LETTER_MAX_BYTES
         self._events = events
-        self._sends = _Sends()
+        self._sends = _Batch()
         self._broken = False
         self._producer = self._new_producer()
 
@@ -150,7 +125,7 @@ class TransactionalRdKafkaSink:
     def begin(self) -> None:
         if self._broken:
             self._replace()
-        self._sends = _Sends()
+        self._sends = _Batch()
         self._call("begin_transaction", self._producer.begin_transaction)
 
     def _replace(self) -> None:
@@ -174,7 +149,7 @@ class TransactionalRdKafkaSink:
                 self._send_without_value(topic, key, len(value), headers, stamp)
             else:
                 self._produce(topic, key, value, headers, stamp,
-                              self._sends.droppable_report(len(value)))
+                              self._sends.droppable_report(topic, key, len(value), headers))
             return
         size = len(value) + (len(key) if key else 0) + sum(len(n) + len(v) for n, v in headers)
         if size > self._max_message_bytes:
@@ -218,10 +193,12 @@ class TransactionalRdKafkaSink:
         """Wait for every send since :meth:`begin`; a failure dooms the transaction."""
         sends = self._sends
         pending = self._producer.flush(min(timeout_s, self._timeout_s))
-        if sends.refused:  # librdkafka's sequence numbers now need a new producer epoch
-            self._dead_limit = min(self._dead_limit, min(sends.refused) - 1)
-            self._broken = True
         errors = list(sends.errors)
+        if sends.refused:  # librdkafka's sequence numbers now need a new producer epoch
+            smallest = min(size for _, _, size, _ in sends.refused)
+            self._dead_limit = min(self._dead_limit, smallest - 1)
+            self._broken = True
+            errors.append(f"{len(sends.refused)} dead letters refused as too large")
         if pending > 0:
             errors.append(f"{pending} not acknowledged in time")
         if errors:
@@ -243,7 +220,7 @@ class TransactionalRdKafkaSink:
     def abort(self) -> None:
         """Abort; when that fails too, the producer is replaced at the next :meth:`begin`
         (whose ``init_transactions`` aborts the transaction). Never raises."""
-        self._sends = _Sends()
+        self._sends = _Batch()
         if self._broken:
             return
         try:
