@@ -145,6 +145,7 @@ class KafkaSource:
         self._rejoin_guard = RejoinGuard(rejoin_after_s, events)
         self._closed_for_rejoin = False
         self.rejoins = 0
+        learn_topics(consumer, topics)
         consumer.subscribe(topics=topics, listener=self._listener)
 
     @classmethod
@@ -321,6 +322,7 @@ class KafkaSource:
         except KafkaError as exc:
             self._events.kafka_error("connect")
             raise TransportError(f"cannot rebuild the consumer: {exc}") from exc
+        learn_topics(consumer, self._topics)
         consumer.subscribe(topics=self._topics, listener=self._listener)
         self._consumer = consumer
         self._closed_for_rejoin = False
@@ -611,6 +613,18 @@ class TransactionalKafkaSink(KafkaSink):
             self._bounded("close", lambda: self._producer.close(timeout=self._timeout_s))
         except TransportError as exc:
             log.warning("producer_close_failed", extra={"error": str(exc)})
+
+
+def learn_topics(consumer: KafkaConsumer, topics: list[str]) -> None:
+    """Fetch the topics' metadata before a fresh consumer joins its group: kafka-python's
+    assignor gives nothing for a topic it has no metadata for ("No partition metadata"), and
+    the member then waits, without partitions, for a re-join. Called right after the consumer
+    connected, so the broker is there to answer."""
+    for topic in topics:
+        try:
+            consumer.partitions_for_topic(topic)
+        except KafkaError as exc:
+            log.warning("topic_metadata_failed", extra={"topic": topic, "error": str(exc)})
 
 
 def connect(build: Callable[[], T], *, what: str, backoff: Backoff, stop: threading.Event,

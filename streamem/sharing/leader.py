@@ -25,6 +25,7 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from streamem.io.kafka import learn_topics
 from streamem.metrics import Metrics
 from streamem.model import OnlineGMM
 from streamem.model.delta import StatsDelta
@@ -94,6 +95,7 @@ class Leader(threading.Thread):
                                     "enable_auto_commit": False,
                                     "auto_offset_reset": "earliest",
                                     "isolation_level": "read_committed"})
+        learn_topics(consumer, [self.stats.topic])
         consumer.subscribe([self.stats.topic], listener=generations)
         try:
             while not self.stop.is_set():
