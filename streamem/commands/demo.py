@@ -154,6 +154,9 @@ def _watch(runtime: Runtime, truth: Truth, metrics: Metrics, view: Any,
             view.update(snap)
             if elapsed >= truth.settings.seconds or done():
                 runtime.request_stop()
+        # the loop may end between a snapshot and the check: the last frame shows its end
+        view.update(take_snapshot(metrics, runtime.model, truth, time.monotonic() - started,
+                                  snap))
     finally:
         runtime.request_stop()
         thread.join()
