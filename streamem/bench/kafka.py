@@ -32,6 +32,7 @@ temporary data dir) and stops it at the end.
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing
 import shutil
 import sys
@@ -311,20 +312,27 @@ def _values(n_points: int, ppm: int, d: int, k: int, seed: int) -> Iterator[byte
 def _producer(bootstrap: str, topic: str, linger_ms: int) -> tuple[Any, Any]:
     """``(send, close)`` of the producer that feeds a topic: librdkafka's when installed (it
     keeps up with every rate measured here, so latencies are the side's, not the feeder's
-    backlog), else kafka-python's. Records are stamped at ``send``."""
+    backlog), else kafka-python's. Records are stamped at ``send`` and dealt to the topic's
+    partitions in turn: left to the client, keyless records stick to one partition for a
+    while (librdkafka's ``sticky.partitioning.linger.ms``), and a burst could fill some
+    partitions and leave the instances that own the others nothing to do."""
     try:
         from confluent_kafka import Producer
     except ImportError:
         producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms,
                                  batch_size=1 << 20)
-        return (lambda value: producer.send(topic, value)), (lambda: (producer.flush(),
-                                                                      producer.close()))
+        partitions = itertools.cycle(sorted(_wait_for(lambda: producer.partitions_for(topic))))
+        return ((lambda value: producer.send(topic, value, partition=next(partitions))),
+                (lambda: (producer.flush(), producer.close())))
     rd = Producer({"bootstrap.servers": bootstrap, "linger.ms": linger_ms})
+    partitions = itertools.cycle(sorted(_wait_for(
+        lambda: rd.list_topics(topic, timeout=5).topics[topic].partitions)))
 
     def send(value: bytes) -> None:
+        partition = next(partitions)
         while True:
             try:
-                rd.produce(topic, value)
+                rd.produce(topic, value, partition=partition)
                 break
             except BufferError:  # the local queue is full: let it drain
                 rd.poll(0.01)
@@ -335,6 +343,16 @@ def _producer(bootstrap: str, topic: str, linger_ms: int) -> tuple[Any, Any]:
             raise RuntimeError(f"the feeder could not deliver every message to {topic}")
 
     return send, close
+
+
+def _wait_for(get: Any) -> Any:
+    """``get()`` once it is truthy (a topic's partitions: a new topic's metadata can lag)."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while not (value := get()):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the topic's partitions did not show up")
+        time.sleep(0.1)
+    return value
 
 
 def produce(bootstrap: str, topic: str, n_points: int, ppm: int, d: int, k: int) -> int:
