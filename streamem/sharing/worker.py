@@ -22,6 +22,9 @@ from streamem.sharing.records import VERSION_HEADER, header
 
 log = logging.getLogger(__name__)
 
+#: How long a clean stop waits for its deltas to be folded when no state is published yet.
+WARMUP_WAIT_S = 3.0
+
 
 class Worker:
     """Answers batches with the newest model on the state topic; its deltas go to the stats topic.
@@ -206,9 +209,16 @@ class Worker:
     def _await_folded(self, deadline: float) -> None:
         """Wait until this instance leads (stopping it folds the rest) or the leader's
         committed stats offset passes this worker's last delta (a state reflecting it is
-        published: the offsets commit in the state's transaction)."""
+        published: the offsets commit in the state's transaction).
+
+        Before the first state the leader commits nothing until its warm-up completes, which
+        these deltas alone seldom do: the wait is then :data:`WARMUP_WAIT_S` (a state they
+        complete is published within it), and the deltas stay on the stats topic for the
+        leader's warm-up."""
         if self.leader is None:
             return
+        if not self._loaded:  # the leader still warms up: it commits with its first state
+            deadline = min(deadline, time.monotonic() + WARMUP_WAIT_S)
         stats = TopicPartition(self.stats_topic, 0)
         end = self._consumer.end_offsets([stats])[stats]
         group = KafkaConsumer(**{**self.leader.consumer_kwargs, "enable_auto_commit": False,
@@ -220,7 +230,10 @@ class Worker:
                 time.sleep(0.2)
         finally:
             group.close()
-        log.warning("deltas_not_folded", extra={"stats_end": end})
+        if self._loaded:
+            log.warning("deltas_not_folded", extra={"stats_end": end})
+        else:
+            log.info("deltas_left_to_warm_up", extra={"stats_end": end})
 
     def _stop_leader(self) -> None:
         if self.leader is not None:

@@ -147,3 +147,78 @@ def test_before_the_first_state_answers_are_those_of_one_model(parts) -> None:
         assert all(d.warmup and len(d.points) == d.n_points for d in worker._pending)
     finally:
         worker.close()
+
+
+@pytest.mark.kafka
+def test_a_clean_stop_before_the_first_state_leaves_its_deltas_to_the_warm_up(
+        parts, kafka_bootstrap, caplog) -> None:
+    """A standby instance stopped while the leader still warms up (it commits nothing before
+    its first state) does not wait out the whole fold timeout: its deltas are on the stats
+    topic, uncommitted, for the leader to learn."""
+    import logging
+    import time
+
+    from kafka_helpers import consume_all
+    from sharing_helpers import wait_for
+
+    from streamem.sharing.leader import Leader
+    from streamem.sharing.worker import WARMUP_WAIT_S
+
+    cfg, stats, state, sink = parts
+
+    def leader(name: str) -> Leader:
+        return Leader(lambda: OnlineGMM(n_components=3, warmup=100_000, random_state=0),
+                      kafka_python.consumer_settings(cfg), kafka_python.producer_settings(cfg),
+                      f"g-{stats}", stats, state, name, Metrics(CollectorRegistry()),
+                      publish_interval_s=0.2)
+
+    a, b = leader("inst-a"), leader("w-1")
+    a.start()
+    wait_for(lambda: a.leading, 60, lambda: "no instance leads")
+    b.start()
+    roles: list[tuple[bool, float]] = []  # who leads once both are in, since when
+
+    def settled() -> bool:  # the same one leads for 2 s in a stable group of both
+        now = (a.leading, time.monotonic())
+        if _members(kafka_bootstrap, f"g-{stats}.leader") != 2 or a.leading == b.leading:
+            roles.clear()
+        elif not roles or roles[0][0] != now[0]:
+            roles[:] = [now]
+        return bool(roles) and now[1] - roles[0][1] >= 2.0
+
+    wait_for(settled, 60, lambda: "the second leader thread did not join, or none leads")
+    leading, standby = (a, b) if a.leading else (b, a)
+    worker = Worker(OnlineGMM(n_components=3, warmup=100_000, random_state=0), sink,
+                    kafka_python.consumer_settings(cfg), stats, state, "w-1",
+                    Metrics(CollectorRegistry()), delta_interval_s=3600, leader=standby)
+    try:
+        worker.before_batch({("points", 0)})
+        worker.answer(MIX.sample(200, random_state=1)[0])
+        start = time.monotonic()
+        with caplog.at_level(logging.INFO, logger="streamem.sharing.worker"):
+            worker.settle(timeout_s=30)
+        waited = time.monotonic() - start
+        events = [r.getMessage() for r in caplog.records]
+        assert "deltas_left_to_warm_up" in events and "deltas_not_folded" not in events
+        assert waited < 30 - WARMUP_WAIT_S, f"waited {waited:.1f} s for a fold that cannot come"
+        wait_for(lambda: leading.model is not None and leading.model.n_seen_ == 200, 30,
+                 lambda: "the leader did not learn the stopped worker's warm-up points")
+    finally:
+        worker.close()
+        for thread in (a, b):
+            thread.stop.set()
+            thread.join(30)
+    assert sum(StatsDelta.from_bytes(r.value).n_points
+               for r in consume_all(kafka_bootstrap, stats, 1, timeout_s=10)) == 200
+
+
+def _members(bootstrap: str, group: str) -> int:
+    """Members of a stable consumer group (0 while it rebalances)."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        description = admin.describe_groups([group])[group]
+    finally:
+        admin.close()
+    return len(description["members"]) if description["group_state"] == "Stable" else 0
