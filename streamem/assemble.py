@@ -237,6 +237,7 @@ def sharing(cfg: Config, sink: Sink, metrics: Metrics, model: OnlineGMM | None =
     worker = Worker(copy.deepcopy(start), sink, consumer, stats_topic, state_topic, me, metrics,
                     delta_interval_s=s.delta_interval_s, max_staleness=s.max_staleness_versions,
                     leader=leader)
+    metrics.shares_model_of(k.group_id)
     metrics.set_leader(False)
     leader.start()
     log.info("sharing_model", extra={"instance": me, "stats_topic": stats_topic,

@@ -298,6 +298,10 @@ class Metrics:
         self._published_at = gauge(
             "model_published_timestamp_seconds",
             "Unix time of the leader's last publication of the shared model.")
+        self._shared_group = gauge(
+            "shared_model_info",
+            "The consumer group whose model this instance shares (sharing.enabled); always 1.",
+            ("group_id",))
         self._build = gauge("build_info", "Build information; always 1.", ("version",))
         self._build.labels(version=streamem.__version__).set(1)
         # Every fixed label value exists from the start, so rate() sees the first increment.
@@ -455,6 +459,11 @@ class Metrics:
         self._ready_gauge.set(1 if ready else 0)
 
     # -- the shared model (streamem.sharing) -------------------------------------------------
+
+    def shares_model_of(self, group_id: str) -> None:
+        """``streamem_shared_model_info{group_id}``: alerts on the shared model join on it,
+        so that one group's missing leader is not hidden by another group's."""
+        self._shared_group.labels(group_id=group_id).set(1)
 
     def set_leader(self, leading: bool) -> None:
         """``streamem_leader``: 1 while this instance leads."""

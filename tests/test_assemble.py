@@ -74,3 +74,26 @@ def test_a_missing_input_topic_logs_no_error(kafka_bootstrap, caplog) -> None:
     assert said, "kafka-python did not mention the missing topic (the check would be vacuous)"
     assert all(r.levelno < logging.ERROR for r in caplog.records), [
         (r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.kafka
+def test_a_sharing_instance_names_its_group_for_the_alerts(kafka_bootstrap, topic_factory) -> None:
+    """``streamem_shared_model_info{group_id}``: the shared-model alerts join on it, one per
+    group; an instance that does not share has none."""
+    from prometheus_client import CollectorRegistry
+
+    from streamem.metrics import Metrics
+
+    topic = topic_factory("assemble-share")
+    cfg = _kafka_config(kafka_bootstrap, topic)
+    metrics = Metrics(CollectorRegistry())
+    info = "streamem_shared_model_info"
+    sink = assemble.sink(cfg, "kafka", metrics, threading.Event())
+    assert sink is not None
+    try:
+        assert metrics.registry.get_sample_value(info, {"group_id": f"group-{topic}"}) is None
+        worker = assemble.sharing(cfg, sink, metrics)
+        worker.close()
+        assert metrics.registry.get_sample_value(info, {"group_id": f"group-{topic}"}) == 1
+    finally:
+        sink.close()

@@ -72,3 +72,4 @@ def populate(metrics: Metrics) -> None:
     metrics.checkpoint_saved(False)
     metrics.set_consumer_lag({("streamem.points", 0): 12, ("streamem.points", 1): 0})
     metrics.set_ready(True)
+    metrics.shares_model_of("streamem")

@@ -87,7 +87,7 @@ def test_exported_names_are_the_contract(exported: set[str]) -> None:
         "streamem_ready", "streamem_build_info",
         "streamem_leader", "streamem_model_version_in_use", "streamem_model_staleness_versions",
         "streamem_deltas_sent_total", "streamem_deltas_folded_total", "streamem_fold_lag_seconds",
-        "streamem_model_published_timestamp_seconds",
+        "streamem_model_published_timestamp_seconds", "streamem_shared_model_info",
         "streamem_model_flag_excess",
     }  # fmt: skip
     ours = {n for n in exported if n.startswith("streamem_") and not n.endswith("_created")}
