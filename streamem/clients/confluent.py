@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from streamem.clients.transactions import transaction_timeout_ms, transactional_id
 from streamem.io.base import ClientEvents
 
 if TYPE_CHECKING:
@@ -106,8 +107,6 @@ def transactional_conf(cfg: Config) -> dict[str, Any]:
     output producer's, with the transactional id and transaction timeout kafka-python's gets
     (:func:`streamem.clients.kafka_python.transactional_producer_settings`); librdkafka wants
     the socket and delivery timeouts no longer than the transaction timeout."""
-    from streamem.clients.kafka_python import transaction_timeout_ms, transactional_id
-
     conf = producer_conf(cfg)
     conf["transactional.id"] = transactional_id(cfg)
     txn_ms = conf["transaction.timeout.ms"] = transaction_timeout_ms(cfg)

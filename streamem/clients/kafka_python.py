@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from streamem.clients.transactions import transaction_timeout_ms, transactional_id
 from streamem.io.kafka import DEAD_LETTER_MAX_BYTES, FETCH_MAX_BYTES, OUTPUT_MAX_BYTES, MiB
 
 if TYPE_CHECKING:
@@ -85,13 +86,6 @@ def producer_settings(cfg: Config) -> dict[str, Any]:
     return settings
 
 
-def transactional_id(cfg: Config) -> str:
-    """``delivery.transactional_id``, else ``<kafka.group_id>.<kafka.client_id>``: the same
-    for the same instance after a restart (so it fences its predecessor), different between
-    instances that set different client ids."""
-    return cfg.delivery.transactional_id or f"{cfg.kafka.group_id}.{cfg.kafka.client_id}"
-
-
 def transactional_producer_settings(cfg: Config) -> dict[str, Any]:
     """:func:`producer_settings` with a ``transactional_id``; ``max_block_ms`` (how long
     ``init_transactions`` and a send may block) is ``delivery.transaction_timeout_s``.
@@ -106,13 +100,6 @@ def transactional_producer_settings(cfg: Config) -> dict[str, Any]:
     settings["max_block_ms"] = int(cfg.delivery.transaction_timeout_s * 1000)
     settings["transaction_timeout_ms"] = transaction_timeout_ms(cfg)
     return settings
-
-
-def transaction_timeout_ms(cfg: Config) -> int:
-    """How long the broker lets a transaction stay open: ``transaction_min_s`` plus three
-    bounded waits (flush, send offsets, commit), at most 15 min (the brokers' default limit)."""
-    d = cfg.delivery
-    return min(int(1000 * (d.transaction_min_s + 3 * d.transaction_timeout_s)), 900_000)
 
 
 def output_max_bytes(cfg: Config) -> int:
