@@ -188,6 +188,20 @@ def _outer_full(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a[:, :, None] * b[:, None, :]
 
 
+def _outer_sum_full(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Per-component sums of outer products Σ_j a_kj b_kjᵀ of A, B (K, m, d), (K, d, d): one
+    batched GEMM."""
+    return np.matmul(A.transpose(0, 2, 1), B)
+
+
+def _outer_sum_diag(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    return np.einsum("kjd,kjd->kd", A, B)
+
+
+def _outer_sum_spherical(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    return np.einsum("kjd,kjd->k", A, B) / A.shape[2]
+
+
 def _outer_diag(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a * b
 
@@ -268,6 +282,7 @@ class CovarianceKind:
     moment : (Y (n, d), R (n, K)[, active (n, K) bool]) -> Σ_i R_ik (second moment of y_i) per
         component; pairs outside ``active`` may be skipped
     outer : (a (K, d), b (K, d)) -> per-component a bᵀ in this type's scatter shape
+    outer_sum : (A (K, m, d), B (K, m, d)) -> per-component Σ_j a_j b_jᵀ, the scatter shape
     add_floor : (covariances, reg) -> symmetrised covariances + reg·I
     variances : covariances -> (K, d or 1) eigenvalues, ascending
     to_full / from_full : convert to and from (K, d, d)
@@ -281,6 +296,7 @@ class CovarianceKind:
     point_mahalanobis: Callable[[np.ndarray, np.ndarray], np.ndarray]
     moment: Callable[..., np.ndarray]
     outer: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    outer_sum: Callable[[np.ndarray, np.ndarray], np.ndarray]
     add_floor: Callable[[np.ndarray, float], np.ndarray]
     variances: Callable[[np.ndarray], np.ndarray]
     to_full: Callable[[np.ndarray, int], np.ndarray]
@@ -311,19 +327,18 @@ def _n_parameters_spherical(n_components: int, n_features: int) -> int:
 KINDS: dict[str, CovarianceKind] = {
     "full": CovarianceKind(
         "full", _cholesky_full, _log_det_full, _maha_full, _point_maha_full, _moment_full,
-        _outer_full, _add_floor_full, _variances_full, _to_full_full, _from_full_full,
-        _n_parameters_full,
+        _outer_full, _outer_sum_full, _add_floor_full, _variances_full, _to_full_full,
+        _from_full_full, _n_parameters_full,
     ),
     "diag": CovarianceKind(
         "diag", _cholesky_diag, _log_det_diag, _maha_diag, _point_maha_diag, _moment_diag,
-        _outer_diag, _add_floor_diag, _variances_diag, _to_full_diag, _from_full_diag,
-        _n_parameters_diag,
+        _outer_diag, _outer_sum_diag, _add_floor_diag, _variances_diag, _to_full_diag,
+        _from_full_diag, _n_parameters_diag,
     ),
     "spherical": CovarianceKind(
         "spherical", _cholesky_diag, _log_det_spherical, _maha_spherical, _point_maha_spherical,
-        _moment_spherical,
-        _outer_spherical, _add_floor_diag, _variances_spherical, _to_full_spherical,
-        _from_full_spherical, _n_parameters_spherical,
+        _moment_spherical, _outer_spherical, _outer_sum_spherical, _add_floor_diag,
+        _variances_spherical, _to_full_spherical, _from_full_spherical, _n_parameters_spherical,
     ),
 }
 

@@ -45,12 +45,15 @@ from streamem.model.params import (
 from streamem.model.schedule import batch_schedule, floor_for_halflife
 from streamem.model.seeding import fit_batch
 from streamem.model.statistics import SufficientStatistics, batch_statistics
-from streamem.model.validation import check_hyperparameters, check_points
+from streamem.model.validation import check_hyperparameters, check_points, max_abs_value
 
 #: Points between two collapse checks (and anomaly-threshold refreshes).
 CHECK_EVERY = 2048
 #: Half-life, in points, of the recent-usage and flagged-share averages.
 RECENT_HALFLIFE = 1000.0
+#: What the recent averages keep over one point.
+RECENT_KEEP = math.exp(-math.log(2.0) / RECENT_HALFLIFE)
+TAIL_KEEP = tail_keep(1)
 HISTORY_LENGTH = 100
 #: Recent flagged share above which the stream is taken to have changed (see ``drifting_``).
 DRIFT_SHARE = 0.25
@@ -163,7 +166,7 @@ class OnlineGMM(Estimator):
     _params: Params | None = None
     _n_features: int | None = None
     _conditioning: tuple[int, np.ndarray] | None = None
-    _drift: np.ndarray | None = None  # (K,) see ``point.stale_rows``; None: all 0
+    _drift: list[float] | None = None  # (K,) see ``point.stale_rows``; None: all 0
     _checked = False  # hyperparameters checked since the last set_params
     _undo: list[tuple[np.ndarray, Any, np.ndarray]] | None = None  # see ``_snapshot``
     _flag_share = 0.0  # read by the metrics before the first batch
@@ -474,6 +477,12 @@ class OnlineGMM(Estimator):
         """
         if learning_rate is not None and not 0.0 < learning_rate <= 1.0:
             raise ValueError(f"learning_rate must be in (0, 1], got {learning_rate!r}")
+        if (learning_rate is None and self._checked and self.stats_ is not None
+                and type(X) is np.ndarray and X.shape == (1, self._n_features)
+                and X.dtype == np.float64):
+            done = self._learn_point(X)
+            if done is not None:
+                return done
         self._ready()
         n_features = self._n_features
         X = self._check(X)
@@ -609,8 +618,9 @@ class OnlineGMM(Estimator):
         assert self.stats_ is not None and self._params is not None
         version, params = self.version_, self._params
         one = point.answer(self._kind, params, X[0]) if len(X) == 1 else None
+        D = None
         if one is not None:  # one point: the same answers in fewer numpy calls
-            resp, log_lik = one[0][None], np.array([one[1]])
+            resp, log_lik, D = np.array([one[0]]), np.array([one[1]]), one[3]
             Y = X - params.center
         else:
             Y = centred(X, params.center)
@@ -621,9 +631,9 @@ class OnlineGMM(Estimator):
         if n_flagged and self.protecting_:
             kept = np.flatnonzero(~anomaly)  # take() is several times faster than a mask
             frac = self._update(Y.T.take(kept, axis=1).T, resp.T.take(kept, axis=1).T,
-                                learning_rate)
+                                learning_rate, D)
         else:
-            frac = self._update(Y, resp, learning_rate)
+            frac = self._update(Y, resp, learning_rate, D)
         self._track_recent(X, resp, anomaly, n_flagged)
         self._track_tail(log_lik, window, collecting, X, anomaly)
         if self.drifting_ or self._rewarm:
@@ -641,13 +651,73 @@ class OnlineGMM(Estimator):
                            np.zeros(len(X), dtype=bool), version)
         rows = None
         if not checked:  # the statistics changed by this point only
-            rows = np.zeros(0, dtype=np.intp)
+            rows = []
             if frac is not None:
                 rows, self._drift = point.stale_rows(self._drift, frac, one[2], self.stats_.nk)
         self._refresh(threshold=checked, rows=rows)
-        label = int(one[0].argmax())
-        return BatchResult(np.array([label]), one[0][label : label + 1], resp, log_lik,
+        label = int(resp[0].argmax())
+        return BatchResult(np.array([label]), resp[0, label : label + 1], resp, log_lik,
                            self._reported(anomaly, log_lik), np.zeros(1, dtype=bool), version)
+
+    def _learn_point(self, X: np.ndarray) -> BatchResult | None:
+        """``partial_fit`` of one point X (1, d) in the common case, in few numpy calls.
+
+        The common case: the model learns (initialised, soft assignment, no drift refit under
+        way, the schedule's step), the point is valid and not flagged, and no collapse check is
+        due. The step is ``_online_step``'s for that case, computed into new objects and
+        committed only once it is valid: nothing to snapshot or roll back. ``None`` (nothing
+        changed) in any other case, or on any failure: the general path then learns the point
+        (and refuses it, if it must).
+        """
+        threshold, params, d = self.anomaly_threshold_, self._params, self._n_features
+        assert params is not None and d is not None
+        if (self._since_check + 1 >= CHECK_EVERY or self._rewarm or self.drifting_
+                or self.assignment != "soft" or not math.isfinite(threshold)):
+            return None
+        limit = max_abs_value(d)
+        if not all(-limit <= v <= limit for v in X.tolist()[0]):  # False for NaN
+            return None
+        kind = self._kind
+        try:
+            found = point.answer(kind, params, X[0])
+            if found is None or not found[1] >= threshold:
+                return None
+            resp, log_lik, reach, D = found
+            decay, weight = point.step(self._n_steps, learning_decay=self.learning_decay,
+                                       learning_offset=self.learning_offset,
+                                       floor=floor_for_halflife(self._halflife()))
+            stats, frac = point.blend(kind, self.stats_, D, [v * weight for v in resp], decay)
+            rows, drift = point.stale_rows(self._drift, frac, reach, stats.nk)
+            params = refresh_params(stats, kind, self.reg_covar, params, rows)
+            total = (np.add.reduce(stats.scatter, axis=None) + np.add.reduce(stats.means, axis=None)
+                     + np.add.reduce(stats.nk) + np.add.reduce(params.log_det)
+                     + np.add.reduce(params.precisions_chol, axis=None))
+        except Exception:  # the general path refuses the point, with the reason
+            return None
+        if not (math.isfinite(total) and math.isfinite(log_lik)):
+            return None
+        collecting, (lo, hi) = self._collecting(), self._counted_window()
+        version = self.version_
+        self.stats_, self._params, self._drift = stats, params, drift
+        self.learning_rate_ = weight
+        self._n_steps += 1
+        self._sum_sq_weights = decay**2 * self._sum_sq_weights + weight * weight
+        answered = np.array([resp])
+        self._usage = RECENT_KEEP * self._usage + (1.0 - RECENT_KEEP) * answered[0]
+        self._flag_share = RECENT_KEEP * self._flag_share + 0.0
+        self._window_share *= TAIL_KEEP
+        if lo <= log_lik < hi:
+            self._window_share += 1.0 - TAIL_KEEP
+        self._window_mass = TAIL_KEEP * self._window_mass + (1.0 - TAIL_KEEP)
+        if collecting:
+            self._remember(X)
+        self.n_seen_ += 1
+        self._since_check += 1
+        self.version_ += 1
+        label = max(range(len(resp)), key=resp.__getitem__)
+        return BatchResult(np.array([label]), answered[0, label : label + 1], answered,
+                           np.array([log_lik]), np.zeros(1, dtype=bool), np.zeros(1, dtype=bool),
+                           version)
 
     def _collect_rewarm(self, X: np.ndarray) -> None:
         """After a large change, refit from a fresh warm-up buffer of the new regime."""
@@ -692,11 +762,13 @@ class OnlineGMM(Estimator):
         return SufficientStatistics(stats.nk[order], stats.means[order], stats.scatter[order])
 
     def _update(
-        self, Y: np.ndarray, resp: np.ndarray, learning_rate: float | None
-    ) -> np.ndarray | None:
+        self, Y: np.ndarray, resp: np.ndarray, learning_rate: float | None,
+        D: np.ndarray | None = None,
+    ) -> list[float] | None:
         """Blend the statistics of points ``Y`` (centred on ``params.center``) in.
 
-        For one point, returns its share of each component's mass (``point.blend``).
+        For one point with its ``point.answer`` D, returns its share of each component's mass
+        (``point.blend``).
         """
         assert self.stats_ is not None and self._params is not None
         m = len(Y)
@@ -704,7 +776,7 @@ class OnlineGMM(Estimator):
             return None
         if self.assignment == "hard":
             resp = hard_responsibilities(resp)
-        if m == 1:
+        if m == 1 and D is not None:
             if learning_rate is None:
                 decay, weight = point.step(
                     self._n_steps, learning_decay=self.learning_decay,
@@ -713,8 +785,8 @@ class OnlineGMM(Estimator):
             else:
                 decay, weight = 1.0 - learning_rate, learning_rate
             self.learning_rate_ = float(weight)
-            frac = point.blend(self._kind, self.stats_, Y[0], resp[0] * weight, decay,
-                               self._params.center)
+            self.stats_, frac = point.blend(self._kind, self.stats_, D,
+                                            (resp[0] * weight).tolist(), decay)
             self._n_steps += 1
             self._sum_sq_weights = decay**2 * self._sum_sq_weights + weight * weight
             return frac
@@ -747,7 +819,7 @@ class OnlineGMM(Estimator):
         n = len(X)
         if n == 0:
             return
-        keep = math.exp(-math.log(2.0) * n / RECENT_HALFLIFE)
+        keep = RECENT_KEEP if n == 1 else math.exp(-math.log(2.0) * n / RECENT_HALFLIFE)
         inliers = (~anomaly).astype(np.float64) if n_flagged else np.ones(n)
         used = inliers @ resp
         self._usage = keep * self._usage + ((1.0 - keep) / n) * used
@@ -775,7 +847,7 @@ class OnlineGMM(Estimator):
         if n == 0:
             return
         lo, hi = window
-        keep = tail_keep(n)
+        keep = TAIL_KEEP if n == 1 else tail_keep(n)
         self._window_share *= keep
         if lo > -np.inf:
             inside = np.count_nonzero((log_lik >= lo) & (log_lik < hi))
@@ -935,7 +1007,7 @@ class OnlineGMM(Estimator):
             -HISTORY_LENGTH:
         ]
 
-    def _refresh(self, threshold: bool, rows: np.ndarray | None = None) -> None:
+    def _refresh(self, threshold: bool, rows: list[int] | None = None) -> None:
         """The M-step: parameters from the statistics; optionally the anomaly threshold too.
 
         ``rows`` (after one point): the only covariances to compute and factorise again

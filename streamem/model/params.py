@@ -58,7 +58,7 @@ def refresh_params(
     kind: CovarianceKind,
     reg_covar: float,
     previous: Params,
-    rows: np.ndarray,
+    rows: list[int] | np.ndarray,
 ) -> Params:
     """``params_from_statistics`` after a step that moved only the covariances ``rows`` (m,).
 

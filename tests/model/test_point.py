@@ -16,7 +16,6 @@ from streamem.model import OnlineGMM, point
 from streamem.model.covariance import KINDS
 from streamem.model.params import e_step, params_from_statistics, refresh_params
 from streamem.model.point import STALE_LIMIT
-from streamem.model.schedule import batch_schedule
 from streamem.model.statistics import TINY, SufficientStatistics, batch_statistics
 from streamem.synthetic import Mixture, Stream
 
@@ -73,7 +72,9 @@ def test_blend_of_one_point_is_the_batch_update(kind_name: str, decay: float) ->
         r = rng.dirichlet(np.ones(4)) * 1e-3
         r[trial % 2] = 1e-3 * TINY  # below TINY: the point is a second moment about ``center``
         r[2] = 0.0 if trial % 3 == 0 else r[2]
-        point.blend(kind, fast, y, r, decay, center)
+        x = y + center
+        D = np.stack([x - fast.means, fast.means - center], axis=1)
+        fast, _ = point.blend(kind, fast, D, r.tolist(), decay)
         batch_blend(kind_name, slow, y, r, decay, center)
         assert_close(fast.nk, slow.nk)
         assert_close(fast.means, slow.means)
@@ -127,11 +128,11 @@ def test_the_reach_bounds_how_far_one_point_moves_each_covariance(kind_name: str
         x = before.means[trial % 4] + rng.normal(size=3) * 10.0 ** (trial % 3)
         found = point.answer(kind, before, x)
         assert found is not None
-        resp, _, reach = found
+        resp, _, reach, D = found
         w = 10.0 ** rng.uniform(-6, -1)
-        r = resp * w
+        r = [v * w for v in resp]
         r[3] = 0.5 * TINY if trial % 2 else r[3]
-        frac = point.blend(kind, stats, x - before.center, r, 1.0 - w, before.center)
+        stats, frac = point.blend(kind, stats, D, r, 1.0 - w)
         after = params_from_statistics(stats, kind, 1e-6)
         for k in range(4):
             bound = frac[k] * reach[k]
@@ -142,35 +143,23 @@ def test_the_reach_bounds_how_far_one_point_moves_each_covariance(kind_name: str
 
 def test_stale_rows_accumulate_the_drift_and_take_light_components() -> None:
     nk = np.array([0.5, 0.5 - TINY, TINY])
-    frac, reach = np.array([0.4, 0.1, 0.0]), np.full(3, 1e-14)
+    frac, reach = [0.4, 0.1, 0.0], [1e-14] * 3
     rows, drift = point.stale_rows(None, frac, reach, nk)
-    assert rows.tolist() == [2] and drift.tolist() == [0.4e-14, 0.1e-14, 0.0]
+    assert rows == [2] and drift == [0.4e-14, 0.1e-14, 0.0]
     for _ in range(2):
         rows, drift = point.stale_rows(drift, frac, reach, nk)
-    assert rows.tolist() == [0, 2]  # 1.2e-14 > STALE_LIMIT: factorised again, drift from 0
+    assert rows == [0, 2]  # 1.2e-14 > STALE_LIMIT: factorised again, drift from 0
     assert drift[0] == 0.0 and drift[1] == pytest.approx(0.3e-14)
-    rows, _ = point.stale_rows(drift, np.array([np.nan, 0.0, 0.0]), reach, nk)
+    rows, _ = point.stale_rows(drift, [np.nan, 0.0, 0.0], reach, nk)
     assert 0 in rows
     assert STALE_LIMIT == 1e-14
 
 
 def force_batch_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """Answer and learn one point with the general batch code (E-step, schedule, statistics
-    and a full M-step)."""
+    and a full M-step): without ``point.answer``, neither ``OnlineGMM._learn_point`` nor
+    ``_online_step`` takes a one-point kernel."""
     monkeypatch.setattr(point, "answer", lambda kind, params, x: None)
-
-    def blend(kind, stats, y, r, decay, center):
-        batch = batch_statistics(kind, y[None], r[None], center)
-        stats.blend(batch, decay, kind)
-        stats.normalise()
-
-    monkeypatch.setattr(point, "blend", blend)
-
-    def step(n_steps, **schedule):
-        decay, w, _ = batch_schedule(n_steps, 1, **schedule)
-        return decay, float(w[0])
-
-    monkeypatch.setattr(point, "step", step)
 
 
 def stream_one_by_one(config: dict, X: np.ndarray) -> tuple[OnlineGMM, list]:
