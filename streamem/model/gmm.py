@@ -649,7 +649,7 @@ class OnlineGMM(Estimator):
             self._refresh(threshold=checked)
             return _result(resp, log_lik, self._reported(anomaly, log_lik),
                            np.zeros(len(X), dtype=bool), version)
-        rows = None
+        rows: list[int] | None = None
         if not checked:  # the statistics changed by this point only
             rows = []
             if frac is not None:
@@ -670,7 +670,7 @@ class OnlineGMM(Estimator):
         (and refuses it, if it must).
         """
         threshold, params, d = self.anomaly_threshold_, self._params, self._n_features
-        assert params is not None and d is not None
+        assert self.stats_ is not None and params is not None and d is not None
         if (self._since_check + 1 >= CHECK_EVERY or self._rewarm or self.drifting_
                 or self.assignment != "soft" or not math.isfinite(threshold)):
             return None
