@@ -220,7 +220,7 @@ def _add_floor_full(cov: np.ndarray, reg: float) -> np.ndarray:
     cov *= 0.5
     d = cov.shape[-1]
     diag = cov.reshape(len(cov), d * d)[:, :: d + 1]  # a view of the diagonals
-    floor = np.maximum(diag.max(axis=1), 0.0)
+    floor = np.maximum.reduce(diag, axis=1, initial=0.0)
     floor *= RELATIVE_FLOOR
     floor += reg
     diag += floor[:, None]

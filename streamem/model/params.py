@@ -75,8 +75,9 @@ def refresh_params(
         except np.linalg.LinAlgError:
             return params_from_statistics(stats, kind, reg_covar)
         covariances, prec = covariances.copy(), prec.copy()
-        covariances[rows] = fresh
-        prec[rows] = fresh_prec
+        for i, k in enumerate(rows):  # a row at a time beats a fancy index for a few rows
+            covariances[k] = fresh[i]
+            prec[k] = fresh_prec[i]
     return make_params(kind, weights, stats.means.copy(), covariances, prec_chol=prec)
 
 

@@ -121,15 +121,15 @@ def blend(
     total = math.fsum(n_new)
     scale = 1.0 / total if total > TINY else 1.0  # the normalisation, folded in
     frac = [b / n if n > TINY else 0.0 for b, n in zip(r, n_new, strict=True)]
-    coefficients = []
+    coefficients: list[float] = []  # C (K, 3, 2), flat: one list of floats converts fastest
     for b, f, old in zip(r, frac, n_old, strict=True):
         c = old * f * scale  # δδᵀ's: N_old·N_new/N, normalised
         if b > TINY:  # δ = x − μ
-            coefficients.append(((c, 0.0), (0.0, 0.0), (f, 0.0)))
+            coefficients += (c, 0.0, 0.0, 0.0, f, 0.0)
         else:  # δ = c − μ, and the point's second moment about c: y = (x − μ) + (μ − c)
             dead = b * scale
-            coefficients.append(((dead, dead), (dead, c + dead), (0.0, -f)))
-    W = np.matmul(np.array(coefficients), D)
+            coefficients += (dead, dead, dead, c + dead, 0.0, -f)
+    W = np.matmul(np.array(coefficients).reshape(len(r), 3, 2), D)
     scatter = stats.scatter * (decay * scale)
     scatter += kind.outer_sum(D, W[:, :2])
     means = stats.means + W[:, 2]
