@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -685,12 +686,13 @@ class OnlineGMM(Estimator):
             resp, log_lik, reach, D = found
             decay, weight = point.step(self._n_steps, learning_decay=self.learning_decay,
                                        learning_offset=self.learning_offset,
-                                       floor=floor_for_halflife(self._halflife()))
+                                       floor=self._step_floor())
             stats, frac = point.blend(kind, self.stats_, D, [v * weight for v in resp], decay)
             rows, drift = point.stale_rows(self._drift, frac, reach, stats.nk)
             params = refresh_params(stats, kind, self.reg_covar, params, rows)
-            total = (np.add.reduce(stats.scatter, axis=None) + np.add.reduce(stats.means, axis=None)
-                     + np.add.reduce(stats.nk) + np.add.reduce(params.log_det)
+            # Σ π_k μ_k is finite only if the weights, hence the masses, and the means are.
+            total = (math.fsum(params.center.tolist()) + np.add.reduce(params.log_det)
+                     + np.add.reduce(stats.scatter, axis=None)
                      + np.add.reduce(params.precisions_chol, axis=None))
         except Exception:  # the general path refuses the point, with the reason
             return None
@@ -714,7 +716,7 @@ class OnlineGMM(Estimator):
         self.n_seen_ += 1
         self._since_check += 1
         self.version_ += 1
-        label = max(range(len(resp)), key=resp.__getitem__)
+        label = resp.index(max(resp))
         return BatchResult(np.array([label]), answered[0, label : label + 1], answered,
                            np.array([log_lik]), np.zeros(1, dtype=bool), np.zeros(1, dtype=bool),
                            version)
@@ -781,7 +783,7 @@ class OnlineGMM(Estimator):
                 decay, weight = point.step(
                     self._n_steps, learning_decay=self.learning_decay,
                     learning_offset=self.learning_offset,
-                    floor=floor_for_halflife(self._halflife()))
+                    floor=self._step_floor())
             else:
                 decay, weight = 1.0 - learning_rate, learning_rate
             self.learning_rate_ = float(weight)
@@ -793,7 +795,7 @@ class OnlineGMM(Estimator):
         if learning_rate is None:
             decay, w, self.learning_rate_ = batch_schedule(
                 self._n_steps, m, learning_decay=self.learning_decay,
-                learning_offset=self.learning_offset, floor=floor_for_halflife(self._halflife()))
+                learning_offset=self.learning_offset, floor=self._step_floor())
         else:
             decay, w = 1.0 - learning_rate, np.full(m, learning_rate / m)
             self.learning_rate_ = float(learning_rate)
@@ -808,9 +810,12 @@ class OnlineGMM(Estimator):
         """``halflife``, raised to ``POINTS_PER_PARAMETER`` points per free parameter."""
         if self.halflife is None or self._n_features is None:
             return self.halflife
-        K, d = self.n_components, self._n_features
-        n_parameters = K * d + self._kind.n_parameters(K, d) + K - 1
-        return max(float(self.halflife), POINTS_PER_PARAMETER * n_parameters)
+        return _raised_halflife(float(self.halflife), self.n_components, self._n_features,
+                                self.covariance_type)
+
+    def _step_floor(self) -> float:
+        """The schedule's floor: ``floor_for_halflife`` of ``_halflife()``."""
+        return _floor_for_halflife(self._halflife())
 
     def _track_recent(
         self, X: np.ndarray, resp: np.ndarray, anomaly: np.ndarray, n_flagged: int
@@ -1119,7 +1124,7 @@ class OnlineGMM(Estimator):
         if m:
             decay, w, self.learning_rate_ = batch_schedule(
                 self._n_steps, m, learning_decay=self.learning_decay,
-                learning_offset=self.learning_offset, floor=floor_for_halflife(self._halflife()))
+                learning_offset=self.learning_offset, floor=self._step_floor())
             weight = float(w.sum()) / m  # exact when the steps are 1/(t + τ0)
             self.stats_.blend(SufficientStatistics(delta.nk * weight, delta.means.copy(),
                                                    delta.scatter * weight), decay, self._kind)
@@ -1227,6 +1232,15 @@ class OnlineGMM(Estimator):
     def __repr__(self) -> str:
         return (f"OnlineGMM(n_components={self.n_components}, "
                 f"covariance_type={self.covariance_type!r})")
+
+
+_floor_for_halflife = functools.lru_cache(maxsize=64)(floor_for_halflife)
+
+
+@functools.lru_cache(maxsize=64)
+def _raised_halflife(halflife: float, K: int, d: int, covariance_type: str) -> float:
+    n_parameters = K * d + KINDS[covariance_type].n_parameters(K, d) + K - 1
+    return max(halflife, POINTS_PER_PARAMETER * n_parameters)
 
 
 def _result(

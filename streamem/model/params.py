@@ -66,7 +66,7 @@ def refresh_params(
     again, the others keep ``previous``'s covariance and factor (``point.stale_rows`` picks the
     rows so that a kept factor is that of the current covariance to within ``STALE_LIMIT``).
     """
-    weights = stats.nk / stats.nk.sum()
+    weights = stats.nk / np.add.reduce(stats.nk)
     covariances, prec = previous.covariances, previous.precisions_chol
     if len(rows):
         fresh = stats.covariances(kind, reg_covar, rows)

@@ -116,24 +116,27 @@ def blend(
     component's change is a 3×2 matrix of coefficients C_k on D_k: the mean moves by C_k[2]·D_k,
     the scatter by D_kᵀ (C_k[:2]·D_k) — one batched product each for all of them.
     """
-    n_old = [decay * v for v in stats.nk.tolist()]
-    n_new = [a + b for a, b in zip(n_old, r, strict=True)]
+    nk = stats.nk.tolist()
+    n_new = [decay * v + b for v, b in zip(nk, r, strict=True)]
     total = math.fsum(n_new)
     scale = 1.0 / total if total > TINY else 1.0  # the normalisation, folded in
-    frac = [b / n if n > TINY else 0.0 for b, n in zip(r, n_new, strict=True)]
+    frac: list[float] = []
     coefficients: list[float] = []  # C (K, 3, 2), flat: one list of floats converts fastest
-    for b, f, old in zip(r, frac, n_old, strict=True):
-        c = old * f * scale  # δδᵀ's: N_old·N_new/N, normalised
+    for v, b, n in zip(nk, r, n_new, strict=True):
+        f = b / n if n > TINY else 0.0
+        frac.append(f)
+        c = decay * v * f * scale  # δδᵀ's: N_old·N_new/N, normalised
         if b > TINY:  # δ = x − μ
             coefficients += (c, 0.0, 0.0, 0.0, f, 0.0)
         else:  # δ = c − μ, and the point's second moment about c: y = (x − μ) + (μ − c)
             dead = b * scale
             coefficients += (dead, dead, dead, c + dead, 0.0, -f)
-    W = np.matmul(np.array(coefficients).reshape(len(r), 3, 2), D)
+    W = np.matmul(np.array(coefficients).reshape(len(nk), 3, 2), D)
     scatter = stats.scatter * (decay * scale)
     scatter += kind.outer_sum(D, W[:, :2])
-    means = stats.means + W[:, 2]
-    return SufficientStatistics(np.array([n * scale for n in n_new]), means, scatter), frac
+    nk_new = np.array(n_new)
+    nk_new *= scale
+    return SufficientStatistics(nk_new, stats.means + W[:, 2], scatter), frac
 
 
 def stale_rows(
