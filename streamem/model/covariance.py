@@ -228,6 +228,42 @@ def _add_floor_full(cov: np.ndarray, reg: float) -> np.ndarray:
     return cov
 
 
+def _refresh_full(
+    scatter: np.ndarray, divisors: list[float], rows: list[int], reg: float,
+    covariances: np.ndarray, prec_chol: np.ndarray,
+) -> None:
+    """The floored covariance (``_add_floor_full`` of scatter / divisor) and precision factor
+    (``_cholesky_full``) of each component in ``rows``, written into ``covariances`` and
+    ``prec_chol`` (K, d, d), bit for bit as those functions. One matrix at a time: for the few
+    rows one point moves, a handful of calls each beats the batched functions' fixed cost.
+    ``LinAlgError`` when a covariance is not positive definite."""
+    d = scatter.shape[-1]
+    potrf, trtri = lapack.dpotrf, lapack.dtrtri
+    for k, n in zip(rows, divisors, strict=True):
+        raw = scatter[k] / n
+        cov = raw + raw.T
+        cov *= 0.5
+        diag = cov.reshape(d * d)[:: d + 1]
+        diag += max(max(diag.tolist()), 0.0) * RELATIVE_FLOOR + reg
+        chol, info = potrf(cov, 0, 1)
+        if info == 0:
+            prec_chol[k], info = trtri(chol, 0)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"covariance {k} is not positive definite")
+        covariances[k] = cov
+
+
+def _refresh_diag(
+    scatter: np.ndarray, divisors: list[float], rows: list[int], reg: float,
+    covariances: np.ndarray, prec_chol: np.ndarray,
+) -> None:
+    """``_refresh_full`` for diagonal and spherical covariances, batched."""
+    shape = (-1,) + (1,) * (scatter.ndim - 1)
+    fresh = _add_floor_diag(scatter.take(rows, axis=0) / np.reshape(divisors, shape), reg)
+    covariances[rows] = fresh
+    prec_chol[rows] = _cholesky_diag(fresh)
+
+
 def _add_floor_diag(cov: np.ndarray, reg: float) -> np.ndarray:
     return np.maximum(cov, 0.0) + reg
 
@@ -285,6 +321,8 @@ class CovarianceKind:
     outer : (a (K, d), b (K, d)) -> per-component a bᵀ in this type's scatter shape
     outer_sum : (A (K, m, d), B (K, m, d)) -> per-component Σ_j a_j b_jᵀ, the scatter shape
     add_floor : (covariances, reg) -> symmetrised covariances + reg·I
+    refresh : (scatter, divisors (m,), rows (m,), reg, covariances, precisions_chol) -> None;
+        the floored covariances scatter[rows] / divisors and their factors, written in place
     variances : covariances -> (K, d or 1) eigenvalues, ascending
     to_full / from_full : convert to and from (K, d, d)
     n_parameters : (K, d) -> free covariance parameters
@@ -299,6 +337,7 @@ class CovarianceKind:
     outer: Callable[[np.ndarray, np.ndarray], np.ndarray]
     outer_sum: Callable[[np.ndarray, np.ndarray], np.ndarray]
     add_floor: Callable[[np.ndarray, float], np.ndarray]
+    refresh: Callable[..., None]
     variances: Callable[[np.ndarray], np.ndarray]
     to_full: Callable[[np.ndarray, int], np.ndarray]
     from_full: Callable[[np.ndarray], np.ndarray]
@@ -328,18 +367,19 @@ def _n_parameters_spherical(n_components: int, n_features: int) -> int:
 KINDS: dict[str, CovarianceKind] = {
     "full": CovarianceKind(
         "full", _cholesky_full, _log_det_full, _maha_full, _point_maha_full, _moment_full,
-        _outer_full, _outer_sum_full, _add_floor_full, _variances_full, _to_full_full,
-        _from_full_full, _n_parameters_full,
+        _outer_full, _outer_sum_full, _add_floor_full, _refresh_full, _variances_full,
+        _to_full_full, _from_full_full, _n_parameters_full,
     ),
     "diag": CovarianceKind(
         "diag", _cholesky_diag, _log_det_diag, _maha_diag, _point_maha_diag, _moment_diag,
-        _outer_diag, _outer_sum_diag, _add_floor_diag, _variances_diag, _to_full_diag,
-        _from_full_diag, _n_parameters_diag,
+        _outer_diag, _outer_sum_diag, _add_floor_diag, _refresh_diag, _variances_diag,
+        _to_full_diag, _from_full_diag, _n_parameters_diag,
     ),
     "spherical": CovarianceKind(
         "spherical", _cholesky_diag, _log_det_spherical, _maha_spherical, _point_maha_spherical,
         _moment_spherical, _outer_spherical, _outer_sum_spherical, _add_floor_diag,
-        _variances_spherical, _to_full_spherical, _from_full_spherical, _n_parameters_spherical,
+        _refresh_diag, _variances_spherical, _to_full_spherical, _from_full_spherical,
+        _n_parameters_spherical,
     ),
 }
 

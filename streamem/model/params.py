@@ -12,7 +12,7 @@ from streamem.model.covariance import (
     CovarianceKind,
     estimate_log_gaussian_prob,
 )
-from streamem.model.statistics import SufficientStatistics
+from streamem.model.statistics import TINY, SufficientStatistics
 
 
 @dataclass(frozen=True)
@@ -66,19 +66,17 @@ def refresh_params(
     again, the others keep ``previous``'s covariance and factor (``point.stale_rows`` picks the
     rows so that a kept factor is that of the current covariance to within ``STALE_LIMIT``).
     """
-    weights = stats.nk / np.add.reduce(stats.nk)
+    nk = stats.nk
     covariances, prec = previous.covariances, previous.precisions_chol
     if len(rows):
-        fresh = stats.covariances(kind, reg_covar, rows)
+        covariances, prec = covariances.copy(), prec.copy()
+        divisors = [max(n, TINY) for n in nk.take(rows).tolist()]
         try:
-            fresh_prec = kind.precision_cholesky(fresh)
+            kind.refresh(stats.scatter, divisors, rows, reg_covar, covariances, prec)
         except np.linalg.LinAlgError:
             return params_from_statistics(stats, kind, reg_covar)
-        covariances, prec = covariances.copy(), prec.copy()
-        for i, k in enumerate(rows):  # a row at a time beats a fancy index for a few rows
-            covariances[k] = fresh[i]
-            prec[k] = fresh_prec[i]
-    return make_params(kind, weights, stats.means.copy(), covariances, prec_chol=prec)
+    return make_params(kind, nk / np.add.reduce(nk), stats.means.copy(), covariances,
+                       prec_chol=prec)
 
 
 def make_params(
