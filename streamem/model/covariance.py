@@ -60,7 +60,7 @@ def _cholesky_diag(cov: np.ndarray) -> np.ndarray:
 def _log_det_full(prec_chol: np.ndarray, n_features: int) -> np.ndarray:
     """log det of each precision Cholesky factor, (K,) — i.e. −½ log det Σ_k."""
     K, d, _ = prec_chol.shape
-    return np.log(prec_chol.reshape(K, d * d)[:, :: d + 1]).sum(axis=1)
+    return np.add.reduce(np.log(prec_chol.reshape(K, d * d)[:, :: d + 1]), axis=1)
 
 
 def _log_det_diag(prec_chol: np.ndarray, n_features: int) -> np.ndarray:
@@ -241,8 +241,7 @@ def _refresh_full(
     potrf, trtri = lapack.dpotrf, lapack.dtrtri
     for k, n in zip(rows, divisors, strict=True):
         raw = scatter[k] / n
-        cov = raw + raw.T
-        cov *= 0.5
+        cov = np.multiply(raw + raw.T, 0.5, out=covariances[k])
         diag = cov.reshape(d * d)[:: d + 1]
         diag += max(max(diag.tolist()), 0.0) * RELATIVE_FLOOR + reg
         chol, info = potrf(cov, 0, 1)
@@ -250,7 +249,6 @@ def _refresh_full(
             prec_chol[k], info = trtri(chol, 0)
         if info != 0:
             raise np.linalg.LinAlgError(f"covariance {k} is not positive definite")
-        covariances[k] = cov
 
 
 def _refresh_diag(

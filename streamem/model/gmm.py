@@ -690,10 +690,11 @@ class OnlineGMM(Estimator):
             stats, frac = point.blend(kind, self.stats_, D, [v * weight for v in resp], decay)
             rows, drift = point.stale_rows(self._drift, frac, reach, stats.nk)
             params = refresh_params(stats, kind, self.reg_covar, params, rows)
-            # Σ π_k μ_k is finite only if the weights, hence the masses, and the means are.
+            # Σ π_k μ_k is finite only if the weights, hence the masses, and the means are. A
+            # factor LAPACK computed from a finite floored covariance is finite (its norm is
+            # at most reg_covar^−½); its log det is checked all the same.
             total = (math.fsum(params.center.tolist()) + np.add.reduce(params.log_det)
-                     + np.add.reduce(stats.scatter, axis=None)
-                     + np.add.reduce(params.precisions_chol, axis=None))
+                     + np.add.reduce(stats.scatter, axis=None))
         except Exception:  # the general path refuses the point, with the reason
             return None
         if not (math.isfinite(total) and math.isfinite(log_lik)):
@@ -808,14 +809,13 @@ class OnlineGMM(Estimator):
 
     def _halflife(self) -> float | None:
         """``halflife``, raised to ``POINTS_PER_PARAMETER`` points per free parameter."""
-        if self.halflife is None or self._n_features is None:
-            return self.halflife
-        return _raised_halflife(float(self.halflife), self.n_components, self._n_features,
+        return _raised_halflife(self.halflife, self.n_components, self._n_features,
                                 self.covariance_type)
 
     def _step_floor(self) -> float:
-        """The schedule's floor: ``floor_for_halflife`` of ``_halflife()``."""
-        return _floor_for_halflife(self._halflife())
+        """The schedule's floor: ``floor_for_halflife`` of ``_halflife()`` (cached)."""
+        return _step_floor(self.halflife, self.n_components, self._n_features,
+                           self.covariance_type)
 
     def _track_recent(
         self, X: np.ndarray, resp: np.ndarray, anomaly: np.ndarray, n_flagged: int
@@ -1234,13 +1234,18 @@ class OnlineGMM(Estimator):
                 f"covariance_type={self.covariance_type!r})")
 
 
-_floor_for_halflife = functools.lru_cache(maxsize=64)(floor_for_halflife)
+def _raised_halflife(
+    halflife: float | None, K: int, d: int | None, covariance_type: str
+) -> float | None:
+    if halflife is None or d is None:
+        return halflife
+    n_parameters = K * d + KINDS[covariance_type].n_parameters(K, d) + K - 1
+    return max(float(halflife), POINTS_PER_PARAMETER * n_parameters)
 
 
 @functools.lru_cache(maxsize=64)
-def _raised_halflife(halflife: float, K: int, d: int, covariance_type: str) -> float:
-    n_parameters = K * d + KINDS[covariance_type].n_parameters(K, d) + K - 1
-    return max(halflife, POINTS_PER_PARAMETER * n_parameters)
+def _step_floor(halflife: float | None, K: int, d: int | None, covariance_type: str) -> float:
+    return floor_for_halflife(_raised_halflife(halflife, K, d, covariance_type))
 
 
 def _result(
