@@ -713,7 +713,12 @@ class OnlineGMM(Estimator):
             self._window_share += 1.0 - TAIL_KEEP
         self._window_mass = TAIL_KEEP * self._window_mass + (1.0 - TAIL_KEEP)
         if collecting:
-            self._remember(X)
+            ring, n = self._recent, self._recent_n
+            if ring.shape == (self._recent_capacity(), d):  # ``_remember``'s one-row case
+                ring[n % len(ring)] = X[0]
+                self._recent_n = n + 1
+            else:
+                self._remember(X)
         self.n_seen_ += 1
         self._since_check += 1
         self.version_ += 1

@@ -151,11 +151,11 @@ def stale_rows(
     ``TINY`` (its covariance is then its scatter over ``TINY``, which the decay moves), is
     factorised again and its drift starts over at 0.
     """
-    moved = [f * g for f, g in zip(frac, reach, strict=True)]
-    if drift is not None:
-        moved = [a + b for a, b in zip(moved, drift, strict=True)]
+    if drift is None:
+        drift = [0.0] * len(frac)
+    moved = [f * g + h for f, g, h in zip(frac, reach, drift, strict=True)]
     rows = [k for k, (m, n) in enumerate(zip(moved, nk.tolist(), strict=True))
-            if not m <= STALE_LIMIT or n <= TINY]
+            if not (m <= STALE_LIMIT and n > TINY)]
     for k in rows:
         moved[k] = 0.0
     return rows, moved
