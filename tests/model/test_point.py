@@ -14,10 +14,14 @@ import pytest
 
 from streamem.model import OnlineGMM, point
 from streamem.model.covariance import KINDS
+from streamem.model.gmm import ModelRejected
 from streamem.model.params import e_step, params_from_statistics, refresh_params
 from streamem.model.point import STALE_LIMIT
 from streamem.model.statistics import TINY, SufficientStatistics, batch_statistics
+from streamem.model.validation import max_abs_value
 from streamem.synthetic import Mixture, Stream
+
+from .test_validation import assert_unchanged, snapshot
 
 KIND_NAMES = ("full", "diag", "spherical")
 RTOL = 1e-12
@@ -243,3 +247,54 @@ def test_answering_one_point_is_answering_it_in_a_batch(method: str) -> None:
         one = getattr(gmm, method)(x[None])
         assert one.shape == batch[i : i + 1].shape
         assert_close(one, batch[i : i + 1])
+
+
+def test_the_common_case_skips_the_snapshot_and_gives_the_general_path_bit_for_bit(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``_learn_point`` learns most points without a snapshot (the others: warm-up, flagged
+    points, collapse checks), and exactly as ``_online_step``'s one-point path would."""
+    before, after = Mixture.random(4, 3, random_state=3), Mixture.random(4, 3, random_state=9)
+    X, _ = Stream(before, outlier_share=0.02, after=after, drift_at=2500).take(5000, 4)
+    snapshots = []
+    real = OnlineGMM._snapshot
+
+    def counted(self, *args):
+        snapshots.append(self.n_seen_)
+        return real(self, *args)
+
+    def stream() -> tuple[OnlineGMM, list]:
+        gmm = OnlineGMM(4, warmup=300, random_state=0, anomaly_rate=0.01)
+        return gmm, [gmm.partial_fit(X[i : i + 1]) for i in range(len(X))]
+
+    with monkeypatch.context() as patched:
+        patched.setattr(OnlineGMM, "_snapshot", counted)
+        fast, fast_results = stream()
+    flagged = sum(int(r.anomaly[0]) for r in fast_results)
+    # the warm-up, flagged points, the refit's warm-up after the drift, collapse checks
+    assert len(snapshots) <= 300 + flagged + fast.warmup_ + len(X) // 2048
+    assert len(snapshots) < len(X) / 4
+    with monkeypatch.context() as patched:
+        patched.setattr(OnlineGMM, "_learn_point", lambda self, X: None)
+        slow, slow_results = stream()
+    assert fast.resets_ == slow.resets_ and fast.resets_["drift"] == 1
+    for a, b in zip(fast_results, slow_results, strict=True):
+        for name in ("labels", "probabilities", "responsibilities", "log_likelihood", "anomaly"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    np.testing.assert_array_equal(fast.precisions_cholesky_, slow.precisions_cholesky_)
+    np.testing.assert_array_equal(fast._usage, slow._usage)
+    assert fast.anomaly_threshold_ == slow.anomaly_threshold_
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, "beyond"])
+def test_a_bad_single_point_is_refused_as_a_batch_would_be(bad: object) -> None:
+    X, _ = Mixture.random(4, 3, random_state=3).sample(600, random_state=4)
+    gmm = OnlineGMM(4, warmup=200, random_state=0)
+    gmm.partial_fit(X[:500])
+    x = X[500:501].copy()
+    x[0, 1] = 1.01 * max_abs_value(3) if bad == "beyond" else bad
+    before = snapshot(gmm)
+    with pytest.raises(ValueError, match=r"in 1 row\(s\): 0") as err:
+        gmm.partial_fit(x)
+    assert not isinstance(err.value, ModelRejected)
+    assert_unchanged(before, gmm)
