@@ -693,7 +693,7 @@ class OnlineGMM(Estimator):
             # Σ π_k μ_k is finite only if the weights, hence the masses, and the means are. A
             # factor LAPACK computed from a finite floored covariance is finite (its norm is
             # at most reg_covar^−½); its log det is checked all the same.
-            total = (math.fsum(params.center.tolist()) + np.add.reduce(params.log_det)
+            total = (sum(params.center.tolist()) + sum(params.log_det.tolist())
                      + np.add.reduce(stats.scatter, axis=None))
         except Exception:  # the general path refuses the point, with the reason
             return None
@@ -714,7 +714,7 @@ class OnlineGMM(Estimator):
         self._window_mass = TAIL_KEEP * self._window_mass + (1.0 - TAIL_KEEP)
         if collecting:
             ring, n = self._recent, self._recent_n
-            if ring.shape == (self._recent_capacity(), d):  # ``_remember``'s one-row case
+            if len(ring) and ring.shape[1] == d:  # ``_remember``'s one-row case
                 ring[n % len(ring)] = X[0]
                 self._recent_n = n + 1
             else:
