@@ -52,8 +52,8 @@ from streamem.model.validation import check_hyperparameters, check_points, max_a
 CHECK_EVERY = 2048
 #: Half-life, in points, of the recent-usage and flagged-share averages.
 RECENT_HALFLIFE = 1000.0
-#: What the recent averages keep over one point.
-RECENT_KEEP = math.exp(-math.log(2.0) / RECENT_HALFLIFE)
+#: What the recent averages keep over one point (as ``_track_recent`` and ``_track_tail``).
+RECENT_KEEP = math.exp(-math.log(2.0) * 1 / RECENT_HALFLIFE)
 TAIL_KEEP = tail_keep(1)
 HISTORY_LENGTH = 100
 #: Recent flagged share above which the stream is taken to have changed (see ``drifting_``).
@@ -812,13 +812,8 @@ class OnlineGMM(Estimator):
         self._sum_sq_weights = decay**2 * self._sum_sq_weights + float(w @ w)
         return None
 
-    def _halflife(self) -> float | None:
-        """``halflife``, raised to ``POINTS_PER_PARAMETER`` points per free parameter."""
-        return _raised_halflife(self.halflife, self.n_components, self._n_features,
-                                self.covariance_type)
-
     def _step_floor(self) -> float:
-        """The schedule's floor: ``floor_for_halflife`` of ``_halflife()`` (cached)."""
+        """The schedule's floor (cached; see ``_raised_halflife``)."""
         return _step_floor(self.halflife, self.n_components, self._n_features,
                            self.covariance_type)
 
@@ -829,7 +824,7 @@ class OnlineGMM(Estimator):
         n = len(X)
         if n == 0:
             return
-        keep = RECENT_KEEP if n == 1 else math.exp(-math.log(2.0) * n / RECENT_HALFLIFE)
+        keep = math.exp(-math.log(2.0) * n / RECENT_HALFLIFE)
         inliers = (~anomaly).astype(np.float64) if n_flagged else np.ones(n)
         used = inliers @ resp
         self._usage = keep * self._usage + ((1.0 - keep) / n) * used
@@ -857,7 +852,7 @@ class OnlineGMM(Estimator):
         if n == 0:
             return
         lo, hi = window
-        keep = TAIL_KEEP if n == 1 else tail_keep(n)
+        keep = tail_keep(n)
         self._window_share *= keep
         if lo > -np.inf:
             inside = np.count_nonzero((log_lik >= lo) & (log_lik < hi))
@@ -1242,6 +1237,7 @@ class OnlineGMM(Estimator):
 def _raised_halflife(
     halflife: float | None, K: int, d: int | None, covariance_type: str
 ) -> float | None:
+    """``halflife``, raised to ``POINTS_PER_PARAMETER`` points per free parameter."""
     if halflife is None or d is None:
         return halflife
     n_parameters = K * d + KINDS[covariance_type].n_parameters(K, d) + K - 1
