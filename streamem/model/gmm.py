@@ -167,7 +167,7 @@ class OnlineGMM(Estimator):
     _params: Params | None = None
     _n_features: int | None = None
     _conditioning: tuple[int, np.ndarray] | None = None
-    _drift: list[float] | None = None  # (K,) see ``point.stale_rows``; None: all 0
+    _drift: list[float] | None = None  # (K,) see ``point.blend``; None: all 0
     _checked = False  # hyperparameters checked since the last set_params
     _undo: list[tuple[np.ndarray, Any, np.ndarray]] | None = None  # see ``_snapshot``
     _flag_share = 0.0  # read by the metrics before the first batch
@@ -619,9 +619,8 @@ class OnlineGMM(Estimator):
         assert self.stats_ is not None and self._params is not None
         version, params = self.version_, self._params
         one = point.answer(self._kind, params, X[0]) if len(X) == 1 else None
-        D = None
         if one is not None:  # one point: the same answers in fewer numpy calls
-            resp, log_lik, D = np.array([one[0]]), np.array([one[1]]), one[3]
+            resp, log_lik = np.array([one[0]]), np.array([one[1]])
             Y = X - params.center
         else:
             Y = centred(X, params.center)
@@ -631,10 +630,10 @@ class OnlineGMM(Estimator):
         collecting, window = self._collecting(), self._counted_window()
         if n_flagged and self.protecting_:
             kept = np.flatnonzero(~anomaly)  # take() is several times faster than a mask
-            frac = self._update(Y.T.take(kept, axis=1).T, resp.T.take(kept, axis=1).T,
-                                learning_rate, D)
+            moved = self._update(Y.T.take(kept, axis=1).T, resp.T.take(kept, axis=1).T,
+                                 learning_rate, one)
         else:
-            frac = self._update(Y, resp, learning_rate, D)
+            moved = self._update(Y, resp, learning_rate, one)
         self._track_recent(X, resp, anomaly, n_flagged)
         self._track_tail(log_lik, window, collecting, X, anomaly)
         if self.drifting_ or self._rewarm:
@@ -653,8 +652,8 @@ class OnlineGMM(Estimator):
         rows: list[int] | None = None
         if not checked:  # the statistics changed by this point only
             rows = []
-            if frac is not None:
-                rows, self._drift = point.stale_rows(self._drift, frac, one[2], self.stats_.nk)
+            if moved is not None:
+                rows, self._drift = moved
         self._refresh(threshold=checked, rows=rows)
         label = int(resp[0].argmax())
         return BatchResult(np.array([label]), resp[0, label : label + 1], resp, log_lik,
@@ -687,8 +686,8 @@ class OnlineGMM(Estimator):
             decay, weight = point.step(self._n_steps, learning_decay=self.learning_decay,
                                        learning_offset=self.learning_offset,
                                        floor=self._step_floor())
-            stats, frac = point.blend(kind, self.stats_, D, [v * weight for v in resp], decay)
-            rows, drift = point.stale_rows(self._drift, frac, reach, stats.nk)
+            stats, rows, drift = point.blend(kind, self.stats_, D, [v * weight for v in resp],
+                                             decay, reach, self._drift)
             params = refresh_params(stats, kind, self.reg_covar, params, rows)
             # Σ π_k μ_k is finite only if the weights, hence the masses, and the means are. A
             # factor LAPACK computed from a finite floored covariance is finite (its norm is
@@ -771,12 +770,12 @@ class OnlineGMM(Estimator):
 
     def _update(
         self, Y: np.ndarray, resp: np.ndarray, learning_rate: float | None,
-        D: np.ndarray | None = None,
-    ) -> list[float] | None:
+        one: tuple[list[float], float, list[float], np.ndarray] | None = None,
+    ) -> tuple[list[int], list[float]] | None:
         """Blend the statistics of points ``Y`` (centred on ``params.center``) in.
 
-        For one point with its ``point.answer`` D, returns its share of each component's mass
-        (``point.blend``).
+        For one point with its ``point.answer`` ``one``, returns the rows to factorise again
+        and the new drift (``point.blend``).
         """
         assert self.stats_ is not None and self._params is not None
         m = len(Y)
@@ -784,7 +783,7 @@ class OnlineGMM(Estimator):
             return None
         if self.assignment == "hard":
             resp = hard_responsibilities(resp)
-        if m == 1 and D is not None:
+        if m == 1 and one is not None:
             if learning_rate is None:
                 decay, weight = point.step(
                     self._n_steps, learning_decay=self.learning_decay,
@@ -793,11 +792,12 @@ class OnlineGMM(Estimator):
             else:
                 decay, weight = 1.0 - learning_rate, learning_rate
             self.learning_rate_ = float(weight)
-            self.stats_, frac = point.blend(self._kind, self.stats_, D,
-                                            (resp[0] * weight).tolist(), decay)
+            self.stats_, rows, drift = point.blend(self._kind, self.stats_, one[3],
+                                                   (resp[0] * weight).tolist(), decay, one[2],
+                                                   self._drift)
             self._n_steps += 1
             self._sum_sq_weights = decay**2 * self._sum_sq_weights + weight * weight
-            return frac
+            return rows, drift
         if learning_rate is None:
             decay, w, self.learning_rate_ = batch_schedule(
                 self._n_steps, m, learning_decay=self.learning_decay,
@@ -1016,7 +1016,7 @@ class OnlineGMM(Estimator):
         """The M-step: parameters from the statistics; optionally the anomaly threshold too.
 
         ``rows`` (after one point): the only covariances to compute and factorise again
-        (``point.stale_rows``); the others keep covariance and factor.
+        (``point.blend``); the others keep covariance and factor.
         """
         assert self.stats_ is not None
         if rows is not None and self._params is not None:
@@ -1159,7 +1159,7 @@ class OnlineGMM(Estimator):
 
     # ------------------------------------------------------------------ helpers
     def _settle(self) -> None:
-        """Forget the drift of kept factors (``point.stale_rows``), as loading a saved model
+        """Forget the drift of kept factors (``point.blend``), as loading a saved model
         does: the factors are those of the covariances, which a loaded model factorises (bit
         for bit the same), so the copy continues exactly as the original."""
         self._drift = None

@@ -63,7 +63,7 @@ def refresh_params(
     """``params_from_statistics`` after a step that moved only the covariances ``rows`` (m,).
 
     Weights and means come from ``stats``; the covariances ``rows`` are computed and factorised
-    again, the others keep ``previous``'s covariance and factor (``point.stale_rows`` picks the
+    again, the others keep ``previous``'s covariance and factor (``point.blend`` picks the
     rows so that a kept factor is that of the current covariance to within ``STALE_LIMIT``).
     """
     nk = stats.nk

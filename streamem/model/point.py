@@ -20,7 +20,7 @@ from streamem.model.params import Params
 from streamem.model.statistics import TINY, SufficientStatistics
 
 #: Relative change of a covariance, in any direction, below which its precision factor is kept
-#: (see ``stale_rows``): far below the 1e-12 to which one-point and batch answers agree.
+#: (see ``blend``): far below the 1e-12 to which one-point and batch answers agree.
 STALE_LIMIT = 1e-14
 
 
@@ -102,60 +102,58 @@ def blend(
     D: np.ndarray,
     r: list[float],
     decay: float,
-) -> tuple[SufficientStatistics, list[float]]:
-    """decay·s + stat(x), normalised, for one point: new statistics (``stats`` is unchanged).
+    reach: list[float],
+    drift: list[float] | None,
+) -> tuple[SufficientStatistics, list[int], list[float]]:
+    """decay·s + stat(x), normalised, for one point: new statistics (``stats`` is unchanged),
+    the components whose covariance the step leaves to factorise again, and the drift (K,) of
+    the others.
 
     Parameters
     ----------
     D : (K, 2, d) [x − μ_k, μ_k − c] (``answer``), c the center.
     r : (K,) responsibilities already multiplied by the point's step weight.
+    reach : (K,) the point's reach (``answer``).
+    drift : (K,) bounds on how far each covariance has moved, relative to itself, since its
+        factor was computed (``None``: all 0).
 
-    Also returns the point's share of each component's mass after the update (K,), 0 where
-    that mass is at most ``TINY``. As in ``batch_statistics``, a component whose weight is at
-    most ``TINY`` takes the point as second moment about c rather than as its mean. Each
-    component's change is a 3×2 matrix of coefficients C_k on D_k: the mean moves by C_k[2]·D_k,
-    the scatter by D_kᵀ (C_k[:2]·D_k) — one batched product each for all of them.
+    As in ``batch_statistics``, a component whose weight is at most ``TINY`` takes the point as
+    second moment about c rather than as its mean. Each component's change is a 3×2 matrix of
+    coefficients C_k on D_k: the mean moves by C_k[2]·D_k, the scatter by D_kᵀ (C_k[:2]·D_k) —
+    one batched product each for all of them.
+
+    The step adds f·reach to a component's drift, f the point's share of its mass after the
+    update (0 where that mass is at most ``TINY``). A component past ``STALE_LIMIT`` (or whose
+    bound is not a number), or whose normalised mass is at most ``TINY`` (its covariance is
+    then its scatter over ``TINY``, which the decay moves), is to be factorised again and its
+    drift starts over at 0.
     """
     nk = stats.nk.tolist()
+    if drift is None:
+        drift = [0.0] * len(nk)
     n_new = [decay * v + b for v, b in zip(nk, r, strict=True)]
     total = math.fsum(n_new)
     scale = 1.0 / total if total > TINY else 1.0  # the normalisation, folded in
-    frac: list[float] = []
     coefficients: list[float] = []  # C (K, 3, 2), flat: one list of floats converts fastest
-    for v, b, n in zip(nk, r, n_new, strict=True):
+    nk_new: list[float] = []
+    rows: list[int] = []
+    moved: list[float] = []
+    for k, (v, b, n, g, h) in enumerate(zip(nk, r, n_new, reach, drift, strict=True)):
         f = b / n if n > TINY else 0.0
-        frac.append(f)
         c = decay * v * f * scale  # δδᵀ's: N_old·N_new/N, normalised
         if b > TINY:  # δ = x − μ
             coefficients += (c, 0.0, 0.0, 0.0, f, 0.0)
         else:  # δ = c − μ, and the point's second moment about c: y = (x − μ) + (μ − c)
             dead = b * scale
             coefficients += (dead, dead, dead, c + dead, 0.0, -f)
+        n *= scale
+        nk_new.append(n)
+        m = f * g + h
+        if not (m <= STALE_LIMIT and n > TINY):
+            rows.append(k)
+            m = 0.0
+        moved.append(m)
     W = np.matmul(np.array(coefficients).reshape(len(nk), 3, 2), D)
     scatter = stats.scatter * (decay * scale)
     scatter += kind.outer_sum(D, W[:, :2])
-    nk_new = np.array(n_new)
-    nk_new *= scale
-    return SufficientStatistics(nk_new, stats.means + W[:, 2], scatter), frac
-
-
-def stale_rows(
-    drift: list[float] | None, frac: list[float], reach: list[float], nk: np.ndarray
-) -> tuple[list[int], list[float]]:
-    """The components whose covariance a one-point step leaves to factorise again, and the
-    drift (K,) of the others.
-
-    ``drift`` (``None``: all 0) bounds how far each covariance has moved, relative to itself,
-    since its factor was computed; the step adds frac·reach (see ``answer``). A component past
-    ``STALE_LIMIT`` (or whose bound is not a number), or whose normalised mass ``nk`` is at most
-    ``TINY`` (its covariance is then its scatter over ``TINY``, which the decay moves), is
-    factorised again and its drift starts over at 0.
-    """
-    if drift is None:
-        drift = [0.0] * len(frac)
-    moved = [f * g + h for f, g, h in zip(frac, reach, drift, strict=True)]
-    rows = [k for k, (m, n) in enumerate(zip(moved, nk.tolist(), strict=True))
-            if not (m <= STALE_LIMIT and n > TINY)]
-    for k in rows:
-        moved[k] = 0.0
-    return rows, moved
+    return SufficientStatistics(np.array(nk_new), stats.means + W[:, 2], scatter), rows, moved

@@ -78,7 +78,7 @@ def test_blend_of_one_point_is_the_batch_update(kind_name: str, decay: float) ->
         r[2] = 0.0 if trial % 3 == 0 else r[2]
         x = y + center
         D = np.stack([x - fast.means, fast.means - center], axis=1)
-        fast, _ = point.blend(kind, fast, D, r.tolist(), decay)
+        fast, _, _ = point.blend(kind, fast, D, r.tolist(), decay, [0.0] * 4, None)
         batch_blend(kind_name, slow, y, r, decay, center)
         assert_close(fast.nk, slow.nk)
         assert_close(fast.means, slow.means)
@@ -119,9 +119,12 @@ def whitened_change(kind_name: str, before, after, k: int) -> float:
 
 
 @pytest.mark.parametrize("kind_name", KIND_NAMES)
-def test_the_reach_bounds_how_far_one_point_moves_each_covariance(kind_name: str) -> None:
-    """The bound ``stale_rows`` accumulates holds, for weights above and below TINY, points
-    near and far, a light component (where a weight below TINY still moves it)."""
+def test_the_reach_bounds_how_far_one_point_moves_each_covariance(
+    kind_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bound ``blend`` accumulates holds, for weights above and below TINY, points near
+    and far, a light component (where a weight below TINY still moves it)."""
+    monkeypatch.setattr(point, "STALE_LIMIT", np.inf)  # no row renewed: the drift is f·reach
     kind = KINDS[kind_name]
     rng = np.random.default_rng(5)
     checked = 0
@@ -136,26 +139,34 @@ def test_the_reach_bounds_how_far_one_point_moves_each_covariance(kind_name: str
         w = 10.0 ** rng.uniform(-6, -1)
         r = [v * w for v in resp]
         r[3] = 0.5 * TINY if trial % 2 else r[3]
-        stats, frac = point.blend(kind, stats, D, r, 1.0 - w)
+        stats, rows, bounds = point.blend(kind, stats, D, r, 1.0 - w, reach, None)
+        assert rows == []
         after = params_from_statistics(stats, kind, 1e-6)
         for k in range(4):
-            bound = frac[k] * reach[k]
+            bound = bounds[k]
             assert whitened_change(kind_name, before, after, k) <= bound * (1 + 1e-9) + 1e-13
             checked += bound > 1e-6
     assert checked > 40  # the bound was put to work, not only met by tiny changes
 
 
-def test_stale_rows_accumulate_the_drift_and_take_light_components() -> None:
-    nk = np.array([0.5, 0.5 - TINY, TINY])
-    frac, reach = [0.4, 0.1, 0.0], [1e-14] * 3
-    rows, drift = point.stale_rows(None, frac, reach, nk)
-    assert rows == [2] and drift == [0.4e-14, 0.1e-14, 0.0]
-    for _ in range(2):
-        rows, drift = point.stale_rows(drift, frac, reach, nk)
+def test_blend_accumulates_the_drift_and_renews_light_components() -> None:
+    """Each step adds f·reach to a component's drift; past ``STALE_LIMIT`` (or not a number)
+    its factor is renewed and the drift starts over, as it is for a component without mass."""
+    stats = SufficientStatistics(np.array([0.5, 0.5, 0.0]), np.zeros((3, 2)),
+                                 np.stack([0.5 * np.eye(2), 0.5 * np.eye(2), np.zeros((2, 2))]))
+    D, r, decay = np.ones((3, 2, 2)), [1e-3, 1e-3, 0.0], 1.0 - 2e-3
+    frac = [b / (decay * v + b) for v, b in zip([0.5, 0.5], r[:2], strict=True)]
+    reach = [0.4e-14 / frac[0], 0.1e-14 / frac[1], 1.0]
+    kind = KINDS["full"]
+    _, rows, drift = point.blend(kind, stats, D, r, decay, reach, None)
+    assert rows == [2] and drift[2] == 0.0
+    assert drift[:2] == pytest.approx([0.4e-14, 0.1e-14], rel=1e-12)
+    for _ in range(2):  # the same step again: the same f·reach added
+        _, rows, drift = point.blend(kind, stats, D, r, decay, reach, drift)
     assert rows == [0, 2]  # 1.2e-14 > STALE_LIMIT: factorised again, drift from 0
-    assert drift[0] == 0.0 and drift[1] == pytest.approx(0.3e-14)
-    rows, _ = point.stale_rows(drift, [np.nan, 0.0, 0.0], reach, nk)
-    assert 0 in rows
+    assert drift[0] == 0.0 and drift[1] == pytest.approx(0.3e-14, rel=1e-12)
+    _, rows, _ = point.blend(kind, stats, D, r, decay, [np.nan, 0.0, 1.0], drift)
+    assert rows == [0, 2]
     assert STALE_LIMIT == 1e-14
 
 

@@ -101,9 +101,9 @@ def test_a_non_finite_statistic_of_one_point_is_never_committed():
     real = point.blend
 
     def poisoned(*args):
-        stats, frac = real(*args)
+        stats, rows, drift = real(*args)
         stats.scatter[far, 0, 0] = np.nan
-        return stats, frac
+        return stats, rows, drift
 
     with mock.patch.object(point, "blend", side_effect=poisoned), \
             pytest.raises(ModelRejected, match="scatter would not be finite"):
