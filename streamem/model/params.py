@@ -70,7 +70,8 @@ def refresh_params(
     covariances, prec = previous.covariances, previous.precisions_chol
     if len(rows):
         covariances, prec = covariances.copy(), prec.copy()
-        divisors = [max(n, TINY) for n in nk.take(rows).tolist()]
+        masses = nk.tolist()
+        divisors = [max(masses[k], TINY) for k in rows]
         try:
             kind.refresh(stats.scatter, divisors, rows, reg_covar, covariances, prec)
         except np.linalg.LinAlgError:
