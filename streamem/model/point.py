@@ -6,7 +6,9 @@ for arithmetic. These functions do what ``params.e_step``, ``schedule.batch_sche
 ``params.params_from_statistics`` do for a batch of one point, in a few calls on (K,) and (K, d)
 arrays. The results equal the batch path's up to rounding (the order of a few floating-point
 operations differs, and a precision factor is kept while its covariance has moved by less than
-``STALE_LIMIT`` relative): it is the same model, not an approximation of it.
+``STALE_LIMIT`` relative): it is the same model, not an approximation of it. ``blend`` returns
+new statistics rather than changing them, so that ``OnlineGMM._learn_point`` can compute a whole
+step and commit it only once it is valid, without a snapshot to roll back.
 """
 
 from __future__ import annotations
@@ -47,13 +49,13 @@ def answer(
     log p(x), the reach (K,) of its update, and D (K, 2, d) = [x − μ_k, μ_k − c] (``blend``).
 
     reach_k = 2·(1 + 2‖P_kᵀ(x − μ_k)‖² + 3‖P_kᵀ(μ_k − c)‖²), P_k the precision factor and c the
-    center: when the update gives x a share f_k of component k's mass (``blend``'s fractions),
-    the floored covariance F_k moves by ‖P_kᵀ ΔF_k P_k‖₂ ≤ f_k·reach_k — relative to itself, in
+    center: when the update gives x a share f_k of component k's mass (see ``blend``), the
+    floored covariance F_k moves by ‖P_kᵀ ΔF_k P_k‖₂ ≤ f_k·reach_k — relative to itself, in
     every direction. (Σ' = (1 − f)Σ + f(1 − f)δδᵀ, or for a weight at most ``TINY``
     (1 − f)Σ + f·yyᵀ + f(1 − f)mmᵀ, with δ = x − μ, y = x − c, m = c − μ; the floor's relative
     part moves with the largest variance, by at most as much again.) ``None`` as ``e_step``.
 
-    K numbers per component are worked on as Python floats: fewer calls than numpy's.
+    The K numbers of each kind are worked on as Python floats: fewer calls than numpy's.
     """
     means = params.means
     D = np.empty((len(means), 2, len(x)))
