@@ -296,13 +296,18 @@ def test_the_common_case_skips_the_snapshot_and_gives_the_general_path_bit_for_b
     assert_unchanged(snapshot(slow), fast)  # the whole saved state, trackers included
 
 
-@pytest.mark.parametrize("bad", [np.nan, np.inf, "beyond"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, "beyond", "beyond, data at that scale"])
 def test_a_bad_single_point_is_refused_as_a_batch_would_be(bad: object) -> None:
+    """Refused with the batch's error, and nothing learned: also a point just beyond the input
+    bound that the model, fitted to data at that scale, would not even flag."""
+    limit = max_abs_value(3)
     X, _ = Mixture.random(4, 3, random_state=3).sample(600, random_state=4)
+    if bad == "beyond, data at that scale":
+        X = np.random.default_rng(5).uniform(-0.9, 0.9, size=(600, 3)) * limit
     gmm = OnlineGMM(4, warmup=200, random_state=0)
     gmm.partial_fit(X[:500])
     x = X[500:501].copy()
-    x[0, 1] = 1.01 * max_abs_value(3) if bad == "beyond" else bad
+    x[0, 1] = bad if isinstance(bad, float) else 1.01 * limit
     before = snapshot(gmm)
     with pytest.raises(ValueError, match=r"in 1 row\(s\): 0") as err:
         gmm.partial_fit(x)
