@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,12 +46,15 @@ from streamem.model.params import (
 from streamem.model.schedule import batch_schedule, floor_for_halflife
 from streamem.model.seeding import fit_batch
 from streamem.model.statistics import SufficientStatistics, batch_statistics
-from streamem.model.validation import check_hyperparameters, check_points
+from streamem.model.validation import check_hyperparameters, check_points, max_abs_value
 
 #: Points between two collapse checks (and anomaly-threshold refreshes).
 CHECK_EVERY = 2048
 #: Half-life, in points, of the recent-usage and flagged-share averages.
 RECENT_HALFLIFE = 1000.0
+#: What the recent averages keep over one point (as ``_track_recent`` and ``_track_tail``).
+RECENT_KEEP = math.exp(-math.log(2.0) * 1 / RECENT_HALFLIFE)
+TAIL_KEEP = tail_keep(1)
 HISTORY_LENGTH = 100
 #: Recent flagged share above which the stream is taken to have changed (see ``drifting_``).
 DRIFT_SHARE = 0.25
@@ -163,7 +167,7 @@ class OnlineGMM(Estimator):
     _params: Params | None = None
     _n_features: int | None = None
     _conditioning: tuple[int, np.ndarray] | None = None
-    _drift: np.ndarray | None = None  # (K,) see ``point.stale_rows``; None: all 0
+    _drift: list[float] | None = None  # (K,) see ``point.blend``; None: all 0
     _checked = False  # hyperparameters checked since the last set_params
     _undo: list[tuple[np.ndarray, Any, np.ndarray]] | None = None  # see ``_snapshot``
     _flag_share = 0.0  # read by the metrics before the first batch
@@ -474,6 +478,12 @@ class OnlineGMM(Estimator):
         """
         if learning_rate is not None and not 0.0 < learning_rate <= 1.0:
             raise ValueError(f"learning_rate must be in (0, 1], got {learning_rate!r}")
+        if (learning_rate is None and self._checked and self.stats_ is not None
+                and type(X) is np.ndarray and X.shape == (1, self._n_features)
+                and X.dtype == np.float64):
+            done = self._learn_point(X)
+            if done is not None:
+                return done
         self._ready()
         n_features = self._n_features
         X = self._check(X)
@@ -610,7 +620,7 @@ class OnlineGMM(Estimator):
         version, params = self.version_, self._params
         one = point.answer(self._kind, params, X[0]) if len(X) == 1 else None
         if one is not None:  # one point: the same answers in fewer numpy calls
-            resp, log_lik = one[0][None], np.array([one[1]])
+            resp, log_lik = np.array([one[0]]), np.array([one[1]])
             Y = X - params.center
         else:
             Y = centred(X, params.center)
@@ -620,10 +630,10 @@ class OnlineGMM(Estimator):
         collecting, window = self._collecting(), self._counted_window()
         if n_flagged and self.protecting_:
             kept = np.flatnonzero(~anomaly)  # take() is several times faster than a mask
-            frac = self._update(Y.T.take(kept, axis=1).T, resp.T.take(kept, axis=1).T,
-                                learning_rate)
+            moved = self._update(Y.T.take(kept, axis=1).T, resp.T.take(kept, axis=1).T,
+                                 learning_rate, one)
         else:
-            frac = self._update(Y, resp, learning_rate)
+            moved = self._update(Y, resp, learning_rate, one)
         self._track_recent(X, resp, anomaly, n_flagged)
         self._track_tail(log_lik, window, collecting, X, anomaly)
         if self.drifting_ or self._rewarm:
@@ -639,15 +649,82 @@ class OnlineGMM(Estimator):
             self._refresh(threshold=checked)
             return _result(resp, log_lik, self._reported(anomaly, log_lik),
                            np.zeros(len(X), dtype=bool), version)
-        rows = None
+        rows: list[int] | None = None
         if not checked:  # the statistics changed by this point only
-            rows = np.zeros(0, dtype=np.intp)
-            if frac is not None:
-                rows, self._drift = point.stale_rows(self._drift, frac, one[2], self.stats_.nk)
+            rows = []
+            if moved is not None:
+                rows, self._drift = moved
         self._refresh(threshold=checked, rows=rows)
-        label = int(one[0].argmax())
-        return BatchResult(np.array([label]), one[0][label : label + 1], resp, log_lik,
+        label = int(resp[0].argmax())
+        return BatchResult(np.array([label]), resp[0, label : label + 1], resp, log_lik,
                            self._reported(anomaly, log_lik), np.zeros(1, dtype=bool), version)
+
+    def _learn_point(self, X: np.ndarray) -> BatchResult | None:
+        """``partial_fit`` of one point X (1, d) in the common case, in few numpy calls.
+
+        The common case: the model learns (initialised, soft assignment, no drift refit under
+        way, the schedule's step), the point is valid and not flagged, and no collapse check is
+        due. The step is ``_online_step``'s for that case, computed into new objects and
+        committed only once it is valid: nothing to snapshot or roll back. ``None`` (nothing
+        changed) in any other case, or on any failure: the general path then learns the point
+        (and refuses it, if it must).
+        """
+        threshold, params, d = self.anomaly_threshold_, self._params, self._n_features
+        assert self.stats_ is not None and params is not None and d is not None
+        if (self._since_check + 1 >= CHECK_EVERY or self._rewarm or self.drifting_
+                or self.assignment != "soft" or not math.isfinite(threshold)):
+            return None
+        limit = max_abs_value(d)
+        if not all(-limit <= v <= limit for v in X.tolist()[0]):  # False for NaN
+            return None
+        kind = self._kind
+        try:
+            found = point.answer(kind, params, X[0])
+            if found is None or not found[1] >= threshold:
+                return None
+            resp, log_lik, reach, D = found
+            decay, weight = point.step(self._n_steps, learning_decay=self.learning_decay,
+                                       learning_offset=self.learning_offset,
+                                       floor=self._step_floor())
+            stats, rows, drift = point.blend(kind, self.stats_, D, [v * weight for v in resp],
+                                             decay, reach, self._drift)
+            params = refresh_params(stats, kind, self.reg_covar, params, rows)
+            # Σ π_k μ_k is finite only if the weights, hence the masses, and the means are. A
+            # factor LAPACK computed from a finite floored covariance is finite (its norm is
+            # at most reg_covar^−½); its log det is checked all the same.
+            total = (sum(params.center.tolist()) + sum(params.log_det.tolist())
+                     + np.add.reduce(stats.scatter, axis=None))
+        except Exception:  # the general path refuses the point, with the reason
+            return None
+        if not (math.isfinite(total) and math.isfinite(log_lik)):
+            return None
+        collecting, (lo, hi) = self._collecting(), self._counted_window()
+        version = self.version_
+        self.stats_, self._params, self._drift = stats, params, drift
+        self.learning_rate_ = weight
+        self._n_steps += 1
+        self._sum_sq_weights = decay**2 * self._sum_sq_weights + weight * weight
+        answered = np.array([resp])
+        self._usage = RECENT_KEEP * self._usage + (1.0 - RECENT_KEEP) * answered[0]
+        self._flag_share = RECENT_KEEP * self._flag_share + 0.0
+        self._window_share *= TAIL_KEEP
+        if lo <= log_lik < hi:
+            self._window_share += 1.0 - TAIL_KEEP
+        self._window_mass = TAIL_KEEP * self._window_mass + (1.0 - TAIL_KEEP)
+        if collecting:
+            ring, n = self._recent, self._recent_n
+            if len(ring) and ring.shape[1] == d:  # ``_remember``'s one-row case
+                ring[n % len(ring)] = X[0]
+                self._recent_n = n + 1
+            else:
+                self._remember(X)
+        self.n_seen_ += 1
+        self._since_check += 1
+        self.version_ += 1
+        label = resp.index(max(resp))
+        return BatchResult(np.array([label]), answered[0, label : label + 1], answered,
+                           np.array([log_lik]), np.zeros(1, dtype=bool), np.zeros(1, dtype=bool),
+                           version)
 
     def _collect_rewarm(self, X: np.ndarray) -> None:
         """After a large change, refit from a fresh warm-up buffer of the new regime."""
@@ -692,11 +769,13 @@ class OnlineGMM(Estimator):
         return SufficientStatistics(stats.nk[order], stats.means[order], stats.scatter[order])
 
     def _update(
-        self, Y: np.ndarray, resp: np.ndarray, learning_rate: float | None
-    ) -> np.ndarray | None:
+        self, Y: np.ndarray, resp: np.ndarray, learning_rate: float | None,
+        one: tuple[list[float], float, list[float], np.ndarray] | None = None,
+    ) -> tuple[list[int], list[float]] | None:
         """Blend the statistics of points ``Y`` (centred on ``params.center``) in.
 
-        For one point, returns its share of each component's mass (``point.blend``).
+        For one point with its ``point.answer`` ``one``, returns the rows to factorise again
+        and the new drift (``point.blend``).
         """
         assert self.stats_ is not None and self._params is not None
         m = len(Y)
@@ -704,24 +783,25 @@ class OnlineGMM(Estimator):
             return None
         if self.assignment == "hard":
             resp = hard_responsibilities(resp)
-        if m == 1:
+        if m == 1 and one is not None:
             if learning_rate is None:
                 decay, weight = point.step(
                     self._n_steps, learning_decay=self.learning_decay,
                     learning_offset=self.learning_offset,
-                    floor=floor_for_halflife(self._halflife()))
+                    floor=self._step_floor())
             else:
                 decay, weight = 1.0 - learning_rate, learning_rate
             self.learning_rate_ = float(weight)
-            frac = point.blend(self._kind, self.stats_, Y[0], resp[0] * weight, decay,
-                               self._params.center)
+            self.stats_, rows, drift = point.blend(self._kind, self.stats_, one[3],
+                                                   (resp[0] * weight).tolist(), decay, one[2],
+                                                   self._drift)
             self._n_steps += 1
             self._sum_sq_weights = decay**2 * self._sum_sq_weights + weight * weight
-            return frac
+            return rows, drift
         if learning_rate is None:
             decay, w, self.learning_rate_ = batch_schedule(
                 self._n_steps, m, learning_decay=self.learning_decay,
-                learning_offset=self.learning_offset, floor=floor_for_halflife(self._halflife()))
+                learning_offset=self.learning_offset, floor=self._step_floor())
         else:
             decay, w = 1.0 - learning_rate, np.full(m, learning_rate / m)
             self.learning_rate_ = float(learning_rate)
@@ -732,13 +812,10 @@ class OnlineGMM(Estimator):
         self._sum_sq_weights = decay**2 * self._sum_sq_weights + float(w @ w)
         return None
 
-    def _halflife(self) -> float | None:
-        """``halflife``, raised to ``POINTS_PER_PARAMETER`` points per free parameter."""
-        if self.halflife is None or self._n_features is None:
-            return self.halflife
-        K, d = self.n_components, self._n_features
-        n_parameters = K * d + self._kind.n_parameters(K, d) + K - 1
-        return max(float(self.halflife), POINTS_PER_PARAMETER * n_parameters)
+    def _step_floor(self) -> float:
+        """The schedule's floor (cached; see ``_raised_halflife``)."""
+        return _step_floor(self.halflife, self.n_components, self._n_features,
+                           self.covariance_type)
 
     def _track_recent(
         self, X: np.ndarray, resp: np.ndarray, anomaly: np.ndarray, n_flagged: int
@@ -935,11 +1012,11 @@ class OnlineGMM(Estimator):
             -HISTORY_LENGTH:
         ]
 
-    def _refresh(self, threshold: bool, rows: np.ndarray | None = None) -> None:
+    def _refresh(self, threshold: bool, rows: list[int] | None = None) -> None:
         """The M-step: parameters from the statistics; optionally the anomaly threshold too.
 
         ``rows`` (after one point): the only covariances to compute and factorise again
-        (``point.stale_rows``); the others keep covariance and factor.
+        (``point.blend``); the others keep covariance and factor.
         """
         assert self.stats_ is not None
         if rows is not None and self._params is not None:
@@ -1047,7 +1124,7 @@ class OnlineGMM(Estimator):
         if m:
             decay, w, self.learning_rate_ = batch_schedule(
                 self._n_steps, m, learning_decay=self.learning_decay,
-                learning_offset=self.learning_offset, floor=floor_for_halflife(self._halflife()))
+                learning_offset=self.learning_offset, floor=self._step_floor())
             weight = float(w.sum()) / m  # exact when the steps are 1/(t + τ0)
             self.stats_.blend(SufficientStatistics(delta.nk * weight, delta.means.copy(),
                                                    delta.scatter * weight), decay, self._kind)
@@ -1082,7 +1159,7 @@ class OnlineGMM(Estimator):
 
     # ------------------------------------------------------------------ helpers
     def _settle(self) -> None:
-        """Forget the drift of kept factors (``point.stale_rows``), as loading a saved model
+        """Forget the drift of kept factors (``point.blend``), as loading a saved model
         does: the factors are those of the covariances, which a loaded model factorises (bit
         for bit the same), so the copy continues exactly as the original."""
         self._drift = None
@@ -1155,6 +1232,21 @@ class OnlineGMM(Estimator):
     def __repr__(self) -> str:
         return (f"OnlineGMM(n_components={self.n_components}, "
                 f"covariance_type={self.covariance_type!r})")
+
+
+def _raised_halflife(
+    halflife: float | None, K: int, d: int | None, covariance_type: str
+) -> float | None:
+    """``halflife``, raised to ``POINTS_PER_PARAMETER`` points per free parameter."""
+    if halflife is None or d is None:
+        return halflife
+    n_parameters = K * d + KINDS[covariance_type].n_parameters(K, d) + K - 1
+    return max(float(halflife), POINTS_PER_PARAMETER * n_parameters)
+
+
+@functools.lru_cache(maxsize=64)
+def _step_floor(halflife: float | None, K: int, d: int | None, covariance_type: str) -> float:
+    return floor_for_halflife(_raised_halflife(halflife, K, d, covariance_type))
 
 
 def _result(

@@ -12,7 +12,7 @@ from streamem.model.covariance import (
     CovarianceKind,
     estimate_log_gaussian_prob,
 )
-from streamem.model.statistics import SufficientStatistics
+from streamem.model.statistics import TINY, SufficientStatistics
 
 
 @dataclass(frozen=True)
@@ -58,26 +58,26 @@ def refresh_params(
     kind: CovarianceKind,
     reg_covar: float,
     previous: Params,
-    rows: np.ndarray,
+    rows: list[int] | np.ndarray,
 ) -> Params:
     """``params_from_statistics`` after a step that moved only the covariances ``rows`` (m,).
 
     Weights and means come from ``stats``; the covariances ``rows`` are computed and factorised
-    again, the others keep ``previous``'s covariance and factor (``point.stale_rows`` picks the
+    again, the others keep ``previous``'s covariance and factor (``point.blend`` picks the
     rows so that a kept factor is that of the current covariance to within ``STALE_LIMIT``).
     """
-    weights = stats.nk / stats.nk.sum()
+    nk = stats.nk
     covariances, prec = previous.covariances, previous.precisions_chol
     if len(rows):
-        fresh = stats.covariances(kind, reg_covar, rows)
+        covariances, prec = covariances.copy(), prec.copy()
+        masses = nk.tolist()
+        divisors = [max(masses[k], TINY) for k in rows]
         try:
-            fresh_prec = kind.precision_cholesky(fresh)
+            kind.refresh(stats.scatter, divisors, rows, reg_covar, covariances, prec)
         except np.linalg.LinAlgError:
             return params_from_statistics(stats, kind, reg_covar)
-        covariances, prec = covariances.copy(), prec.copy()
-        covariances[rows] = fresh
-        prec[rows] = fresh_prec
-    return make_params(kind, weights, stats.means.copy(), covariances, prec_chol=prec)
+    return make_params(kind, nk / np.add.reduce(nk), stats.means.copy(), covariances,
+                       prec_chol=prec)
 
 
 def make_params(

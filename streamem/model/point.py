@@ -6,7 +6,9 @@ for arithmetic. These functions do what ``params.e_step``, ``schedule.batch_sche
 ``params.params_from_statistics`` do for a batch of one point, in a few calls on (K,) and (K, d)
 arrays. The results equal the batch path's up to rounding (the order of a few floating-point
 operations differs, and a precision factor is kept while its covariance has moved by less than
-``STALE_LIMIT`` relative): it is the same model, not an approximation of it.
+``STALE_LIMIT`` relative): it is the same model, not an approximation of it. ``blend`` returns
+new statistics rather than changing them, so that ``OnlineGMM._learn_point`` can compute a whole
+step and commit it only once it is valid, without a snapshot to roll back.
 """
 
 from __future__ import annotations
@@ -20,10 +22,8 @@ from streamem.model.params import Params
 from streamem.model.statistics import TINY, SufficientStatistics
 
 #: Relative change of a covariance, in any direction, below which its precision factor is kept
-#: (see ``stale_rows``): far below the 1e-12 to which one-point and batch answers agree.
+#: (see ``blend``): far below the 1e-12 to which one-point and batch answers agree.
 STALE_LIMIT = 1e-14
-#: Weights of ‖P_kᵀ(x − μ_k)‖² and ‖P_kᵀ(μ_k − c)‖² in the reach of a point (see ``answer``).
-_REACH = np.array([4.0, 6.0])
 
 
 def weighted_log_prob(kind: CovarianceKind, params: Params, x: np.ndarray) -> np.ndarray:
@@ -44,29 +44,33 @@ def e_step(
 
 def answer(
     kind: CovarianceKind, params: Params, x: np.ndarray
-) -> tuple[np.ndarray, float, np.ndarray] | None:
-    """``e_step`` of one point x (d,) that is to be learned, and the reach (K,) of its update.
+) -> tuple[list[float], float, list[float], np.ndarray] | None:
+    """``e_step`` of one point x (d,) that is to be learned: its responsibilities (K,) and
+    log p(x), the reach (K,) of its update, and D (K, 2, d) = [x − μ_k, μ_k − c] (``blend``).
 
     reach_k = 2·(1 + 2‖P_kᵀ(x − μ_k)‖² + 3‖P_kᵀ(μ_k − c)‖²), P_k the precision factor and c the
-    center: when the update gives x a share f_k of component k's mass (``blend``'s fractions),
-    the floored covariance F_k moves by ‖P_kᵀ ΔF_k P_k‖₂ ≤ f_k·reach_k — relative to itself, in
+    center: when the update gives x a share f_k of component k's mass (see ``blend``), the
+    floored covariance F_k moves by ‖P_kᵀ ΔF_k P_k‖₂ ≤ f_k·reach_k — relative to itself, in
     every direction. (Σ' = (1 − f)Σ + f(1 − f)δδᵀ, or for a weight at most ``TINY``
     (1 − f)Σ + f·yyᵀ + f(1 − f)mmᵀ, with δ = x − μ, y = x − c, m = c − μ; the floor's relative
     part moves with the largest variance, by at most as much again.) ``None`` as ``e_step``.
+
+    The K numbers of each kind are worked on as Python floats: fewer calls than numpy's.
     """
     means = params.means
-    DM = np.empty((len(means), 2, len(x)))
-    np.subtract(x, means, out=DM[:, 0])
-    np.subtract(means, params.center, out=DM[:, 1])
-    dist = kind.point_mahalanobis(DM, params.precisions_chol)
-    weighted = dist[:, 0] * -0.5
-    weighted += params.log_norm
-    found = _normalised(weighted)
-    if found is None:
+    D = np.empty((len(means), 2, len(x)))
+    np.subtract(x, means, out=D[:, 0])
+    np.subtract(means, params.center, out=D[:, 1])
+    dist = kind.point_mahalanobis(D, params.precisions_chol).tolist()
+    weighted = [c - 0.5 * a for c, (a, _) in zip(params.log_norm.tolist(), dist, strict=True)]
+    top = max(weighted)
+    if not math.isfinite(top):
         return None
-    reach = dist @ _REACH
-    reach += 2.0
-    return found[0], found[1], reach
+    scaled = [math.exp(v - top) for v in weighted]
+    total = math.fsum(scaled)
+    resp = [v / total for v in scaled]
+    reach = [2.0 + 4.0 * a + 6.0 * b for a, b in dist]
+    return resp, top + math.log(total), reach, D
 
 
 def _normalised(weighted: np.ndarray) -> tuple[np.ndarray, float] | None:
@@ -97,67 +101,61 @@ def step(
 def blend(
     kind: CovarianceKind,
     stats: SufficientStatistics,
-    y: np.ndarray,
-    r: np.ndarray,
+    D: np.ndarray,
+    r: list[float],
     decay: float,
-    center: np.ndarray,
-) -> np.ndarray:
-    """s ← decay·s + stat(x), then normalised, in place, for one point.
+    reach: list[float],
+    drift: list[float] | None,
+) -> tuple[SufficientStatistics, list[int], list[float]]:
+    """decay·s + stat(x), normalised, for one point: new statistics (``stats`` is unchanged),
+    the components whose covariance the step leaves to factorise again, and the drift (K,) of
+    the others.
 
     Parameters
     ----------
-    y : (d,) the point minus ``center``.
+    D : (K, 2, d) [x − μ_k, μ_k − c] (``answer``), c the center.
     r : (K,) responsibilities already multiplied by the point's step weight.
+    reach : (K,) the point's reach (``answer``).
+    drift : (K,) bounds on how far each covariance has moved, relative to itself, since its
+        factor was computed (``None``: all 0).
 
-    Returns the point's share of each component's mass after the update (K,), 0 where that
-    mass is at most ``TINY``. As in ``batch_statistics``, a component whose weight is at most
-    ``TINY`` takes the point as second moment about ``center`` rather than as its mean.
+    As in ``batch_statistics``, a component whose weight is at most ``TINY`` takes the point as
+    second moment about c rather than as its mean. Each component's change is a 3×2 matrix of
+    coefficients C_k on D_k: the mean moves by C_k[2]·D_k, the scatter by D_kᵀ (C_k[:2]·D_k) —
+    one batched product each for all of them.
+
+    The step adds f·reach to a component's drift, f the point's share of its mass after the
+    update (0 where that mass is at most ``TINY``). A component past ``STALE_LIMIT`` (or whose
+    bound is not a number), or whose normalised mass is at most ``TINY`` (its covariance is
+    then its scatter over ``TINY``, which the decay moves), is to be factorised again and its
+    drift starts over at 0.
     """
-    n_old = decay * stats.nk
-    n_new = n_old + r
-    masses = n_new.tolist()  # K numbers: Python's min and fsum beat numpy's reductions
-    if min(masses) > TINY:
-        frac = r / n_new
-    else:
-        frac = np.divide(r, n_new, out=np.zeros_like(n_new), where=n_new > TINY)
-    total = math.fsum(masses)
+    nk = stats.nk.tolist()
+    if drift is None:
+        drift = [0.0] * len(nk)
+    n_new = [decay * v + b for v, b in zip(nk, r, strict=True)]
+    total = math.fsum(n_new)
     scale = 1.0 / total if total > TINY else 1.0  # the normalisation, folded in
-    offset = center - stats.means
-    scatter = (decay * scale) * stats.scatter
-    if min(r.tolist()) > TINY:
-        delta = offset + y
-    else:
-        live = r > TINY
-        delta = live[:, None] * y
-        delta += offset
-        dead = r * scale
-        dead[live] = 0.0
-        scatter += kind.outer(dead[:, None] * y, y[None])
-    coef = n_old * frac
-    coef *= scale
-    scatter += kind.outer(coef[:, None] * delta, delta)
-    stats.means = stats.means + frac[:, None] * delta
-    n_new *= scale
-    stats.nk = n_new
-    stats.scatter = scatter
-    return frac
-
-
-def stale_rows(
-    drift: np.ndarray | None, frac: np.ndarray, reach: np.ndarray, nk: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """The components whose covariance a one-point step leaves to factorise again, (m,), and
-    the drift (K,) of the others.
-
-    ``drift`` (``None``: all 0) bounds how far each covariance has moved, relative to itself,
-    since its factor was computed; the step adds frac·reach (see ``answer``). A component past
-    ``STALE_LIMIT`` (or whose bound is not a number), or whose normalised mass ``nk`` is at most
-    ``TINY`` (its covariance is then its scatter over ``TINY``, which the decay moves), is
-    factorised again and its drift starts over at 0.
-    """
-    moved = frac * reach
-    if drift is not None:
-        moved += drift
-    rows = (~(moved <= STALE_LIMIT) | (nk <= TINY)).nonzero()[0]
-    moved[rows] = 0.0
-    return rows, moved
+    coefficients: list[float] = []  # C (K, 3, 2), flat: one list of floats converts fastest
+    nk_new: list[float] = []
+    rows: list[int] = []
+    moved: list[float] = []
+    for k, (v, b, n, g, h) in enumerate(zip(nk, r, n_new, reach, drift, strict=True)):
+        f = b / n if n > TINY else 0.0
+        c = decay * v * f * scale  # δδᵀ's: N_old·N_new/N, normalised
+        if b > TINY:  # δ = x − μ
+            coefficients += (c, 0.0, 0.0, 0.0, f, 0.0)
+        else:  # δ = c − μ, and the point's second moment about c: y = (x − μ) + (μ − c)
+            dead = b * scale
+            coefficients += (dead, dead, dead, c + dead, 0.0, -f)
+        n *= scale
+        nk_new.append(n)
+        m = f * g + h
+        if not (m <= STALE_LIMIT and n > TINY):
+            rows.append(k)
+            m = 0.0
+        moved.append(m)
+    W = np.matmul(np.array(coefficients).reshape(len(nk), 3, 2), D)
+    scatter = stats.scatter * (decay * scale)
+    scatter += kind.outer_sum(D, W[:, :2])
+    return SufficientStatistics(np.array(nk_new), stats.means + W[:, 2], scatter), rows, moved

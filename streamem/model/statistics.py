@@ -36,7 +36,7 @@ class SufficientStatistics:
         return SufficientStatistics(self.nk.copy(), self.means.copy(), self.scatter.copy())
 
     def covariances(
-        self, kind: CovarianceKind, reg_covar: float, rows: np.ndarray | None = None
+        self, kind: CovarianceKind, reg_covar: float, rows: list[int] | np.ndarray | None = None
     ) -> np.ndarray:
         """Covariances C_k / N_k + reg·I in the kind's shape (of the components ``rows`` only,
         when given)."""

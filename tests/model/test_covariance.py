@@ -186,3 +186,45 @@ def test_centred_points_are_shared_without_changing_the_e_step(kind: str) -> Non
     np.testing.assert_array_equal(shared[0], resp)
     np.testing.assert_array_equal(shared[1], log_lik)
     np.testing.assert_allclose(resp.sum(axis=1), 1.0, rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind", TYPES)
+def test_outer_sum_is_the_sum_of_the_outer_products(kind: str) -> None:
+    rng = np.random.default_rng(9)
+    A, B = rng.normal(size=(4, 3, 5)), rng.normal(size=(4, 3, 5))
+    spec = KINDS[kind]
+    expected = sum(spec.outer(A[:, j], B[:, j]) for j in range(3))
+    np.testing.assert_allclose(spec.outer_sum(A, B), expected, rtol=1e-13, atol=1e-14)
+
+
+@pytest.mark.parametrize("kind", TYPES)
+def test_refresh_gives_the_batched_covariances_and_factors_bit_for_bit(kind: str) -> None:
+    """``kind.refresh`` (a few rows, in place) and ``add_floor`` + ``precision_cholesky`` of
+    all rows agree exactly on the rows refreshed, and leave the others alone."""
+    rng = np.random.default_rng(10)
+    K, d = 5, 4
+    spec = KINDS[kind]
+    nk = rng.uniform(0.05, 0.4, size=K)
+    scatter = spec.from_full(as_full(kind, random_covariances(kind, K, d, rng), d))
+    scatter = scatter * nk.reshape((-1,) + (1,) * (scatter.ndim - 1))
+    if kind == "full":
+        scatter[:, 0, 1] += 1e-9  # a scatter an update left a little asymmetric
+    shape = (-1,) + (1,) * (scatter.ndim - 1)
+    want_cov = spec.add_floor(scatter / nk.reshape(shape), 1e-6)
+    want_prec = spec.precision_cholesky(want_cov)
+    old_cov, old_prec = np.full_like(want_cov, 7.0), np.full_like(want_prec, 7.0)
+    cov, prec = old_cov.copy(), old_prec.copy()
+    rows = [3, 0]
+    spec.refresh(scatter, nk[rows].tolist(), rows, 1e-6, cov, prec)
+    np.testing.assert_array_equal(cov[rows], want_cov[rows])
+    np.testing.assert_array_equal(prec[rows], want_prec[rows])
+    kept = [1, 2, 4]
+    np.testing.assert_array_equal(cov[kept], old_cov[kept])
+    np.testing.assert_array_equal(prec[kept], old_prec[kept])
+
+
+def test_refresh_refuses_a_covariance_that_is_not_positive_definite() -> None:
+    scatter = np.stack([np.eye(3), -np.eye(3)])
+    cov, prec = np.zeros((2, 3, 3)), np.zeros((2, 3, 3))
+    with pytest.raises(np.linalg.LinAlgError, match="covariance 1"):
+        KINDS["full"].refresh(scatter, [1.0, 1.0], [0, 1], 1e-6, cov, prec)

@@ -14,11 +14,14 @@ import pytest
 
 from streamem.model import OnlineGMM, point
 from streamem.model.covariance import KINDS
+from streamem.model.gmm import ModelRejected
 from streamem.model.params import e_step, params_from_statistics, refresh_params
 from streamem.model.point import STALE_LIMIT
-from streamem.model.schedule import batch_schedule
 from streamem.model.statistics import TINY, SufficientStatistics, batch_statistics
+from streamem.model.validation import max_abs_value
 from streamem.synthetic import Mixture, Stream
+
+from .test_validation import assert_unchanged, snapshot
 
 KIND_NAMES = ("full", "diag", "spherical")
 RTOL = 1e-12
@@ -73,7 +76,9 @@ def test_blend_of_one_point_is_the_batch_update(kind_name: str, decay: float) ->
         r = rng.dirichlet(np.ones(4)) * 1e-3
         r[trial % 2] = 1e-3 * TINY  # below TINY: the point is a second moment about ``center``
         r[2] = 0.0 if trial % 3 == 0 else r[2]
-        point.blend(kind, fast, y, r, decay, center)
+        x = y + center
+        D = np.stack([x - fast.means, fast.means - center], axis=1)
+        fast, _, _ = point.blend(kind, fast, D, r.tolist(), decay, [0.0] * 4, None)
         batch_blend(kind_name, slow, y, r, decay, center)
         assert_close(fast.nk, slow.nk)
         assert_close(fast.means, slow.means)
@@ -114,9 +119,12 @@ def whitened_change(kind_name: str, before, after, k: int) -> float:
 
 
 @pytest.mark.parametrize("kind_name", KIND_NAMES)
-def test_the_reach_bounds_how_far_one_point_moves_each_covariance(kind_name: str) -> None:
-    """The bound ``stale_rows`` accumulates holds, for weights above and below TINY, points
-    near and far, a light component (where a weight below TINY still moves it)."""
+def test_the_reach_bounds_how_far_one_point_moves_each_covariance(
+    kind_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bound ``blend`` accumulates holds, for weights above and below TINY, points near
+    and far, a light component (where a weight below TINY still moves it)."""
+    monkeypatch.setattr(point, "STALE_LIMIT", np.inf)  # no row renewed: the drift is f·reach
     kind = KINDS[kind_name]
     rng = np.random.default_rng(5)
     checked = 0
@@ -127,50 +135,46 @@ def test_the_reach_bounds_how_far_one_point_moves_each_covariance(kind_name: str
         x = before.means[trial % 4] + rng.normal(size=3) * 10.0 ** (trial % 3)
         found = point.answer(kind, before, x)
         assert found is not None
-        resp, _, reach = found
+        resp, _, reach, D = found
         w = 10.0 ** rng.uniform(-6, -1)
-        r = resp * w
+        r = [v * w for v in resp]
         r[3] = 0.5 * TINY if trial % 2 else r[3]
-        frac = point.blend(kind, stats, x - before.center, r, 1.0 - w, before.center)
+        stats, rows, bounds = point.blend(kind, stats, D, r, 1.0 - w, reach, None)
+        assert rows == []
         after = params_from_statistics(stats, kind, 1e-6)
         for k in range(4):
-            bound = frac[k] * reach[k]
+            bound = bounds[k]
             assert whitened_change(kind_name, before, after, k) <= bound * (1 + 1e-9) + 1e-13
             checked += bound > 1e-6
     assert checked > 40  # the bound was put to work, not only met by tiny changes
 
 
-def test_stale_rows_accumulate_the_drift_and_take_light_components() -> None:
-    nk = np.array([0.5, 0.5 - TINY, TINY])
-    frac, reach = np.array([0.4, 0.1, 0.0]), np.full(3, 1e-14)
-    rows, drift = point.stale_rows(None, frac, reach, nk)
-    assert rows.tolist() == [2] and drift.tolist() == [0.4e-14, 0.1e-14, 0.0]
-    for _ in range(2):
-        rows, drift = point.stale_rows(drift, frac, reach, nk)
-    assert rows.tolist() == [0, 2]  # 1.2e-14 > STALE_LIMIT: factorised again, drift from 0
-    assert drift[0] == 0.0 and drift[1] == pytest.approx(0.3e-14)
-    rows, _ = point.stale_rows(drift, np.array([np.nan, 0.0, 0.0]), reach, nk)
-    assert 0 in rows
+def test_blend_accumulates_the_drift_and_renews_light_components() -> None:
+    """Each step adds f·reach to a component's drift; past ``STALE_LIMIT`` (or not a number)
+    its factor is renewed and the drift starts over, as it is for a component without mass."""
+    stats = SufficientStatistics(np.array([0.5, 0.5, 0.0]), np.zeros((3, 2)),
+                                 np.stack([0.5 * np.eye(2), 0.5 * np.eye(2), np.zeros((2, 2))]))
+    D, r, decay = np.ones((3, 2, 2)), [1e-3, 1e-3, 0.0], 1.0 - 2e-3
+    frac = [b / (decay * v + b) for v, b in zip([0.5, 0.5], r[:2], strict=True)]
+    reach = [0.4e-14 / frac[0], 0.1e-14 / frac[1], 1.0]
+    kind = KINDS["full"]
+    _, rows, drift = point.blend(kind, stats, D, r, decay, reach, None)
+    assert rows == [2] and drift[2] == 0.0
+    assert drift[:2] == pytest.approx([0.4e-14, 0.1e-14], rel=1e-12)
+    for _ in range(2):  # the same step again: the same f·reach added
+        _, rows, drift = point.blend(kind, stats, D, r, decay, reach, drift)
+    assert rows == [0, 2]  # 1.2e-14 > STALE_LIMIT: factorised again, drift from 0
+    assert drift[0] == 0.0 and drift[1] == pytest.approx(0.3e-14, rel=1e-12)
+    _, rows, _ = point.blend(kind, stats, D, r, decay, [np.nan, 0.0, 1.0], drift)
+    assert rows == [0, 2]
     assert STALE_LIMIT == 1e-14
 
 
 def force_batch_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """Answer and learn one point with the general batch code (E-step, schedule, statistics
-    and a full M-step)."""
+    and a full M-step): without ``point.answer``, neither ``OnlineGMM._learn_point`` nor
+    ``_online_step`` takes a one-point kernel."""
     monkeypatch.setattr(point, "answer", lambda kind, params, x: None)
-
-    def blend(kind, stats, y, r, decay, center):
-        batch = batch_statistics(kind, y[None], r[None], center)
-        stats.blend(batch, decay, kind)
-        stats.normalise()
-
-    monkeypatch.setattr(point, "blend", blend)
-
-    def step(n_steps, **schedule):
-        decay, w, _ = batch_schedule(n_steps, 1, **schedule)
-        return decay, float(w[0])
-
-    monkeypatch.setattr(point, "step", step)
 
 
 def stream_one_by_one(config: dict, X: np.ndarray) -> tuple[OnlineGMM, list]:
@@ -254,3 +258,58 @@ def test_answering_one_point_is_answering_it_in_a_batch(method: str) -> None:
         one = getattr(gmm, method)(x[None])
         assert one.shape == batch[i : i + 1].shape
         assert_close(one, batch[i : i + 1])
+
+
+def test_the_common_case_skips_the_snapshot_and_gives_the_general_path_bit_for_bit(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``_learn_point`` learns most points without a snapshot (the others: warm-up, flagged
+    points, collapse checks), and exactly as ``_online_step``'s one-point path would."""
+    before, after = Mixture.random(4, 3, random_state=3), Mixture.random(4, 3, random_state=9)
+    X, _ = Stream(before, outlier_share=0.02, after=after, drift_at=2500).take(5000, 4)
+    snapshots = []
+    real = OnlineGMM._snapshot
+
+    def counted(self, *args):
+        snapshots.append(self.n_seen_)
+        return real(self, *args)
+
+    def stream() -> tuple[OnlineGMM, list]:
+        gmm = OnlineGMM(4, warmup=300, random_state=0, anomaly_rate=0.01)
+        return gmm, [gmm.partial_fit(X[i : i + 1]) for i in range(len(X))]
+
+    with monkeypatch.context() as patched:
+        patched.setattr(OnlineGMM, "_snapshot", counted)
+        fast, fast_results = stream()
+    flagged = sum(int(r.anomaly[0]) for r in fast_results)
+    # the warm-up, flagged points, the refit's warm-up after the drift, collapse checks
+    assert len(snapshots) <= 300 + flagged + fast.warmup_ + len(X) // 2048
+    assert len(snapshots) < len(X) / 4
+    with monkeypatch.context() as patched:
+        patched.setattr(OnlineGMM, "_learn_point", lambda self, X: None)
+        slow, slow_results = stream()
+    assert fast.resets_ == slow.resets_ and fast.resets_["drift"] == 1
+    for a, b in zip(fast_results, slow_results, strict=True):
+        for name in ("labels", "probabilities", "responsibilities", "log_likelihood", "anomaly"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    np.testing.assert_array_equal(fast.precisions_cholesky_, slow.precisions_cholesky_)
+    assert_unchanged(snapshot(slow), fast)  # the whole saved state, trackers included
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, "beyond", "beyond, data at that scale"])
+def test_a_bad_single_point_is_refused_as_a_batch_would_be(bad: object) -> None:
+    """Refused with the batch's error, and nothing learned: also a point just beyond the input
+    bound that the model, fitted to data at that scale, would not even flag."""
+    limit = max_abs_value(3)
+    X, _ = Mixture.random(4, 3, random_state=3).sample(600, random_state=4)
+    if bad == "beyond, data at that scale":
+        X = np.random.default_rng(5).uniform(-0.9, 0.9, size=(600, 3)) * limit
+    gmm = OnlineGMM(4, warmup=200, random_state=0)
+    gmm.partial_fit(X[:500])
+    x = X[500:501].copy()
+    x[0, 1] = bad if isinstance(bad, float) else 1.01 * limit
+    before = snapshot(gmm)
+    with pytest.raises(ValueError, match=r"in 1 row\(s\): 0") as err:
+        gmm.partial_fit(x)
+    assert not isinstance(err.value, ModelRejected)
+    assert_unchanged(before, gmm)
