@@ -147,6 +147,17 @@ class _Transaction:
     uncounted: list[Callable[[float], None]] = field(default_factory=list)
 
 
+@dataclass
+class _InFlight:
+    """A batch whose outputs are sent but not yet acknowledged: its offsets commit, and its
+    metrics count, once they are (:meth:`Runtime._settle`)."""
+
+    batch: _Batch
+    result: BatchResult | None
+    polled_at: float
+    started: float
+
+
 class Runtime:
     """Runs the loop until :meth:`request_stop` (or the source ends), then shuts down cleanly.
 
@@ -199,6 +210,12 @@ class Runtime:
                           "producer: delivery is at least once"})
         self._txn: _Transaction | None = None
         self._txn_failing = False  # since the last failure, no transaction committed
+        self._in_flight: _InFlight | None = None
+        self._revoke_failure: TransportError | None = None
+        self._pipelined = self._txn_sink is None and bool(
+            getattr(sink, "delivers_in_background", False))
+        if self._pipelined and hasattr(source, "before_revoke"):
+            source.before_revoke = self._settle_before_revoke  # type: ignore[attr-defined]
 
     def request_stop(self) -> None:
         """Ask the loop to stop after the batch in hand (safe from signal handlers)."""
@@ -212,6 +229,7 @@ class Runtime:
         try:
             while not self._stop.is_set() and not self.source.exhausted:
                 self.step()
+            self._settle()
             self._txn_commit(force=True)
             clean = True
         finally:
@@ -221,17 +239,36 @@ class Runtime:
     # -- one batch ---------------------------------------------------------------------------
 
     def step(self) -> None:
-        """Poll once and carry the batch through to its commit (or into the open transaction)."""
+        """Poll once and carry the batch through to its commit (or into the open transaction).
+
+        Pipelined (at least once, with a sink that delivers on its own threads): the batch's
+        outputs are sent and left in flight, and the next step acknowledges and commits them
+        after it has decoded, fitted and encoded its own batch, so that the client delivers
+        one batch while the loop works on the next. Offsets still commit only after their
+        outputs are acknowledged, in order; an idle poll, a due checkpoint, a rebalance and a
+        stop acknowledge the batch in flight first.
+        """
         if self._txn_sink is not None and not self._txn_begin():
+            return
+        if self._in_flight is not None and self._checkpoint_due() and not self._settle():
             return
         timeout_s = self.cfg.kafka.poll_timeout_ms / 1000
         if self._txn is not None and self._txn.offsets:  # do not hold answers back idly
             due = self._txn.started + self.cfg.delivery.transaction_min_s - time.monotonic()
             timeout_s = min(timeout_s, max(due, 0.0))
         try:
-            records = self.source.poll(timeout_s)
+            if self._in_flight is None:
+                records = self.source.poll(timeout_s)
+            else:  # only what is ready: with nothing there, acknowledge before waiting
+                records = self.source.poll(0.0)
+                if not records and self._settle():
+                    records = self.source.poll(timeout_s)
         except TransportError as exc:
             self._transport_failed("poll", exc)
+            return
+        if self._revoke_failure is not None:  # the batch settled at a revocation failed
+            failure, self._revoke_failure = self._revoke_failure, None
+            self._retry_batch(failure)
             return
         member = self.source.group_metadata() if self._txn_sink is not None else None  # type: ignore[attr-defined]
         assigned = self.source.assignment()
@@ -250,27 +287,68 @@ class Runtime:
         polled_at, started = time.time(), time.perf_counter()
         batch = self._decode(records)
         result = self._fit(batch)
-        self._publish(batch, result)
+        values = self._encode(batch, result)
+        if not self._settle():  # the batch before, while it was delivered
+            return
+        self._publish(batch, result, values)
         self._maybe_publish_model()
+        if self._txn is None:
+            self._in_flight = _InFlight(batch, result, polled_at, started)
+            if not self._pipelined:
+                self._settle()
+            self._maybe_checkpoint()
+            return
         try:
             self.sink.flush(self.cfg.kafka.delivery_timeout_s)
         except TransportError as exc:
             self._retry_batch(exc)
             return
-        acked_at = time.time()
         self.metrics.set_kafka_up(True)
         duration_s = time.perf_counter() - started
-        offsets = batch.next_offsets(self.source.assignment())
-        if self._txn is not None:
-            self._txn.offsets.update(offsets)
-            self._txn.member = self._txn.member or member
-            self._txn.uncounted.append(
-                lambda visible_at: self._count(batch, result, polled_at, visible_at, duration_s))
-            self._txn_commit()
-        else:
-            self._commit(offsets)
-            self._count(batch, result, polled_at, acked_at, duration_s)
+        self._txn.offsets.update(batch.next_offsets(self.source.assignment()))
+        self._txn.member = self._txn.member or member
+        self._txn.uncounted.append(
+            lambda visible_at: self._count(batch, result, polled_at, visible_at, duration_s))
+        self._txn_commit()
         self._maybe_checkpoint()
+
+    def _settle(self) -> bool:
+        """Acknowledge the batch in flight: wait for its outputs, commit its offsets, count it.
+
+        False when its outputs failed: nothing is committed and the source is rewound (a batch
+        decoded since is dropped with it, and read again).
+        """
+        flight, self._in_flight = self._in_flight, None
+        if flight is None:
+            return True
+        try:
+            self.sink.flush(self.cfg.kafka.delivery_timeout_s)
+        except TransportError as exc:
+            self._retry_batch(exc)
+            return False
+        self._acknowledged(flight)
+        return True
+
+    def _settle_before_revoke(self) -> None:
+        """The source's hook, inside its poll, before partitions are taken away: the batch in
+        flight commits while they are still ours. A failure rewinds once the poll returns."""
+        flight, self._in_flight = self._in_flight, None
+        if flight is None:
+            return
+        try:
+            self.sink.flush(self.cfg.kafka.delivery_timeout_s)
+        except TransportError as exc:
+            self._revoke_failure = exc
+            return
+        self._acknowledged(flight)
+
+    def _acknowledged(self, flight: _InFlight) -> None:
+        """A batch's outputs are acknowledged: commit its offsets and count it."""
+        acked_at = time.time()
+        self.metrics.set_kafka_up(True)
+        duration_s = time.perf_counter() - flight.started
+        self._commit(flight.batch.next_offsets(self.source.assignment()))
+        self._count(flight.batch, flight.result, flight.polled_at, acked_at, duration_s)
 
     def _count(self, batch: _Batch, result: Any, polled_at: float, acked_at: float,
                duration_s: float) -> None:
@@ -395,10 +473,11 @@ class Runtime:
                 out.append(None)
         return out
 
-    def _publish(self, batch: _Batch, result: BatchResult | None) -> None:
+    def _publish(self, batch: _Batch, result: BatchResult | None,
+                 values: list[bytes | None]) -> None:
+        """Send the batch's answers (``values``, from :meth:`_encode`) and dead letters."""
         k = self.cfg.kafka
         own = out_headers.result_headers(result.model_version) if result is not None else []
-        values = self._encode(batch, result)
         anomalous = _anomalous_messages(batch.points, result) if k.anomaly_topic else ()
         if anomalous or None in values or any([p.rejected for p in batch.points]):
             self._publish_each(batch, values, own, anomalous)
@@ -588,12 +667,15 @@ class Runtime:
         except (RecordTooLarge, ValueError) as exc:  # ValueError: a non-finite number, not JSON
             self.log.warning("model_not_published", extra={"error": str(exc)})
 
+    def _checkpoint_due(self) -> bool:
+        return bool(self.stores) and (
+            time.monotonic() - self._last_checkpoint >= self.cfg.checkpoint.interval_s)
+
     def _maybe_checkpoint(self, force: bool = False) -> None:
-        due = time.monotonic() - self._last_checkpoint >= self.cfg.checkpoint.interval_s
-        if not self.stores or not self._dirty or not (due or force):
+        if not self._dirty or not (force and self.stores or self._checkpoint_due()):
             return
-        if self._txn is not None and self._txn.offsets:  # the model holds uncommitted batches
-            return
+        if self._txn is not None and self._txn.offsets or self._in_flight is not None:
+            return  # the model holds uncommitted batches
         self._last_checkpoint = time.monotonic()
         ckpt = Checkpoint(self.model.to_bytes(), dict(self.offsets), self.n_features, time.time())
         ok = True

@@ -163,6 +163,9 @@ class RdKafkaSource:
         self._consumer: Consumer | None = None
         self._pending_rejoin = False
         self.rejoins = 0
+        self.before_revoke: Callable[[], None] | None = None
+        """Called inside :meth:`poll` when partitions are revoked or lost, while they are still
+        assigned (the runtime acknowledges and commits its batch in flight there)."""
         self._join()
 
     def _join(self) -> None:
@@ -191,6 +194,8 @@ class RdKafkaSource:
         log.info("partitions_assigned", extra={"partitions": sorted(map(str, self._assigned))})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self.before_revoke is not None:
+            self.before_revoke()
         gone = {(p.topic, p.partition) for p in partitions}
         self._assigned -= gone
         self._generation += 1
@@ -445,6 +450,9 @@ class _Batch:
 class RdKafkaSink:
     """Produces; :meth:`flush` waits for every send since the last flush and checks them.
 
+    librdkafka delivers on its own threads, so the runtime pipelines (``delivers_in_background``):
+    it works on the next batch while this one's outputs are delivered.
+
     Parameters
     ----------
     conf : dict
@@ -476,6 +484,8 @@ class RdKafkaSink:
         self._max_message_bytes = max_message_bytes
         self._enqueue_timeout_s = enqueue_timeout_s
         self._batch = _Batch()
+
+    delivers_in_background = True
 
     def _on_error(self, err: KafkaError) -> None:
         kind = _error_kind(err, "produce")
