@@ -725,16 +725,24 @@ class Runtime:
         return saved
 
 
+GC_THRESHOLDS = (50_000, 20, 100)
+"""The collector's thresholds while the loop runs (Python's default: 700, 10, 10)."""
+
+
 def freeze_heap() -> None:
-    """Exempt everything alive now (modules, the model, the clients) from garbage collection.
+    """Exempt everything alive now (modules, the model, the clients) from garbage collection,
+    and collect the young generation less often.
 
     Call once start-up is done, before :meth:`Runtime.run`. A poll batch of single-point
-    messages makes tens of thousands of short-lived objects, which trigger the collector's
-    passes; without this every full pass also scans the whole long-lived heap (about a third of
-    the loop's time here). Frozen objects are still freed when no longer referenced.
+    messages makes tens of thousands of objects that live until the batch is answered; without
+    this every full pass also scans the whole long-lived heap (about a third of the loop's time
+    here), and a young pass every 700 of them only moves them up a generation, to be scanned
+    again (a fifth of the loop's CPU time with single-point JSON: 8.0 -> 6.4 µs a message).
+    Frozen objects are still freed when no longer referenced, and the loop makes few cycles.
     """
     gc.collect()
     gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _model_state(model: OnlineGMM) -> dict[str, Any]:
