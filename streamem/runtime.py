@@ -74,6 +74,7 @@ if TYPE_CHECKING:
 TP = tuple[str, int]
 _KEY, _HEADERS, _TIMESTAMP = attrgetter("key"), attrgetter("headers"), attrgetter("timestamp_ms")
 _PARTITION, _SOURCE = attrgetter("topic", "partition"), attrgetter("topic", "partition", "offset")
+_VALUE, _TOO_LARGE = attrgetter("value"), attrgetter("too_large")
 
 
 @dataclass
@@ -359,7 +360,7 @@ class Runtime:
 
     def _decode(self, records: list[Record]) -> _Batch:
         batch = _Batch(records)
-        values = [r.value for r in records]
+        values = list(map(_VALUE, records))
         fmt = self.cfg.input.format
         try:
             decoded = formats.decode_all(values, fmt, self.n_features, self.limits)
@@ -371,8 +372,7 @@ class Runtime:
                 n_features = n_features or (one.X.shape[1] if isinstance(one, Points)
                                             else None)
                 decoded.append(one)
-        if any([rec.too_large for rec in records]) \
-                or not all([type(points) is Points for points in decoded]):
+        if any(map(_TOO_LARGE, records)) or set(map(type, decoded)) != {Points}:
             self._sort_decoded(batch, decoded)
         else:  # every message decoded
             batch.answered, batch.points = list(records), decoded  # type: ignore[assignment]
