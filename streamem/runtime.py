@@ -6,7 +6,8 @@ after its answer has been acknowledged by the sink. What breaks "exactly once":
 
 * a failed flush (broker down longer than ``kafka.delivery_timeout_s``): nothing is committed,
   the source is rewound to the committed offsets and the batch is processed again, so some
-  outputs may appear twice and the model has seen those points twice;
+  outputs may appear twice and the model has seen those points twice (pipelined, also the
+  batch decoded and fitted meanwhile, whose answers were not sent yet);
 * a crash or ``kill -9`` between flush and commit, or a rebalance that refuses the commit: the
   next owner re-reads from the last committed offset and answers those messages again;
 * model state: a checkpoint holds the model and the offsets it reflects, written every
@@ -18,6 +19,11 @@ With ``delivery.guarantee: exactly_once`` (and a :class:`~streamem.io.base.Trans
 the batches of ``delivery.transaction_min_s`` and their input offsets commit in one Kafka
 transaction instead; on any failure it is aborted, the source rewound and the model restored to
 before the transaction (README "Delivery guarantee").
+
+Pipelined (at least once, with a sink whose client delivers on its own threads: librdkafka's),
+a batch's answers are delivered while the loop decodes, fits and encodes the next batch; its
+offsets commit once they are acknowledged, before the next batch's answers are sent (see
+:meth:`Runtime.step`).
 
 A clean stop (SIGTERM, SIGINT) finishes the batch in hand, flushes, commits, writes a final
 checkpoint whose offsets equal the committed ones, and closes everything.
