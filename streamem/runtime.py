@@ -223,6 +223,8 @@ class Runtime:
             getattr(sink, "delivers_in_background", False))
         if self._pipelined and hasattr(source, "before_revoke"):
             source.before_revoke = self._settle_before_revoke  # type: ignore[attr-defined]
+        self._undelivered: Callable[[], int] | None = (
+            getattr(sink, "undelivered", None) if self._pipelined else None)
 
     def request_stop(self) -> None:
         """Ask the loop to stop after the batch in hand (safe from signal handlers)."""
@@ -293,7 +295,11 @@ class Runtime:
             return
         polled_at, started = time.time(), time.perf_counter()
         batch = self._decode(records)
+        if not self._settle_if_delivered():
+            return
         result = self._fit(batch)
+        if not self._settle_if_delivered():
+            return
         values = self._encode(batch, result)
         if not self._settle():  # the batch before, while it was delivered
             return
@@ -335,6 +341,13 @@ class Runtime:
             return False
         self._acknowledged(flight)
         return True
+
+    def _settle_if_delivered(self) -> bool:
+        """:meth:`_settle` the batch in flight now if the sink has delivered everything (it
+        commits sooner, without waiting); True when there is nothing to settle or it settled."""
+        if self._in_flight is None or self._undelivered is None or self._undelivered():
+            return True
+        return self._settle()
 
     def _settle_before_revoke(self) -> None:
         """The source's hook, inside its poll, before partitions are taken away: the batch in

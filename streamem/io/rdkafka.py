@@ -489,6 +489,10 @@ class RdKafkaSink:
 
     delivers_in_background = True
 
+    def undelivered(self) -> int:
+        """Messages sent and not yet acknowledged (or whose failure is not yet reported)."""
+        return len(self._producer) + len(self._dead)
+
     def _on_error(self, err: KafkaError) -> None:
         kind = _error_kind(err, "produce")
         self._events.kafka_error(kind)

@@ -133,3 +133,38 @@ def test_a_revocation_inside_the_poll_commits_the_batch_in_flight_first() -> Non
     assert source.settled_at_revoke == [{("memory", 0): 50}, {("memory", 0): 100}]
     assert answered(sink) == list(range(len(X)))
 
+
+
+class DeliveredSink(BackgroundSink):
+    """Says at once that everything sent is delivered (the runtime may settle early)."""
+
+    def undelivered(self) -> int:
+        return 0
+
+
+class SeenAtCommit(CheckedSource):
+    """Notes how many points the model had seen at each commit."""
+
+    runtime: Runtime | None = None
+    seen_at_commit: list[int]
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        assert self.runtime is not None
+        self.seen_at_commit.append(int(self.runtime.model.n_seen_))
+        super().commit(offsets)
+
+
+def test_a_batch_already_delivered_commits_before_the_next_one_is_fitted() -> None:
+    seen = {}
+    for sink in (BackgroundSink(), DeliveredSink()):
+        cfg = load_config(None, ["model.n_components=3", "model.random_state=0",
+                                 "checkpoint.path=null"], environ={})
+        source = SeenAtCommit(VALUES, sink, 50)
+        source.seen_at_commit = []
+        source.runtime = Runtime(cfg, source, sink, restore_model(cfg, ())[0],
+                                 Metrics(CollectorRegistry()))
+        assert source.runtime.run() == 0
+        assert answered(sink) == list(range(len(X)))
+        seen[type(sink).__name__] = source.seen_at_commit[:3]
+    # Batch k commits after batch k+1 was fitted, unless it was delivered before that.
+    assert seen == {"BackgroundSink": [100, 150, 200], "DeliveredSink": [50, 100, 150]}
