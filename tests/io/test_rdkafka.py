@@ -302,6 +302,8 @@ def test_a_second_member_takes_partitions_and_the_first_tracks_the_revocation(
     try:
         poll_until(a, 2)
         assert a.assignment() == {(topic, 0), (topic, 1)}
+        held_at_revoke: list[set] = []  # the runtime commits its batch in flight there
+        a.before_revoke = lambda: held_at_revoke.append(a.assignment())
         b = confluent.create_source(cfg, Events())
         deadline = time.monotonic() + WAIT_S
         while (len(a.assignment()) != 1 or len(b.assignment()) != 1) \
@@ -310,6 +312,8 @@ def test_a_second_member_takes_partitions_and_the_first_tracks_the_revocation(
             b.poll(0.1)
         assert a.assignment() | b.assignment() == {(topic, 0), (topic, 1)}
         assert not a.assignment() & b.assignment()
+        assert held_at_revoke and held_at_revoke[0] == {(topic, 0), (topic, 1)}, \
+            "before_revoke runs inside the poll while the partitions are still held"
     finally:
         a.close()
         if b is not None:
