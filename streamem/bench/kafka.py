@@ -40,6 +40,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -112,52 +113,62 @@ def _percentiles(name: str, latencies: list[np.ndarray]) -> dict[str, float]:
 # --- timing wrappers: the same for both sides -------------------------------------------------
 
 
-class _TimedSource(KafkaSource):
-    """A KafkaSource that remembers the last poll's return time and records' Kafka timestamps."""
+class _Timed:
+    """Times a source's polls: each poll's records wait in :attr:`waiting` until the commit
+    that covers them (the loop commits once their answers are acknowledged, and a pipelined
+    loop only after polling the next batch), which records their latencies into ``side``.
+
+    Also remembers the last poll's return time and Kafka timestamps (``polled_at``,
+    ``created_ms``) for :class:`_TimedTxnSink`, whose offsets commit in the transaction.
+    """
 
     polled_at = 0.0
     created_ms: np.ndarray = np.empty(0)
-    weights: np.ndarray = np.empty(0, dtype=np.int64)
     points_per_message = 1
+    side: Side | None = None
+    e2e = False
+    count_from = 0.0
+    """Polls made before this time (epoch s) record no latency."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.waiting: deque[tuple[float, np.ndarray, dict[tuple[str, int], int]]] = deque()
 
     def poll(self, timeout_s: float) -> list[Record]:
-        records = super().poll(timeout_s)
+        records: list[Record] = super().poll(timeout_s)  # type: ignore[misc]
         if records:
             self.polled_at = time.time()
             self.created_ms = np.array([r.timestamp_ms or 0 for r in records], dtype=np.float64)
+            if self.side is not None:
+                last = {(r.topic, r.partition): r.offset for r in records}
+                self.waiting.append((self.polled_at, self.created_ms, last))
         return records
 
+    def commit(self, offsets: Any) -> None:
+        acked_at, side, per_point = time.time(), self.side, self.points_per_message
+        while side is not None and self.waiting and all(
+                offsets.get(tp, -1) > offset for tp, offset in self.waiting[0][2].items()):
+            polled_at, created_ms, _ = self.waiting.popleft()
+            if polled_at < self.count_from:
+                continue
+            if self.e2e:
+                side.e2e_latencies.append(np.repeat(acked_at - created_ms / 1000.0, per_point))
+            else:
+                side.batch_latencies.append(np.full(created_ms.size * per_point,
+                                                    acked_at - polled_at))
+        super().commit(offsets)  # type: ignore[misc]
 
-class _TimedSink(KafkaSink):
-    """A KafkaSink that, at each successful flush, records the latencies of the last poll."""
 
-    source: _TimedSource
-    side: Side
-    e2e = False
-
-    def flush(self, timeout_s: float) -> None:
-        super().flush(timeout_s)
-        src = self.source
-        if not src.created_ms.size:
-            return
-        acked_at = time.time()
-        per_point = src.points_per_message
-        if self.e2e:
-            lat = acked_at - src.created_ms / 1000.0
-            self.side.e2e_latencies.append(np.repeat(lat, per_point))
-        else:
-            self.side.batch_latencies.append(
-                np.full(src.created_ms.size * per_point, acked_at - src.polled_at))
-        src.created_ms = np.empty(0)
+class _TimedSource(_Timed, KafkaSource):
+    """A KafkaSource timed by :class:`_Timed`."""
 
 
 def _clients(cfg: Config, side: Side, ppm: int, *, e2e: bool) -> tuple[Any, Any]:
     if cfg.kafka.client == "confluent-kafka":
         return _rdkafka_clients(cfg, side, ppm, e2e=e2e)
     source = assemble.kafka_source(cfg, cls=_TimedSource)
-    sink = assemble.kafka_sink(cfg, cls=_TimedSink)
-    source.points_per_message = ppm
-    sink.source, sink.side, sink.e2e = source, side, e2e
+    sink: KafkaSink = assemble.kafka_sink(cfg)
+    source.points_per_message, source.side, source.e2e = ppm, side, e2e
     return source, sink
 
 
@@ -224,8 +235,8 @@ class _Daemon:
 
     def __init__(self, cfg: Config, side: Side, ppm: int, *, e2e: bool) -> None:
         self.metrics = _Counter()
-        source, sink = _clients(cfg, side, ppm, e2e=e2e)
-        self.runtime = assemble.runtime(cfg, source, sink, self.metrics, stores=[])
+        self.source, sink = _clients(cfg, side, ppm, e2e=e2e)
+        self.runtime = assemble.runtime(cfg, self.source, sink, self.metrics, stores=[])
         self.assigned = self.metrics.assigned
 
     @property
@@ -256,7 +267,8 @@ def _measure_throughput(make: Any, side: Side, n_points: int) -> None:
     try:
         while loop.n_points == 0 and time.monotonic() < deadline and thread.is_alive():
             time.sleep(0.001)
-        side.batch_latencies.clear()  # the first batch waited for the group join
+        side.batch_latencies.clear()  # the first batch waited for the group join, and the
+        loop.source.count_from = time.time()  # next (pipelined) for the first to be answered
         first, started = loop.n_points, time.perf_counter()
         stop_at = min(time.monotonic() + MAX_SECONDS, deadline)
         while loop.n_points < n_points and time.monotonic() < stop_at and thread.is_alive():
@@ -562,50 +574,22 @@ def _kafka_clients() -> tuple[str, ...]:
 
 
 def _rdkafka_clients(cfg: Config, side: Side, ppm: int, *, e2e: bool) -> tuple[Any, Any]:
-    """An RdKafkaSource/RdKafkaSink pair timed like :class:`_TimedSource`/:class:`_TimedSink`."""
+    """An RdKafkaSource timed like :class:`_TimedSource`, and an RdKafkaSink."""
     from streamem.clients import confluent
     from streamem.io.base import NO_EVENTS
     from streamem.io.rdkafka import RdKafkaSink, RdKafkaSource
 
-    class TimedSource(RdKafkaSource):
-        polled_at = 0.0
-        created_ms: np.ndarray = np.empty(0)
-        points_per_message = ppm
-
-        def poll(self, timeout_s: float) -> list[Record]:
-            records = super().poll(timeout_s)
-            if records:
-                self.polled_at = time.time()
-                self.created_ms = np.array([r.timestamp_ms or 0 for r in records],
-                                           dtype=np.float64)
-            return records
-
-    class TimedSink(RdKafkaSink):
-        def flush(self, timeout_s: float) -> None:
-            super().flush(timeout_s)
-            _record_latencies(source, side, e2e)
+    class TimedSource(_Timed, RdKafkaSource):
+        pass
 
     k = cfg.kafka
     source = TimedSource(confluent.consumer_conf(cfg), [k.input_topic],
                          max_records=k.max_poll_records, events=NO_EVENTS)
-    sink = TimedSink(confluent.producer_conf(cfg), confluent.dead_letter_conf(cfg),
-                     value_drop_topics=frozenset([k.dead_letter_topic]),
-                     max_message_bytes=confluent.output_limit(cfg))
+    source.points_per_message, source.side, source.e2e = ppm, side, e2e
+    sink = RdKafkaSink(confluent.producer_conf(cfg), confluent.dead_letter_conf(cfg),
+                       value_drop_topics=frozenset([k.dead_letter_topic]),
+                       max_message_bytes=confluent.output_limit(cfg))
     return source, sink
-
-
-def _record_latencies(src: Any, side: Side, e2e: bool) -> None:
-    """After a successful flush: the latencies of the last poll's records (see _TimedSink)."""
-    if not src.created_ms.size:
-        return
-    acked_at = time.time()
-    if e2e:
-        side.e2e_latencies.append(np.repeat(acked_at - src.created_ms / 1000.0,
-                                            src.points_per_message))
-    else:
-        side.batch_latencies.append(np.full(src.created_ms.size * src.points_per_message,
-                                            acked_at - src.polled_at))
-    src.created_ms = np.empty(0)
 
 
 def _rdkafka_settings_text(cfg: Config) -> str:
@@ -675,6 +659,7 @@ class _ExactlyOnceDaemon(_Daemon):
             dead_letter_topic=cfg.kafka.dead_letter_topic)
         source.points_per_message = ppm
         sink.source, sink.side, sink.e2e, sink.pending = source, side, e2e, []
+        self.source = source
         self.runtime = assemble.runtime(cfg, source, sink, self.metrics, stores=[])
         self.assigned = self.metrics.assigned
 

@@ -125,8 +125,9 @@ Parse = Callable[[bytes, "int | None", Limits], Points]
 #: ``multi``: a batch message even for one point. ``(X, ids, ts_ms, multi) -> value``.
 Encode = Callable[[FloatArray, Sequence[int], "float | None", bool], bytes]
 #: Decodes the plainly valid values of a poll batch at once: ``(values, n_features, limits,
-#: out)`` fills ``out[i]`` with the Points of value i, leaving the others None.
-DecodeMany = Callable[[Sequence["bytes | None"], int, Limits, list[Any]], None]
+#: out)`` fills ``out[i]`` with the Points of value i, leaving the others None, and returns
+#: how many it filled.
+DecodeMany = Callable[[Sequence["bytes | None"], int, Limits, list[Any]], int]
 
 
 @dataclass(frozen=True)
@@ -175,8 +176,9 @@ class InputFormat:
         """
         limits = limits or DEFAULT_LIMITS
         out: list[Points | DecodeError | None] = [None] * len(values)
-        if self.decode_many is not None and n_features is not None:
-            self.decode_many(values, n_features, limits, out)
+        if self.decode_many is not None and n_features is not None \
+                and self.decode_many(values, n_features, limits, out) == len(values):
+            return out  # type: ignore[return-value]
         for i, value in enumerate(values):
             if out[i] is not None:
                 continue

@@ -163,6 +163,9 @@ class RdKafkaSource:
         self._consumer: Consumer | None = None
         self._pending_rejoin = False
         self.rejoins = 0
+        self.before_revoke: Callable[[], None] | None = None
+        """Called inside :meth:`poll` when partitions are revoked or lost, while they are still
+        assigned (the runtime acknowledges and commits its batch in flight there)."""
         self._join()
 
     def _join(self) -> None:
@@ -191,6 +194,8 @@ class RdKafkaSource:
         log.info("partitions_assigned", extra={"partitions": sorted(map(str, self._assigned))})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self.before_revoke is not None:
+            self.before_revoke()
         gone = {(p.topic, p.partition) for p in partitions}
         self._assigned -= gone
         self._generation += 1
@@ -394,7 +399,8 @@ def _has_partitions(stats: Mapping[str, Any], topics: list[str]) -> bool:
 
 def _records(messages: list[Message]) -> tuple[list[Record], dict[TP, int]]:
     """Consumed messages as :class:`Record` (the consumer has no deserializers: bytes), read
-    field by field over the whole poll; and the last offset read of each partition."""
+    field by field over the whole poll and built by C loops (no Python call per message); and
+    the last offset read of each partition."""
     read: Any = Message  # topic, partition and offset are set on consumed messages
     topics: list[str] = list(map(read.topic, messages))
     partitions: list[int] = list(map(read.partition, messages))
@@ -404,8 +410,9 @@ def _records(messages: list[Message]) -> tuple[list[Record], dict[TP, int]]:
                for h in raw] if any(raw) else repeat(())
     stamps = [ts if ts >= 0 else None for _, ts in map(Message.timestamp, messages)]
     values = [v or b"" for v in map(Message.value, messages)]
-    records = list(map(Record, topics, partitions, offsets, map(Message.key, messages),
-                       values, headers, stamps))
+    fields = zip(topics, partitions, offsets, map(Message.key, messages), values, headers, stamps,
+                 repeat(0))
+    records: list[Record] = list(map(tuple.__new__, repeat(Record), fields))  # type: ignore[arg-type]
     return records, dict(zip(zip(topics, partitions, strict=True), offsets, strict=True))
 
 
@@ -445,6 +452,9 @@ class _Batch:
 class RdKafkaSink:
     """Produces; :meth:`flush` waits for every send since the last flush and checks them.
 
+    librdkafka delivers on its own threads, so the runtime pipelines (``delivers_in_background``):
+    it works on the next batch while this one's outputs are delivered.
+
     Parameters
     ----------
     conf : dict
@@ -477,6 +487,12 @@ class RdKafkaSink:
         self._enqueue_timeout_s = enqueue_timeout_s
         self._batch = _Batch()
 
+    delivers_in_background = True
+
+    def undelivered(self) -> int:
+        """Messages sent and not yet acknowledged (or whose failure is not yet reported)."""
+        return len(self._producer) + len(self._dead)
+
     def _on_error(self, err: KafkaError) -> None:
         kind = _error_kind(err, "produce")
         self._events.kafka_error(kind)
@@ -497,7 +513,8 @@ class RdKafkaSink:
 
     def send_many(self, topic: str, messages: Iterable[OutMessage]) -> list[tuple[int, str]]:
         """Queue the messages, one ``produce`` each with nothing else per message: a header
-        list shared by consecutive messages (the runtime's) is sized once."""
+        list shared by consecutive messages (the runtime's) is sized and listed once, and
+        ``produce`` takes its arguments by position (parsing keywords cost it 40 %)."""
         if topic in self._value_drop_topics:
             for key, value, headers, timestamp_ms in messages:
                 self._send_dead_letter(topic, key, value, headers, timestamp_ms or 0)
@@ -505,19 +522,20 @@ class RdKafkaSink:
         batch, limit, produce = self._batch, self._max_message_bytes, self._producer.produce
         report = batch.report
         too_large: list[tuple[int, str]] = []
-        sized: tuple[Headers | None, int] = (None, 0)
+        sized: Headers | None = None
+        extra, listed = 0, None
         sent = 0
         for i, (key, value, headers, timestamp_ms) in enumerate(messages):
-            if headers is not sized[0]:
-                sized = (headers, sum(map(len, chain.from_iterable(headers))))
-            size = len(value) + (len(key) if key else 0) + sized[1]
+            if headers is not sized:
+                sized, extra = headers, sum(map(len, chain.from_iterable(headers)))
+                listed = headers if type(headers) is list else list(headers) if headers else None
+            size = len(value) + (len(key) if key else 0) + extra
             if size > limit:
                 too_large.append((i, f"a {size}-byte message to {topic} exceeds {limit} bytes"))
                 continue
-            listed = headers if type(headers) is list else list(headers) if headers else None
             stamp = timestamp_ms or 0  # librdkafka: 0 stamps the send time
-            try:
-                produce(topic, value, key, on_delivery=report, timestamp=stamp, headers=listed)
+            try:  # topic, value, key, partition (any), on_delivery, callback, timestamp, headers
+                produce(topic, value, key, -1, report, None, stamp, listed)
             except BufferError:
                 self._produce_when_room(self._producer, topic, key, value, headers, report,
                                         stamp)

@@ -44,3 +44,23 @@ def test_bench_measures_exactly_once_beside_at_least_once(kafka_bootstrap, monke
     assert math.isclose(result["ratio"], result["exactly_once"]["points_per_s"]
                         / result["at_least_once"]["points_per_s"])
     assert "exactly / at least once" in bench.report_delivery(result)
+
+
+def test_latencies_are_recorded_at_the_commit_that_covers_each_poll() -> None:
+    """A pipelined loop commits a batch after polling the next: each poll's latencies wait
+    for the commit that acknowledges it, not the next flush."""
+    from streamem.io.memory import MemorySource
+
+    class Timed(bench._Timed, MemorySource):
+        pass
+
+    side = bench.Side()
+    source = Timed([b"a", b"b", b"c", b"d", b"e"], batch_size=2)
+    source.side, source.points_per_message = side, 3
+    source.poll(0.0)
+    source.poll(0.0)  # the next batch, before the first commits
+    source.commit({("memory", 0): 2})
+    assert [len(lat) for lat in side.batch_latencies] == [2 * 3]
+    source.commit({("memory", 0): 4})
+    assert [len(lat) for lat in side.batch_latencies] == [6, 6]
+    assert source.commits == [{("memory", 0): 2}, {("memory", 0): 4}]

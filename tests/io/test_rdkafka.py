@@ -170,8 +170,10 @@ def test_round_trip_keeps_keys_headers_timestamps_and_commits_explicit_offsets(
     events = Events()
     sink = confluent.create_sink(cfg, events)
     before = int(time.time() * 1000)
+    stamped = 1_700_000_000_000  # even messages carry an event time, odd ones none
     for i in range(20):
-        sink.send(topic, f"k{i % 4}".encode(), f"v{i}".encode(), [("h", str(i).encode())])
+        sink.send(topic, f"k{i % 4}".encode(), f"v{i}".encode(), [("h", str(i).encode())],
+                  stamped + i if i % 2 == 0 else None)
     sink.flush(WAIT_S)
     sink.close()
     source = confluent.create_source(cfg, events)
@@ -182,7 +184,10 @@ def test_round_trip_keeps_keys_headers_timestamps_and_commits_explicit_offsets(
             i = r.value[1:]
             assert r.key == f"k{int(i) % 4}".encode()
             assert r.headers == (("h", i),)
-            assert r.timestamp_ms is not None and r.timestamp_ms >= before - 1000
+            if int(i) % 2 == 0:
+                assert r.timestamp_ms == stamped + int(i)
+            else:
+                assert r.timestamp_ms is not None and r.timestamp_ms >= before - 1000
         by_key = {r.key: r.partition for r in records}
         assert all(r.partition == by_key[r.key] for r in records)
         assert source.assignment() == {(topic, 0), (topic, 1)}
@@ -297,6 +302,8 @@ def test_a_second_member_takes_partitions_and_the_first_tracks_the_revocation(
     try:
         poll_until(a, 2)
         assert a.assignment() == {(topic, 0), (topic, 1)}
+        held_at_revoke: list[set] = []  # the runtime commits its batch in flight there
+        a.before_revoke = lambda: held_at_revoke.append(a.assignment())
         b = confluent.create_source(cfg, Events())
         deadline = time.monotonic() + WAIT_S
         while (len(a.assignment()) != 1 or len(b.assignment()) != 1) \
@@ -305,6 +312,8 @@ def test_a_second_member_takes_partitions_and_the_first_tracks_the_revocation(
             b.poll(0.1)
         assert a.assignment() | b.assignment() == {(topic, 0), (topic, 1)}
         assert not a.assignment() & b.assignment()
+        assert held_at_revoke and held_at_revoke[0] == {(topic, 0), (topic, 1)}, \
+            "before_revoke runs inside the poll while the partitions are still held"
     finally:
         a.close()
         if b is not None:

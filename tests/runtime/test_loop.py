@@ -228,3 +228,18 @@ def test_an_answer_too_large_to_send_dead_letters_its_message_and_the_rest_go_ou
     assert [(value, dict(headers)["streamem.reason"]) for _, _, value, headers in dead] == \
         [(big[0], b"too_large")]
     assert source.commits[-1] == {("memory", 0): len(values)}
+
+
+def test_freeze_heap_exempts_the_start_up_heap_and_collects_young_objects_less_often() -> None:
+    import gc
+
+    from streamem.runtime import GC_THRESHOLDS, freeze_heap
+
+    before = gc.get_threshold()
+    try:
+        freeze_heap()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == GC_THRESHOLDS and GC_THRESHOLDS[0] > before[0]
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
