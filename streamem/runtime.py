@@ -259,8 +259,10 @@ class Runtime:
         """
         if self._txn_sink is not None and not self._txn_begin():
             return
-        if self._in_flight is not None and self._checkpoint_due() and not self._settle():
-            return
+        if self._in_flight is not None and self._checkpoint_due():
+            if not self._settle():
+                return
+            self._maybe_checkpoint()  # the model now holds exactly the committed batches
         timeout_s = self.cfg.kafka.poll_timeout_ms / 1000
         if self._txn is not None and self._txn.offsets:  # do not hold answers back idly
             due = self._txn.started + self.cfg.delivery.transaction_min_s - time.monotonic()

@@ -107,6 +107,32 @@ def test_a_due_checkpoint_settles_the_batch_in_flight_first(tmp_path) -> None:
     assert restored.n_seen_ == len(X), "the checkpoint's model holds what its offsets say"
 
 
+class CountingStore(FileCheckpointStore):
+    """A file store that keeps every checkpoint it saves."""
+
+    def __init__(self, path) -> None:
+        super().__init__(path)
+        self.saved: list = []
+
+    def save(self, ckpt) -> None:
+        super().save(ckpt)
+        self.saved.append(ckpt)
+
+
+def test_checkpoints_are_written_while_batches_keep_coming(tmp_path) -> None:
+    """A loop that always has a batch in flight still writes its periodic checkpoints (not only
+    the final one), each holding exactly the batches its offsets say."""
+    store = CountingStore(tmp_path / "ckpt.npz")
+    sink = BackgroundSink()
+    runtime, _ = run(sink, f"checkpoint.path={tmp_path / 'ckpt.npz'}",
+                     "checkpoint.interval_s=0.0001", stores=(store,))
+    periodic = store.saved[:-1]
+    assert len(periodic) >= 5, f"{len(periodic)} periodic checkpoints over 12 batches"
+    for ckpt in periodic:
+        restored = type(runtime.model).from_bytes(ckpt.model)
+        assert restored.n_seen_ == ckpt.offsets[("memory", 0)]
+
+
 class RevokingSource(CheckedSource):
     """Calls the runtime's ``before_revoke`` hook inside its third poll (a rebalance)."""
 
