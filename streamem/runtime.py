@@ -328,20 +328,15 @@ class Runtime:
         self._maybe_checkpoint()
 
     def _settle(self) -> bool:
-        """Acknowledge the batch in flight: wait for its outputs, commit its offsets, count it.
+        """Acknowledge the batch in flight (:meth:`_deliver_in_flight`).
 
         False when its outputs failed: nothing is committed and the source is rewound (a batch
         decoded since is dropped with it, and read again).
         """
-        flight, self._in_flight = self._in_flight, None
-        if flight is None:
-            return True
-        try:
-            self.sink.flush(self.cfg.kafka.delivery_timeout_s)
-        except TransportError as exc:
-            self._retry_batch(exc)
+        failure = self._deliver_in_flight()
+        if failure is not None:
+            self._retry_batch(failure)
             return False
-        self._acknowledged(flight)
         return True
 
     def _settle_if_delivered(self) -> bool:
@@ -354,23 +349,26 @@ class Runtime:
     def _settle_before_revoke(self) -> None:
         """The source's hook, inside its poll, before partitions are taken away: the batch in
         flight commits while they are still ours. A failure rewinds once the poll returns."""
+        failure = self._deliver_in_flight()
+        if failure is not None:
+            self._revoke_failure = failure
+
+    def _deliver_in_flight(self) -> TransportError | None:
+        """Wait for the outputs of the batch in flight, then commit its offsets and count it;
+        the failure, when they failed (nothing committed)."""
         flight, self._in_flight = self._in_flight, None
         if flight is None:
-            return
+            return None
         try:
             self.sink.flush(self.cfg.kafka.delivery_timeout_s)
         except TransportError as exc:
-            self._revoke_failure = exc
-            return
-        self._acknowledged(flight)
-
-    def _acknowledged(self, flight: _InFlight) -> None:
-        """A batch's outputs are acknowledged: commit its offsets and count it."""
+            return exc
         acked_at = time.time()
         self.metrics.set_kafka_up(True)
         duration_s = time.perf_counter() - flight.started
         self._commit(flight.batch.next_offsets(self.source.assignment()))
         self._count(flight.batch, flight.result, flight.polled_at, acked_at, duration_s)
+        return None
 
     def _count(self, batch: _Batch, result: Any, polled_at: float, acked_at: float,
                duration_s: float) -> None:
