@@ -73,7 +73,7 @@ def _hard_statistics(
     dist = ((X[:, None, :] - centres[None]) ** 2).sum(axis=2)
     R = np.zeros((n, K))
     R[np.arange(n), dist.argmin(axis=1)] = 1.0 / n
-    center = X.mean(axis=0)
+    center = np.median(X, axis=0)  # robust: see params.reference_point
     stats = batch_statistics(kind, X - center, R, center)
     pooled = kind.from_full(pooled_covariance(X)[None])[0]
     thin = stats.nk * n < d + 1
