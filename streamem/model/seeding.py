@@ -8,6 +8,9 @@ from streamem.model.covariance import CovarianceKind
 from streamem.model.params import e_step, hard_responsibilities, params_from_statistics
 from streamem.model.statistics import SufficientStatistics, batch_statistics
 
+#: A point further than this many spreads from the median in a feature is wild (:func:`tame`).
+WILD_SPREADS = 1e3
+
 
 def kmeans_plusplus(X: np.ndarray, n_clusters: int, rng: np.random.Generator) -> np.ndarray:
     """Greedy k-means++ centres (n_clusters, d) drawn from the rows of X (n, d).
@@ -51,6 +54,29 @@ def lloyd(X: np.ndarray, centres: np.ndarray, max_iter: int = 20) -> np.ndarray:
             break
         centres = new
     return centres
+
+
+def tame(X: np.ndarray) -> np.ndarray:
+    """Which points (n,) are within ``WILD_SPREADS`` robust spreads of the median in every
+    feature; all of them when fewer than half would be.
+
+    A feature's spread is the smallest positive one of the 50, 90 and 99 % quantiles of the
+    points' distances from its median (a feature flat beyond that does not judge). A few valid
+    but absurd points (1e15 among values of order 10) would otherwise take k-means++ centres,
+    lend their scale to thin clusters' covariances, and leave a fit that stepwise EM never
+    leaves; left out, they are answered by the fit of the others, as the anomalies they are.
+
+    >>> X = np.vstack([np.arange(20.0).reshape(10, 2), [[1e15, 0.0]]])
+    >>> tame(X).tolist().count(False)
+    1
+    """
+    if len(X) < 2:
+        return np.ones(len(X), dtype=bool)
+    distance = np.abs(X - np.median(X, axis=0))
+    spreads = np.quantile(distance, [0.5, 0.9, 0.99], axis=0)
+    spread = np.where(spreads > 0, spreads, np.inf).min(axis=0)
+    keep = (distance <= WILD_SPREADS * spread).all(axis=1)
+    return keep if 2 * np.count_nonzero(keep) >= len(X) else np.ones(len(X), dtype=bool)
 
 
 def pooled_covariance(X: np.ndarray) -> np.ndarray:
@@ -99,8 +125,10 @@ def fit_batch(
 ) -> SufficientStatistics:
     """Statistics of a mixture fitted to X (n, d) by seeding and batch EM (weights 1/n).
 
-    With ``n_init`` > 1, the fit with the best mean log-likelihood on X is kept.
+    With ``n_init`` > 1, the fit with the best mean log-likelihood on X is kept. Wild points
+    (:func:`tame`) are left out of the fit.
     """
+    X = X[tame(X)]
     best, best_score = None, -np.inf
     for _ in range(n_init):
         if init == "kmeans++":
