@@ -440,8 +440,12 @@ class Runtime:
             parts: list[BatchResult] = []
             refused: dict[int, str] = {}
             self._bisect(X, batch.starts(), 0, len(X), exc, parts, refused)
-        self.log.warning("points_refused_by_model", extra={
-            "points": len(refused), "error": next(iter(refused.values()), "")})
+            error = exc
+        if refused:
+            self.log.warning("points_refused_by_model", extra={
+                "points": len(refused), "error": next(iter(refused.values()))})
+        else:  # the batch as a whole was refused, each part of it learned
+            self.log.warning("batch_learned_in_parts", extra={"error": repr(error)})
         batch.refuse_rows(refused)
         return _joined(parts) if parts else None
 

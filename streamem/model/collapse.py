@@ -35,32 +35,41 @@ NOVELTY_SHARE = 0.02
 RESET_REASONS = ("weight", "singular", "stranded", "drift", "split", "merge", "reseed")
 
 
-def pooled_covariance(params: Params, kind: CovarianceKind) -> np.ndarray:
-    """Covariance (d, d) of the whole mixture: within plus between components."""
-    K, d = params.means.shape
-    within = params.weights @ kind.to_full(params.covariances, d).reshape(K, d * d)
-    diff = params.means - params.weights @ params.means
-    return within.reshape(d, d) + (diff.T * params.weights) @ diff
+def pooled_covariance(params: Params, kind: CovarianceKind,
+                      rows: np.ndarray | None = None) -> np.ndarray:
+    """Covariance (d, d) of the mixture of components ``rows`` (all by default): within plus
+    between components."""
+    d = params.means.shape[1]
+    weights, means, covariances = params.weights, params.means, params.covariances
+    if rows is not None:
+        weights, means, covariances = weights[rows], means[rows], covariances[rows]
+        weights = weights / weights.sum()
+    within = weights @ kind.to_full(covariances, d).reshape(len(weights), d * d)
+    diff = means - weights @ means
+    return within.reshape(d, d) + (diff.T * weights) @ diff
 
 
-def pooled_cholesky(params: Params, kind: CovarianceKind) -> np.ndarray:
-    """Lower Cholesky factor L (d, d) of the pooled covariance, L Lᵀ = pooled."""
-    chol, info = lapack.dpotrf(pooled_covariance(params, kind), lower=1, clean=1)
+def pooled_cholesky(params: Params, kind: CovarianceKind,
+                    rows: np.ndarray | None = None) -> np.ndarray:
+    """Lower Cholesky factor L (d, d) of the pooled covariance (of ``rows``), L Lᵀ = pooled."""
+    chol, info = lapack.dpotrf(pooled_covariance(params, kind, rows), lower=1, clean=1)
     if info != 0:
         raise np.linalg.LinAlgError("the pooled covariance is not positive definite")
     return np.ascontiguousarray(chol)
 
 
-def whitened_median_variance(params: Params, kind: CovarianceKind) -> np.ndarray:
+def whitened_median_variance(params: Params, kind: CovarianceKind,
+                             frame: np.ndarray | None = None) -> np.ndarray:
     """Each component's median variance relative to the pooled covariance, (K,).
 
     The median is the (d // 2 + 1)-th smallest eigenvalue of W_k = L⁻¹ Σ_k L⁻ᵀ (L Lᵀ the pooled
     covariance). Exact where it matters: λ_min(W_k) ≥ 1 / trace(W_k⁻¹) and
     trace(W_k⁻¹) = ‖P_kᵀ L‖²_F, one small product. That lower bound is returned for components it
-    clears of ``SINGULAR_RATIO``; only the others pay for eigenvalues.
+    clears of ``SINGULAR_RATIO``; only the others pay for eigenvalues. ``frame``: the components
+    the pooled covariance is taken over (all by default).
     """
     d = params.means.shape[1]
-    chol = pooled_cholesky(params, kind)
+    chol = pooled_cholesky(params, kind, frame)
     prec = kind.to_full(params.precisions_chol, d)
     root = np.swapaxes(prec, -1, -2) @ chol  # W_k⁻¹ = root_kᵀ root_k
     bound = 1.0 / (root**2).sum(axis=(1, 2))
@@ -80,7 +89,13 @@ def find_collapsed(
     d = params.means.shape[1]
     support = d + 1 if kind.name == "full" else 2
     starved = stats.nk * n_effective < support
-    singular = whitened_median_variance(params, kind) < SINGULAR_RATIO
+    singular = np.zeros(len(starved), dtype=bool)
+    frame = np.flatnonzero(~starved)  # a starved component at 1e15 would swamp the frame
+    if len(frame):
+        try:
+            singular = whitened_median_variance(params, kind, frame) < SINGULAR_RATIO
+        except np.linalg.LinAlgError:  # no frame to whiten in: nothing to call singular
+            pass
     return [(int(k), "weight") for k in np.flatnonzero(starved)] + [
         (int(k), "singular") for k in np.flatnonzero(singular & ~starved)
     ]
@@ -121,7 +136,10 @@ def find_dense_group(
     size = max(d + 1, 10)
     if m < size:
         return None
-    chol = pooled_cholesky(params, kind)
+    try:
+        chol = pooled_cholesky(params, kind, np.flatnonzero(params.weights >= 1.0 / len(points)))
+    except np.linalg.LinAlgError:
+        return None
     Z = np.linalg.solve(chol, (points - params.center).T).T
     sq = (Z**2).sum(axis=1)
     dist = sq[:, None] + sq[None, :] - 2.0 * (Z @ Z.T)

@@ -289,6 +289,33 @@ def test_a_point_the_model_refuses_is_found_and_only_it_is_dead_lettered():
     assert runtime.model.n_seen_ == 598
 
 
+def test_a_batch_refused_whole_but_learned_in_parts_is_answered_and_says_why(caplog):
+    """A refusal that the bisection does not reproduce (here: the model fails once, on its first
+    large batch) loses no point, dead-letters none, and the log names the error it hit."""
+    X, _ = MIX.sample(600, random_state=6)
+    values = [json.dumps({"points": [{"id": i, "x": X[i].tolist()}
+                                     for i in range(s, s + 50)]}).encode()
+              for s in range(0, 600, 50)]
+    real, failed = OnlineGMM._learn, []
+
+    def flaky(self, X, learning_rate):
+        if len(X) > 200 and not failed:
+            failed.append(len(X))
+            raise np.linalg.LinAlgError("injected once")
+        return real(self, X, learning_rate)
+
+    cfg = make_config()
+    with mock.patch.object(OnlineGMM, "_learn", flaky), \
+            caplog.at_level("WARNING", logger="streamem.run"):
+        runtime, sink, source = run(cfg, values, batch_size=5)
+    assert failed
+    check(cfg, runtime, sink, source, [Expect(good=list(range(50))) for _ in values])
+    assert runtime.model.n_seen_ == 600
+    said = [r for r in caplog.records if r.getMessage() == "batch_learned_in_parts"]
+    assert len(said) == 1 and "injected once" in said[0].error
+    assert not [r for r in caplog.records if r.getMessage() == "points_refused_by_model"]
+
+
 def test_a_bug_in_decoding_or_encoding_one_message_spares_its_neighbours():
     X, _ = MIX.sample(400, random_state=7)
     values = [json.dumps({"points": [{"id": i, "x": X[i].tolist()} for i in range(s, s + 20)]})
