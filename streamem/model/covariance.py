@@ -26,7 +26,7 @@ import numpy as np
 from scipy.linalg import lapack
 
 LOG_2PI = float(np.log(2.0 * np.pi))
-#: Share of a component's largest variance added to its diagonal besides ``reg_covar``.
+#: Share of each variance added to it besides ``reg_covar``.
 RELATIVE_FLOOR = 1e-12
 #: Responsibilities below this share of a point's weight are left out of the second moments.
 ACTIVE_SHARE = 1e-10
@@ -212,19 +212,20 @@ def _outer_spherical(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _add_floor_full(cov: np.ndarray, reg: float) -> np.ndarray:
-    """Symmetrise and add reg + RELATIVE_FLOOR × the largest variance to each diagonal.
+    """Symmetrise and add reg + RELATIVE_FLOOR × its own variance to each diagonal entry.
 
-    The relative part bounds the condition number (about d / RELATIVE_FLOOR), so the Cholesky
-    factorisation succeeds even for perfectly correlated features at a large scale.
+    The relative part bounds the condition number of the correlation matrix (about
+    d / RELATIVE_FLOOR), so the Cholesky factorisation (indifferent to the features' scales)
+    succeeds even for perfectly correlated features at a large scale. Per feature, not the
+    largest variance for all: a feature in bytes (variance 1e12) next to features of order 1
+    would otherwise add 1 to their variances and wash them out (0.8 nats per point lost at 1e6,
+    43 at 1e9, against scikit-learn's fit).
     """
     cov = cov + cov.transpose(0, 2, 1)
     cov *= 0.5
     d = cov.shape[-1]
     diag = cov.reshape(len(cov), d * d)[:, :: d + 1]  # a view of the diagonals
-    floor = np.maximum.reduce(diag, axis=1, initial=0.0)
-    floor *= RELATIVE_FLOOR
-    floor += reg
-    diag += floor[:, None]
+    diag += np.maximum(diag, 0.0) * RELATIVE_FLOOR + reg
     return cov
 
 
@@ -243,7 +244,7 @@ def _refresh_full(
         raw = scatter[k] / n
         cov = np.multiply(raw + raw.T, 0.5, out=covariances[k])
         diag = cov.reshape(d * d)[:: d + 1]
-        diag += max(max(diag.tolist()), 0.0) * RELATIVE_FLOOR + reg
+        diag += np.maximum(diag, 0.0) * RELATIVE_FLOOR + reg
         chol, info = potrf(cov, 0, 1)
         if info == 0:
             prec_chol[k], info = trtri(chol, 0)

@@ -132,9 +132,9 @@ def test_add_floor_full_symmetrises_and_adds_reg() -> None:
     original = cov.copy()
     floored = KINDS["full"].add_floor(cov.copy(), 0.25)
     sym = 0.5 * (original + np.swapaxes(original, 1, 2))
-    largest = np.maximum(np.diagonal(sym, axis1=1, axis2=2).max(axis=1), 0.0)
-    floor = 0.25 + RELATIVE_FLOOR * largest
-    expected = sym + floor[:, None, None] * np.eye(4)
+    own = np.maximum(np.diagonal(sym, axis1=1, axis2=2), 0.0)  # each variance's own share
+    floor = 0.25 + RELATIVE_FLOOR * own
+    expected = sym + floor[:, :, None] * np.eye(4)
     np.testing.assert_allclose(floored, expected, rtol=1e-14)
     np.testing.assert_array_equal(floored, np.swapaxes(floored, 1, 2))
 
