@@ -44,7 +44,7 @@ from streamem.model.params import (
     row_max,
 )
 from streamem.model.schedule import batch_schedule, floor_for_halflife
-from streamem.model.seeding import fit_batch
+from streamem.model.seeding import fit_batch, tame
 from streamem.model.statistics import SufficientStatistics, batch_statistics
 from streamem.model.validation import check_hyperparameters, check_points, max_abs_value
 
@@ -864,7 +864,9 @@ class OnlineGMM(Estimator):
     def _early_floor(self, points: np.ndarray) -> float:
         """The early floor (``model.anomaly.early_floor``) of warm-up ``points`` (n, d): each
         half scored by a mixture fitted to the other; −∞ (none) for a warm-up of fewer than
-        4·K·(d + 1) points, or when a half cannot be fitted."""
+        4·K·(d + 1) points, or when a half cannot be fitted. Wild points (``seeding.tame``)
+        are left out: one at 1e15 would put the floor at its depth (~−1e29)."""
+        points = points[tame(points)]
         n, d = points.shape
         if n < 4 * self.n_components * (d + 1):
             return -np.inf

@@ -202,6 +202,19 @@ def test_far_outliers_are_reported_from_the_first_batch_after_warm_up() -> None:
     assert res.anomaly[1100:1110].all()
 
 
+def test_a_wild_point_in_the_warm_up_does_not_sink_the_early_floor() -> None:
+    """A point at 1e15 among the warm-up is left out of the floor, as out of the fit: with it,
+    the floor sat at its depth (~-1e30), and no far outlier was reported until the tail was
+    measured."""
+    X = heavy_stream(1300, 9)
+    X[1100:1110] = 1e3
+    X[500] = 1e15
+    gmm = OnlineGMM(2, warmup=1000, random_state=0)
+    res = gmm.partial_fit(X)
+    assert gmm.early_floor_ is not None and gmm.early_floor_ > -1e3
+    assert res.anomaly[1100:1110].all()
+
+
 def test_a_model_without_warm_up_points_has_no_early_floor(separated: Mixture) -> None:
     assert model_of(separated).early_floor_ is None
 
