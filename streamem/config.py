@@ -349,7 +349,7 @@ class InputConfig:
     n_features: int | None = _opt(None, _optional(_integer(1)))
     max_bytes: int = _opt(4 << 20, _integer(1))
     max_points: int = _opt(10_000, _integer(1))
-    max_features: int = _opt(1024, _integer(1))
+    max_features: int = _opt(256, _integer(1))
     max_abs_value: float = _opt(1e15, _number(0.0, 1e100, lo_open=True))
 
 

@@ -294,7 +294,7 @@ def test_bad_values_name_the_key_and_what_was_expected(override, message):
     (["output.top_k=3", "model.n_components=2"],
      "output.top_k: expected an integer <= model.n_components (2), got 3"),
     (["input.n_features=2000"],
-     "input.n_features: expected an integer <= input.max_features (1024), got 2000"),
+     "input.n_features: expected an integer <= input.max_features (256), got 2000"),
 ])
 def test_rules_between_keys(overrides, message):
     with pytest.raises(ConfigError) as err:

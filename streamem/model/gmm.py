@@ -419,10 +419,14 @@ class OnlineGMM(Estimator):
 
     @property
     def condition_numbers_(self) -> np.ndarray:
-        """Each component's covariance condition number, (K,) (cached per version)."""
+        """Each component's covariance condition number, (K,) (cached per version), at most
+        1/ε ≈ 4.5e15: beyond, float64's eigenvalues cannot tell (features in very different
+        units, a feature in bytes beside ratios, read that high)."""
         if self._conditioning is None or self._conditioning[0] != self.version_:
             var = self._kind.variances(self.covariances_)
-            self._conditioning = (self.version_, var[:, -1] / var[:, 0])
+            largest = var[:, -1]
+            smallest = np.maximum(var[:, 0], largest * np.finfo(np.float64).eps)
+            self._conditioning = (self.version_, largest / smallest)
         return self._conditioning[1]
 
     def predict_proba(self, X: Any) -> np.ndarray:

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from model_helpers import assert_positive_definite
 from prometheus_client import CollectorRegistry
 
 from streamem import formats
@@ -186,7 +187,7 @@ def assert_valid(model: OnlineGMM) -> None:
         return
     for value in (model.weights_, model.means_, model.covariances_, model.precisions_cholesky_):
         assert np.isfinite(value).all()
-    assert np.all(np.linalg.eigvalsh(model.covariances_) > 0)
+    assert_positive_definite(model.covariances_)
     assert np.isfinite(model.anomaly_threshold_) or not model.initialized_
     again = OnlineGMM.from_bytes(model.to_bytes())  # the checkpoint is valid too
     assert np.isfinite(again.means_).all()
