@@ -674,8 +674,8 @@ class OnlineGMM(Estimator):
         if (self._since_check + 1 >= CHECK_EVERY or self._rewarm or self.drifting_
                 or self.assignment != "soft" or not math.isfinite(threshold)):
             return None
-        limit = max_abs_value(d)
-        if not all(-limit <= v <= limit for v in X.tolist()[0]):  # False for NaN
+        row, limit = X.tolist()[0], max_abs_value(d)
+        if not (math.isfinite(sum(row)) and -limit <= min(row) and max(row) <= limit):
             return None
         kind = self._kind
         try:
@@ -704,8 +704,9 @@ class OnlineGMM(Estimator):
         self.learning_rate_ = weight
         self._n_steps += 1
         self._sum_sq_weights = decay**2 * self._sum_sq_weights + weight * weight
-        answered = np.array([resp])
-        self._usage = RECENT_KEEP * self._usage + (1.0 - RECENT_KEEP) * answered[0]
+        answered = np.array([resp])  # ``_track_recent``'s usage, the same arithmetic on floats:
+        self._usage = np.array([RECENT_KEEP * u + (1.0 - RECENT_KEEP) * v
+                                for u, v in zip(self._usage.tolist(), resp, strict=True)])
         self._flag_share = RECENT_KEEP * self._flag_share + 0.0
         self._window_share *= TAIL_KEEP
         if lo <= log_lik < hi:
@@ -723,8 +724,7 @@ class OnlineGMM(Estimator):
         self.version_ += 1
         label = resp.index(max(resp))
         return BatchResult(np.array([label]), answered[0, label : label + 1], answered,
-                           np.array([log_lik]), np.zeros(1, dtype=bool), np.zeros(1, dtype=bool),
-                           version)
+                           np.array([log_lik]), _NO_FLAG, _NO_FLAG, version)
 
     def _collect_rewarm(self, X: np.ndarray) -> None:
         """After a large change, refit from a fresh warm-up buffer of the new regime."""
@@ -1247,6 +1247,11 @@ def _raised_halflife(
 @functools.lru_cache(maxsize=64)
 def _step_floor(halflife: float | None, K: int, d: int | None, covariance_type: str) -> float:
     return floor_for_halflife(_raised_halflife(halflife, K, d, covariance_type))
+
+
+#: ``anomaly`` and ``warmup`` of a one-point answer of ``_learn_point``: shared, read-only.
+_NO_FLAG = np.zeros(1, dtype=bool)
+_NO_FLAG.flags.writeable = False
 
 
 def _result(

@@ -46,7 +46,7 @@ def answer(
     kind: CovarianceKind, params: Params, x: np.ndarray
 ) -> tuple[list[float], float, list[float], np.ndarray] | None:
     """``e_step`` of one point x (d,) that is to be learned: its responsibilities (K,) and
-    log p(x), the reach (K,) of its update, and D (K, 2, d) = [x − μ_k, μ_k − c] (``blend``).
+    log p(x), the reach (K,) of its update, and D (K, 2, d) = [μ_k − x, μ_k − c] (``blend``).
 
     reach_k = 2·(1 + 2‖P_kᵀ(x − μ_k)‖² + 3‖P_kᵀ(μ_k − c)‖²), P_k the precision factor and c the
     center: when the update gives x a share f_k of component k's mass (see ``blend``), the
@@ -55,12 +55,10 @@ def answer(
     (1 − f)Σ + f·yyᵀ + f(1 − f)mmᵀ, with δ = x − μ, y = x − c, m = c − μ; the floor's relative
     part moves with the largest variance, by at most as much again.) ``None`` as ``e_step``.
 
-    The K numbers of each kind are worked on as Python floats: fewer calls than numpy's.
+    Both rows of D come from one subtraction; the K numbers of each kind are worked on as
+    Python floats: fewer calls than numpy's.
     """
-    means = params.means
-    D = np.empty((len(means), 2, len(x)))
-    np.subtract(x, means, out=D[:, 0])
-    np.subtract(means, params.center, out=D[:, 1])
+    D = np.subtract(params.means[:, None], np.array((x, params.center)))
     dist = kind.point_mahalanobis(D, params.precisions_chol).tolist()
     weighted = [c - 0.5 * a for c, (a, _) in zip(params.log_norm.tolist(), dist, strict=True)]
     top = max(weighted)
@@ -113,7 +111,7 @@ def blend(
 
     Parameters
     ----------
-    D : (K, 2, d) [x − μ_k, μ_k − c] (``answer``), c the center.
+    D : (K, 2, d) [μ_k − x, μ_k − c] (``answer``), c the center.
     r : (K,) responsibilities already multiplied by the point's step weight.
     reach : (K,) the point's reach (``answer``).
     drift : (K,) bounds on how far each covariance has moved, relative to itself, since its
@@ -131,31 +129,29 @@ def blend(
     drift starts over at 0.
     """
     nk = stats.nk.tolist()
-    if drift is None:
-        drift = [0.0] * len(nk)
     n_new = [decay * v + b for v, b in zip(nk, r, strict=True)]
     total = math.fsum(n_new)
     scale = 1.0 / total if total > TINY else 1.0  # the normalisation, folded in
+    nk_new = [n * scale for n in n_new]
     coefficients: list[float] = []  # C (K, 3, 2), flat: one list of floats converts fastest
-    nk_new: list[float] = []
     rows: list[int] = []
     moved: list[float] = []
-    for k, (v, b, n, g, h) in enumerate(zip(nk, r, n_new, reach, drift, strict=True)):
+    k = 0
+    for v, b, n, g, h in zip(nk, r, n_new, reach, drift or [0.0] * len(nk), strict=True):
         f = b / n if n > TINY else 0.0
-        c = decay * v * f * scale  # δδᵀ's: N_old·N_new/N, normalised
-        if b > TINY:  # δ = x − μ
-            coefficients += (c, 0.0, 0.0, 0.0, f, 0.0)
-        else:  # δ = c − μ, and the point's second moment about c: y = (x − μ) + (μ − c)
+        if b > TINY:  # δ = x − μ = −D_k[0]; δδᵀ's coefficient is N_old·N_new/N, normalised
+            coefficients += (decay * v * f * scale, 0.0, 0.0, 0.0, -f, 0.0)
+        else:  # δ = c − μ, and the point's second moment about c: y = −D_k[0] + D_k[1]
             dead = b * scale
-            coefficients += (dead, dead, dead, c + dead, 0.0, -f)
-        n *= scale
-        nk_new.append(n)
+            coefficients += (dead, -dead, -dead, decay * v * f * scale + dead, 0.0, -f)
         m = f * g + h
-        if not (m <= STALE_LIMIT and n > TINY):
+        if m <= STALE_LIMIT and n * scale > TINY:
+            moved.append(m)
+        else:
             rows.append(k)
-            m = 0.0
-        moved.append(m)
-    W = np.matmul(np.array(coefficients).reshape(len(nk), 3, 2), D)
+            moved.append(0.0)
+        k += 1
+    W = np.matmul(np.fromiter(coefficients, np.float64, len(coefficients)).reshape(-1, 3, 2), D)
     scatter = stats.scatter * (decay * scale)
     scatter += kind.outer_sum(D, W[:, :2])
     return SufficientStatistics(np.array(nk_new), stats.means + W[:, 2], scatter), rows, moved

@@ -77,7 +77,7 @@ def test_blend_of_one_point_is_the_batch_update(kind_name: str, decay: float) ->
         r[trial % 2] = 1e-3 * TINY  # below TINY: the point is a second moment about ``center``
         r[2] = 0.0 if trial % 3 == 0 else r[2]
         x = y + center
-        D = np.stack([x - fast.means, fast.means - center], axis=1)
+        D = np.stack([fast.means - x, fast.means - center], axis=1)
         fast, _, _ = point.blend(kind, fast, D, r.tolist(), decay, [0.0] * 4, None)
         batch_blend(kind_name, slow, y, r, decay, center)
         assert_close(fast.nk, slow.nk)
