@@ -38,6 +38,7 @@ from streamem.model.params import (
     e_step,
     estimate_weighted_log_prob,
     hard_responsibilities,
+    make_params,
     params_from_statistics,
     refresh_params,
     row_argmax,
@@ -682,12 +683,12 @@ class OnlineGMM(Estimator):
             found = point.answer(kind, params, X[0])
             if found is None or not found[1] >= threshold:
                 return None
-            resp, log_lik, reach, D = found
+            resp, log_lik, dist, D = found
             decay, weight = point.step(self._n_steps, learning_decay=self.learning_decay,
                                        learning_offset=self.learning_offset,
                                        floor=self._step_floor())
             stats, rows, drift = point.blend(kind, self.stats_, D, [v * weight for v in resp],
-                                             decay, reach, self._drift)
+                                             decay, dist, self._drift)
             params = refresh_params(stats, kind, self.reg_covar, params, rows)
             # Σ π_k μ_k is finite only if the weights, hence the masses, and the means are. A
             # factor LAPACK computed from a finite floored covariance is finite (its norm is
@@ -770,7 +771,7 @@ class OnlineGMM(Estimator):
 
     def _update(
         self, Y: np.ndarray, resp: np.ndarray, learning_rate: float | None,
-        one: tuple[list[float], float, list[float], np.ndarray] | None = None,
+        one: tuple[list[float], float, list[list[float]], np.ndarray] | None = None,
     ) -> tuple[list[int], list[float]] | None:
         """Blend the statistics of points ``Y`` (centred on ``params.center``) in.
 
@@ -1159,10 +1160,16 @@ class OnlineGMM(Estimator):
 
     # ------------------------------------------------------------------ helpers
     def _settle(self) -> None:
-        """Forget the drift of kept factors (``point.blend``), as loading a saved model
-        does: the factors are those of the covariances, which a loaded model factorises (bit
-        for bit the same), so the copy continues exactly as the original."""
+        """Forget the drift of kept factors (``point.blend``) and derive the parameters from
+        weights, means, covariances and center as loading a saved model does (the factors are
+        those of the covariances, which a loaded model factorises bit for bit the same; the
+        log weights and log dets of ``refresh_params`` may differ in the last bit), so that
+        the copy continues exactly as the original."""
         self._drift = None
+        p = self._params
+        if p is not None:
+            self._params = make_params(self._kind, p.weights, p.means, p.covariances, p.center,
+                                       prec_chol=p.precisions_chol)
 
     def _buffered(self) -> int:
         return sum(len(b) for b in self._buffer)

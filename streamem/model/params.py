@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,19 +66,30 @@ def refresh_params(
     Weights and means come from ``stats``; the covariances ``rows`` are computed and factorised
     again, the others keep ``previous``'s covariance and factor (``point.blend`` picks the
     rows so that a kept factor is that of the current covariance to within ``STALE_LIMIT``).
+    The K numbers of each kind (weights, their logs, log dets) are worked on as Python floats,
+    so they may differ from ``make_params``'s in the last bit (``OnlineGMM._settle``).
     """
-    nk = stats.nk
+    masses, means = stats.nk.tolist(), stats.means
     covariances, prec = previous.covariances, previous.precisions_chol
+    log_det = previous.log_det.tolist()
     if len(rows):
         covariances, prec = covariances.copy(), prec.copy()
-        masses = nk.tolist()
         divisors = [max(masses[k], TINY) for k in rows]
         try:
-            kind.refresh(stats.scatter, divisors, rows, reg_covar, covariances, prec)
+            fresh = kind.refresh(stats.scatter, divisors, rows, reg_covar, covariances, prec,
+                                 means.shape[1])
         except np.linalg.LinAlgError:
             return params_from_statistics(stats, kind, reg_covar)
-    return make_params(kind, nk / np.add.reduce(nk), stats.means.copy(), covariances,
-                       prec_chol=prec)
+        for k, value in zip(rows, fresh, strict=True):
+            log_det[k] = value
+    total = sum(masses)
+    weights = [m / total for m in masses]
+    log_weights = [math.log(w) if w > 0.0 else -math.inf for w in weights]
+    shift = 0.5 * means.shape[1] * LOG_2PI
+    array = np.array(weights)
+    return Params(array, means.copy(), covariances, prec, array @ means, np.array(log_weights),
+                  np.array(log_det), np.array([a + (b - shift)
+                                               for a, b in zip(log_weights, log_det, strict=True)]))
 
 
 def make_params(

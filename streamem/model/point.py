@@ -14,6 +14,7 @@ step and commit it only once it is valid, without a snapshot to roll back.
 from __future__ import annotations
 
 import math
+from math import sqrt
 
 import numpy as np
 
@@ -44,16 +45,11 @@ def e_step(
 
 def answer(
     kind: CovarianceKind, params: Params, x: np.ndarray
-) -> tuple[list[float], float, list[float], np.ndarray] | None:
+) -> tuple[list[float], float, list[list[float]], np.ndarray] | None:
     """``e_step`` of one point x (d,) that is to be learned: its responsibilities (K,) and
-    log p(x), the reach (K,) of its update, and D (K, 2, d) = [μ_k − x, μ_k − c] (``blend``).
-
-    reach_k = 2·(1 + 2‖P_kᵀ(x − μ_k)‖² + 3‖P_kᵀ(μ_k − c)‖²), P_k the precision factor and c the
-    center: when the update gives x a share f_k of component k's mass (see ``blend``), the
-    floored covariance F_k moves by ‖P_kᵀ ΔF_k P_k‖₂ ≤ f_k·reach_k — relative to itself, in
-    every direction. (Σ' = (1 − f)Σ + f(1 − f)δδᵀ, or for a weight at most ``TINY``
-    (1 − f)Σ + f·yyᵀ + f(1 − f)mmᵀ, with δ = x − μ, y = x − c, m = c − μ; the floor's relative
-    part moves with the largest variance, by at most as much again.) ``None`` as ``e_step``.
+    log p(x), its distances (K, 2) [‖P_kᵀ(x − μ_k)‖², ‖P_kᵀ(μ_k − c)‖²] (P_k the precision
+    factor, c the center) and D (K, 2, d) = [μ_k − x, μ_k − c], which ``blend`` takes.
+    ``None`` as ``e_step``.
 
     Both rows of D come from one subtraction; the K numbers of each kind are worked on as
     Python floats: fewer calls than numpy's.
@@ -66,9 +62,7 @@ def answer(
         return None
     scaled = [math.exp(v - top) for v in weighted]
     total = math.fsum(scaled)
-    resp = [v / total for v in scaled]
-    reach = [2.0 + 4.0 * a + 6.0 * b for a, b in dist]
-    return resp, top + math.log(total), reach, D
+    return [v / total for v in scaled], top + math.log(total), dist, D
 
 
 def _normalised(weighted: np.ndarray) -> tuple[np.ndarray, float] | None:
@@ -102,7 +96,7 @@ def blend(
     D: np.ndarray,
     r: list[float],
     decay: float,
-    reach: list[float],
+    dist: list[list[float]],
     drift: list[float] | None,
 ) -> tuple[SufficientStatistics, list[int], list[float]]:
     """decay·s + stat(x), normalised, for one point: new statistics (``stats`` is unchanged),
@@ -113,17 +107,25 @@ def blend(
     ----------
     D : (K, 2, d) [μ_k − x, μ_k − c] (``answer``), c the center.
     r : (K,) responsibilities already multiplied by the point's step weight.
-    reach : (K,) the point's reach (``answer``).
+    dist : (K, 2) the point's distances (``answer``).
     drift : (K,) bounds on how far each covariance has moved, relative to itself, since its
         factor was computed (``None``: all 0).
 
     As in ``batch_statistics``, a component whose weight is at most ``TINY`` takes the point as
     second moment about c rather than as its mean. Each component's change is a 3×2 matrix of
-    coefficients C_k on D_k: the mean moves by C_k[2]·D_k, the scatter by D_kᵀ (C_k[:2]·D_k) —
-    one batched product each for all of them.
+    coefficients C_k on D_k: the mean moves by C_k[2]·D_k, the scatter by V_kᵀ V_k with
+    V_k = C_k[:2]·D_k (C_k[:2] a square root of the 2×2 quadratic form) — one batched product
+    each for all of them, and a scatter that stays exactly symmetric (each entry of VᵀV is
+    the same sum of the same products as its mirror), so that ``refresh_params`` need not
+    symmetrise it.
 
     The step adds f·reach to a component's drift, f the point's share of its mass after the
-    update (0 where that mass is at most ``TINY``). A component past ``STALE_LIMIT`` (or whose
+    update (0 where that mass is at most ``TINY``): the floored covariance F moves by
+    ‖PᵀΔF P‖₂ ≤ f·reach, relative to itself in every direction, with a = ‖Pᵀ(x − μ)‖² and
+    b = ‖Pᵀ(μ − c)‖² (``dist``) and reach = 2·(1 + a) for a weight above ``TINY``
+    (Σ' = (1 − f)Σ + f(1 − f)δδᵀ, δ = x − μ), 2·(1 + 2a + 3b) otherwise
+    ((1 − f)Σ + f·yyᵀ + f(1 − f)mmᵀ, y = x − c, m = c − μ); the factor 2: the floor's relative
+    part moves with the largest variance, by at most as much again. A component past ``STALE_LIMIT`` (or whose
     bound is not a number), or whose normalised mass is at most ``TINY`` (its covariance is
     then its scatter over ``TINY``, which the decay moves), is to be factorised again and its
     drift starts over at 0.
@@ -137,14 +139,15 @@ def blend(
     rows: list[int] = []
     moved: list[float] = []
     k = 0
-    for v, b, n, g, h in zip(nk, r, n_new, reach, drift or [0.0] * len(nk), strict=True):
+    for v, b, n, (a, e), h in zip(nk, r, n_new, dist, drift or [0.0] * len(nk), strict=True):
         f = b / n if n > TINY else 0.0
         if b > TINY:  # δ = x − μ = −D_k[0]; δδᵀ's coefficient is N_old·N_new/N, normalised
-            coefficients += (decay * v * f * scale, 0.0, 0.0, 0.0, -f, 0.0)
+            coefficients += (sqrt(decay * v * f * scale), 0.0, 0.0, 0.0, -f, 0.0)
+            m = f * (2.0 + 2.0 * a) + h
         else:  # δ = c − μ, and the point's second moment about c: y = −D_k[0] + D_k[1]
-            dead = b * scale
-            coefficients += (dead, -dead, -dead, decay * v * f * scale + dead, 0.0, -f)
-        m = f * g + h
+            dead = sqrt(b * scale)
+            coefficients += (dead, -dead, 0.0, sqrt(decay * v * f * scale), 0.0, -f)
+            m = f * (2.0 + 4.0 * a + 6.0 * e) + h
         if m <= STALE_LIMIT and n * scale > TINY:
             moved.append(m)
         else:
@@ -153,5 +156,5 @@ def blend(
         k += 1
     W = np.matmul(np.fromiter(coefficients, np.float64, len(coefficients)).reshape(-1, 3, 2), D)
     scatter = stats.scatter * (decay * scale)
-    scatter += kind.outer_sum(D, W[:, :2])
+    scatter += kind.outer_sum(W[:, :2], W[:, :2])
     return SufficientStatistics(np.array(nk_new), stats.means + W[:, 2], scatter), rows, moved
