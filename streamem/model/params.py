@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,30 +65,23 @@ def refresh_params(
     Weights and means come from ``stats``; the covariances ``rows`` are computed and factorised
     again, the others keep ``previous``'s covariance and factor (``point.blend`` picks the
     rows so that a kept factor is that of the current covariance to within ``STALE_LIMIT``).
-    The K numbers of each kind (weights, their logs, log dets) are worked on as Python floats,
-    so they may differ from ``make_params``'s in the last bit (``OnlineGMM._settle``).
+    The log dets of the factors computed again come from ``kind.refresh`` (equal to
+    ``kind.log_det``'s to rounding: ``OnlineGMM._settle``).
     """
-    masses, means = stats.nk.tolist(), stats.means
-    covariances, prec = previous.covariances, previous.precisions_chol
-    log_det = previous.log_det.tolist()
+    nk, means = stats.nk, stats.means
+    covariances, prec, log_det = previous.covariances, previous.precisions_chol, previous.log_det
     if len(rows):
-        covariances, prec = covariances.copy(), prec.copy()
-        divisors = [max(masses[k], TINY) for k in rows]
+        covariances, prec, log_det = covariances.copy(), prec.copy(), log_det.copy()
+        masses = nk.tolist()
         try:
-            fresh = kind.refresh(stats.scatter, divisors, rows, reg_covar, covariances, prec,
-                                 means.shape[1])
+            fresh = kind.refresh(stats.scatter, [max(masses[k], TINY) for k in rows], rows,
+                                 reg_covar, covariances, prec, means.shape[1])
         except np.linalg.LinAlgError:
             return params_from_statistics(stats, kind, reg_covar)
         for k, value in zip(rows, fresh, strict=True):
             log_det[k] = value
-    total = sum(masses)
-    weights = [m / total for m in masses]
-    log_weights = [math.log(w) if w > 0.0 else -math.inf for w in weights]
-    shift = 0.5 * means.shape[1] * LOG_2PI
-    array = np.array(weights)
-    return Params(array, means.copy(), covariances, prec, array @ means, np.array(log_weights),
-                  np.array(log_det), np.array([a + (b - shift)
-                                               for a, b in zip(log_weights, log_det, strict=True)]))
+    return make_params(kind, nk / np.add.reduce(nk), means.copy(), covariances, prec_chol=prec,
+                       log_det=log_det)
 
 
 def make_params(
@@ -99,10 +91,12 @@ def make_params(
     covariances: np.ndarray,
     center: np.ndarray | None = None,
     prec_chol: np.ndarray | None = None,
+    log_det: np.ndarray | None = None,
 ) -> Params:
     """Params from weights, means and floored covariances; ``center`` defaults to Σ π_k μ_k.
 
-    ``prec_chol`` are the covariances' precision factors when the caller has them.
+    ``prec_chol`` are the covariances' precision factors and ``log_det`` their log dets (K,)
+    when the caller has them.
     """
     if 0.0 not in weights.tolist():  # weights.all(), faster for K numbers
         log_weights = np.log(weights)
@@ -111,7 +105,8 @@ def make_params(
     if prec_chol is None:
         prec_chol = kind.precision_cholesky(covariances)
     d = means.shape[1]
-    log_det = kind.log_det(prec_chol, d)
+    if log_det is None:
+        log_det = kind.log_det(prec_chol, d)
     return Params(weights, means, covariances, prec_chol,
                   weights @ means if center is None else center, log_weights, log_det,
                   log_weights + (log_det - 0.5 * d * LOG_2PI))
