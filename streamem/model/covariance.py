@@ -233,19 +233,20 @@ def _refresh_full(
     scatter: np.ndarray, divisors: list[float], rows: list[int], reg: float,
     covariances: np.ndarray, prec_chol: np.ndarray, n_features: int,
 ) -> list[float]:
-    """The floored covariance (``_add_floor_full`` of scatter / divisor) and precision factor
-    (``_cholesky_full``) of each component in ``rows``, written into ``covariances`` and
-    ``prec_chol`` (K, d, d); returns their factors' log dets (m,) as floats (``_log_det_full``
-    to rounding). One matrix at a time: for the few rows one point moves, a handful of calls
-    each beats the batched functions' fixed cost. The scatter of one point's update is exactly
-    symmetric (``point.blend``), so it is not symmetrised again: for a symmetric scatter the
-    covariance and factor are bit for bit the batched functions'. ``LinAlgError`` when a
-    covariance is not positive definite."""
+    """The floored covariance (``_add_floor_full`` of scatter / divisor, to rounding: exactly
+    symmetric, (S + Sᵀ)·(0.5/n) in two calls) and its precision factor (``_cholesky_full``'s,
+    bit for bit) of each component in ``rows``, written into ``covariances`` and ``prec_chol``
+    (K, d, d); returns the factors' log dets (m,) as floats (``_log_det_full``'s to rounding).
+    One matrix at a time: for the few rows one point moves, a handful of calls each beats the
+    batched functions' fixed cost. ``LinAlgError`` when a covariance is not positive
+    definite."""
     d = scatter.shape[-1]
     potrf, trtri = lapack.dpotrf, lapack.dtrtri
     log_dets = []
     for k, n in zip(rows, divisors, strict=True):
-        cov = np.divide(scatter[k], n, out=covariances[k])
+        raw = scatter[k]
+        cov = np.add(raw, raw.T, out=covariances[k])
+        cov *= 0.5 / n
         diag = cov.reshape(d * d)[:: d + 1]
         diag += max(max(diag.tolist()), 0.0) * RELATIVE_FLOOR + reg
         chol, info = potrf(cov, 0, 1)
@@ -331,8 +332,8 @@ class CovarianceKind:
     outer_sum : (A (K, m, d), B (K, m, d)) -> per-component Σ_j a_j b_jᵀ, the scatter shape
     add_floor : (covariances, reg) -> symmetrised covariances + reg·I
     refresh : (scatter, divisors (m,), rows (m,), reg, covariances, precisions_chol,
-        n_features) -> (m,) floats; the floored covariances scatter[rows] / divisors and their factors, written in
-        place, and the factors' log dets
+        n_features) -> (m,) floats; the floored covariances scatter[rows] / divisors and
+        their factors, written in place, and the factors' log dets
     variances : covariances -> (K, d or 1) eigenvalues, ascending
     to_full / from_full : convert to and from (K, d, d)
     n_parameters : (K, d) -> free covariance parameters

@@ -14,7 +14,6 @@ step and commit it only once it is valid, without a snapshot to roll back.
 from __future__ import annotations
 
 import math
-from math import sqrt
 
 import numpy as np
 
@@ -113,11 +112,8 @@ def blend(
 
     As in ``batch_statistics``, a component whose weight is at most ``TINY`` takes the point as
     second moment about c rather than as its mean. Each component's change is a 3×2 matrix of
-    coefficients C_k on D_k: the mean moves by C_k[2]·D_k, the scatter by V_kᵀ V_k with
-    V_k = C_k[:2]·D_k (C_k[:2] a square root of the 2×2 quadratic form) — one batched product
-    each for all of them, and a scatter that stays exactly symmetric (each entry of VᵀV is
-    the same sum of the same products as its mirror), so that ``refresh_params`` need not
-    symmetrise it.
+    coefficients C_k on D_k: the mean moves by C_k[2]·D_k, the scatter by D_kᵀ (C_k[:2]·D_k) —
+    one batched product each for all of them.
 
     The step adds f·reach to a component's drift, f the point's share of its mass after the
     update (0 where that mass is at most ``TINY``): the floored covariance F moves by
@@ -125,10 +121,10 @@ def blend(
     b = ‖Pᵀ(μ − c)‖² (``dist``) and reach = 2·(1 + a) for a weight above ``TINY``
     (Σ' = (1 − f)Σ + f(1 − f)δδᵀ, δ = x − μ), 2·(1 + 2a + 3b) otherwise
     ((1 − f)Σ + f·yyᵀ + f(1 − f)mmᵀ, y = x − c, m = c − μ); the factor 2: the floor's relative
-    part moves with the largest variance, by at most as much again. A component past ``STALE_LIMIT`` (or whose
-    bound is not a number), or whose normalised mass is at most ``TINY`` (its covariance is
-    then its scatter over ``TINY``, which the decay moves), is to be factorised again and its
-    drift starts over at 0.
+    part moves with the largest variance, by at most as much again. A component past
+    ``STALE_LIMIT`` (or whose bound is not a number), or whose normalised mass is at most
+    ``TINY`` (its covariance is then its scatter over ``TINY``, which the decay moves), is to
+    be factorised again and its drift starts over at 0.
     """
     nk = stats.nk.tolist()
     n_new = [decay * v + b for v, b in zip(nk, r, strict=True)]
@@ -141,12 +137,13 @@ def blend(
     k = 0
     for v, b, n, (a, e), h in zip(nk, r, n_new, dist, drift or [0.0] * len(nk), strict=True):
         f = b / n if n > TINY else 0.0
-        if b > TINY:  # δ = x − μ = −D_k[0]; δδᵀ's coefficient is N_old·N_new/N, normalised
-            coefficients += (sqrt(decay * v * f * scale), 0.0, 0.0, 0.0, -f, 0.0)
+        c = decay * v * f * scale  # δδᵀ's coefficient: N_old·N_new/N, normalised
+        if b > TINY:  # δ = x − μ = −D_k[0]
+            coefficients += (c, 0.0, 0.0, 0.0, -f, 0.0)
             m = f * (2.0 + 2.0 * a) + h
         else:  # δ = c − μ, and the point's second moment about c: y = −D_k[0] + D_k[1]
-            dead = sqrt(b * scale)
-            coefficients += (dead, -dead, 0.0, sqrt(decay * v * f * scale), 0.0, -f)
+            dead = b * scale
+            coefficients += (dead, -dead, -dead, c + dead, 0.0, -f)
             m = f * (2.0 + 4.0 * a + 6.0 * e) + h
         if m <= STALE_LIMIT and n * scale > TINY:
             moved.append(m)
@@ -156,5 +153,5 @@ def blend(
         k += 1
     W = np.matmul(np.fromiter(coefficients, np.float64, len(coefficients)).reshape(-1, 3, 2), D)
     scatter = stats.scatter * (decay * scale)
-    scatter += kind.outer_sum(W[:, :2], W[:, :2])
+    scatter += kind.outer_sum(D, W[:, :2])
     return SufficientStatistics(np.array(nk_new), stats.means + W[:, 2], scatter), rows, moved
