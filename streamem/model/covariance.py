@@ -19,6 +19,7 @@ second moments free of cancellation when the data sit far from the origin.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -231,18 +232,22 @@ def _add_floor_full(cov: np.ndarray, reg: float) -> np.ndarray:
 
 def _refresh_full(
     scatter: np.ndarray, divisors: list[float], rows: list[int], reg: float,
-    covariances: np.ndarray, prec_chol: np.ndarray,
-) -> None:
-    """The floored covariance (``_add_floor_full`` of scatter / divisor) and precision factor
-    (``_cholesky_full``) of each component in ``rows``, written into ``covariances`` and
-    ``prec_chol`` (K, d, d), bit for bit as those functions. One matrix at a time: for the few
-    rows one point moves, a handful of calls each beats the batched functions' fixed cost.
-    ``LinAlgError`` when a covariance is not positive definite."""
+    covariances: np.ndarray, prec_chol: np.ndarray, n_features: int,
+) -> list[float]:
+    """The floored covariance (``_add_floor_full`` of scatter / divisor, to rounding: exactly
+    symmetric, (S + Sᵀ)·(0.5/n) in two calls) and its precision factor (``_cholesky_full``'s,
+    bit for bit) of each component in ``rows``, written into ``covariances`` and ``prec_chol``
+    (K, d, d); returns the factors' log dets (m,) as floats (``_log_det_full``'s to rounding).
+    One matrix at a time: for the few rows one point moves, a handful of calls each beats the
+    batched functions' fixed cost. ``LinAlgError`` when a covariance is not positive
+    definite."""
     d = scatter.shape[-1]
     potrf, trtri = lapack.dpotrf, lapack.dtrtri
+    log_dets = []
     for k, n in zip(rows, divisors, strict=True):
-        raw = scatter[k] / n
-        cov = np.multiply(raw + raw.T, 0.5, out=covariances[k])
+        raw = scatter[k]
+        cov = np.add(raw, raw.T, out=covariances[k])
+        cov *= 0.5 / n
         diag = cov.reshape(d * d)[:: d + 1]
         diag += np.maximum(diag, 0.0) * RELATIVE_FLOOR + reg
         chol, info = potrf(cov, 0, 1)
@@ -250,17 +255,24 @@ def _refresh_full(
             prec_chol[k], info = trtri(chol, 0)
         if info != 0:
             raise np.linalg.LinAlgError(f"covariance {k} is not positive definite")
+        factor = prec_chol[k].reshape(d * d)[:: d + 1].tolist()
+        product = math.prod(factor)  # one log; the sum of logs if it over- or underflows
+        log_dets.append(math.log(product) if 1e-300 < product < 1e300
+                        else math.fsum(map(math.log, factor)))
+    return log_dets
 
 
 def _refresh_diag(
     scatter: np.ndarray, divisors: list[float], rows: list[int], reg: float,
-    covariances: np.ndarray, prec_chol: np.ndarray,
-) -> None:
+    covariances: np.ndarray, prec_chol: np.ndarray, n_features: int,
+) -> list[float]:
     """``_refresh_full`` for diagonal and spherical covariances, batched."""
     shape = (-1,) + (1,) * (scatter.ndim - 1)
     fresh = _add_floor_diag(scatter.take(rows, axis=0) / np.reshape(divisors, shape), reg)
     covariances[rows] = fresh
-    prec_chol[rows] = _cholesky_diag(fresh)
+    prec_chol[rows] = factors = _cholesky_diag(fresh)
+    log_det = _log_det_spherical if scatter.ndim == 1 else _log_det_diag
+    return log_det(factors, n_features).tolist()
 
 
 def _add_floor_diag(cov: np.ndarray, reg: float) -> np.ndarray:
@@ -320,8 +332,9 @@ class CovarianceKind:
     outer : (a (K, d), b (K, d)) -> per-component a bᵀ in this type's scatter shape
     outer_sum : (A (K, m, d), B (K, m, d)) -> per-component Σ_j a_j b_jᵀ, the scatter shape
     add_floor : (covariances, reg) -> symmetrised covariances + reg·I
-    refresh : (scatter, divisors (m,), rows (m,), reg, covariances, precisions_chol) -> None;
-        the floored covariances scatter[rows] / divisors and their factors, written in place
+    refresh : (scatter, divisors (m,), rows (m,), reg, covariances, precisions_chol,
+        n_features) -> (m,) floats; the floored covariances scatter[rows] / divisors and
+        their factors, written in place, and the factors' log dets
     variances : covariances -> (K, d or 1) eigenvalues, ascending
     to_full / from_full : convert to and from (K, d, d)
     n_parameters : (K, d) -> free covariance parameters
@@ -336,7 +349,7 @@ class CovarianceKind:
     outer: Callable[[np.ndarray, np.ndarray], np.ndarray]
     outer_sum: Callable[[np.ndarray, np.ndarray], np.ndarray]
     add_floor: Callable[[np.ndarray, float], np.ndarray]
-    refresh: Callable[..., None]
+    refresh: Callable[..., list[float]]
     variances: Callable[[np.ndarray], np.ndarray]
     to_full: Callable[[np.ndarray, int], np.ndarray]
     from_full: Callable[[np.ndarray], np.ndarray]

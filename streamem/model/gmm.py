@@ -38,6 +38,7 @@ from streamem.model.params import (
     e_step,
     estimate_weighted_log_prob,
     hard_responsibilities,
+    make_params,
     params_from_statistics,
     refresh_params,
     row_argmax,
@@ -678,20 +679,20 @@ class OnlineGMM(Estimator):
         if (self._since_check + 1 >= CHECK_EVERY or self._rewarm or self.drifting_
                 or self.assignment != "soft" or not math.isfinite(threshold)):
             return None
-        limit = max_abs_value(d)
-        if not all(-limit <= v <= limit for v in X.tolist()[0]):  # False for NaN
+        row, limit = X.tolist()[0], max_abs_value(d)
+        if not (math.isfinite(sum(row)) and -limit <= min(row) and max(row) <= limit):
             return None
         kind = self._kind
         try:
             found = point.answer(kind, params, X[0])
             if found is None or not found[1] >= threshold:
                 return None
-            resp, log_lik, reach, D = found
+            resp, log_lik, dist, D = found
             decay, weight = point.step(self._n_steps, learning_decay=self.learning_decay,
                                        learning_offset=self.learning_offset,
                                        floor=self._step_floor())
             stats, rows, drift = point.blend(kind, self.stats_, D, [v * weight for v in resp],
-                                             decay, reach, self._drift)
+                                             decay, dist, self._drift)
             params = refresh_params(stats, kind, self.reg_covar, params, rows)
             # Σ π_k μ_k is finite only if the weights, hence the masses, and the means are. A
             # factor LAPACK computed from a finite floored covariance is finite (its norm is
@@ -708,8 +709,9 @@ class OnlineGMM(Estimator):
         self.learning_rate_ = weight
         self._n_steps += 1
         self._sum_sq_weights = decay**2 * self._sum_sq_weights + weight * weight
-        answered = np.array([resp])
-        self._usage = RECENT_KEEP * self._usage + (1.0 - RECENT_KEEP) * answered[0]
+        answered = np.array([resp])  # ``_track_recent``'s usage, the same arithmetic on floats:
+        self._usage = np.array([RECENT_KEEP * u + (1.0 - RECENT_KEEP) * v
+                                for u, v in zip(self._usage.tolist(), resp, strict=True)])
         self._flag_share = RECENT_KEEP * self._flag_share + 0.0
         self._window_share *= TAIL_KEEP
         if lo <= log_lik < hi:
@@ -727,8 +729,7 @@ class OnlineGMM(Estimator):
         self.version_ += 1
         label = resp.index(max(resp))
         return BatchResult(np.array([label]), answered[0, label : label + 1], answered,
-                           np.array([log_lik]), np.zeros(1, dtype=bool), np.zeros(1, dtype=bool),
-                           version)
+                           np.array([log_lik]), _NO_FLAG, _NO_FLAG, version)
 
     def _collect_rewarm(self, X: np.ndarray) -> None:
         """After a large change, refit from a fresh warm-up buffer of the new regime."""
@@ -774,7 +775,7 @@ class OnlineGMM(Estimator):
 
     def _update(
         self, Y: np.ndarray, resp: np.ndarray, learning_rate: float | None,
-        one: tuple[list[float], float, list[float], np.ndarray] | None = None,
+        one: tuple[list[float], float, list[list[float]], np.ndarray] | None = None,
     ) -> tuple[list[int], list[float]] | None:
         """Blend the statistics of points ``Y`` (centred on ``params.center``) in.
 
@@ -1165,10 +1166,16 @@ class OnlineGMM(Estimator):
 
     # ------------------------------------------------------------------ helpers
     def _settle(self) -> None:
-        """Forget the drift of kept factors (``point.blend``), as loading a saved model
-        does: the factors are those of the covariances, which a loaded model factorises (bit
-        for bit the same), so the copy continues exactly as the original."""
+        """Forget the drift of kept factors (``point.blend``) and derive the parameters from
+        weights, means, covariances and center as loading a saved model does (the factors are
+        those of the covariances, which a loaded model factorises bit for bit the same; the
+        log weights and log dets of ``refresh_params`` may differ in the last bit), so that
+        the copy continues exactly as the original."""
         self._drift = None
+        p = self._params
+        if p is not None:
+            self._params = make_params(self._kind, p.weights, p.means, p.covariances, p.center,
+                                       prec_chol=p.precisions_chol)
 
     def _buffered(self) -> int:
         return sum(len(b) for b in self._buffer)
@@ -1253,6 +1260,11 @@ def _raised_halflife(
 @functools.lru_cache(maxsize=64)
 def _step_floor(halflife: float | None, K: int, d: int | None, covariance_type: str) -> float:
     return floor_for_halflife(_raised_halflife(halflife, K, d, covariance_type))
+
+
+#: ``anomaly`` and ``warmup`` of a one-point answer of ``_learn_point``: shared, read-only.
+_NO_FLAG = np.zeros(1, dtype=bool)
+_NO_FLAG.flags.writeable = False
 
 
 def _result(

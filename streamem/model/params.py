@@ -65,19 +65,23 @@ def refresh_params(
     Weights and means come from ``stats``; the covariances ``rows`` are computed and factorised
     again, the others keep ``previous``'s covariance and factor (``point.blend`` picks the
     rows so that a kept factor is that of the current covariance to within ``STALE_LIMIT``).
+    The log dets of the factors computed again come from ``kind.refresh`` (equal to
+    ``kind.log_det``'s to rounding: ``OnlineGMM._settle``).
     """
-    nk = stats.nk
-    covariances, prec = previous.covariances, previous.precisions_chol
+    nk, means = stats.nk, stats.means
+    covariances, prec, log_det = previous.covariances, previous.precisions_chol, previous.log_det
     if len(rows):
-        covariances, prec = covariances.copy(), prec.copy()
+        covariances, prec, log_det = covariances.copy(), prec.copy(), log_det.copy()
         masses = nk.tolist()
-        divisors = [max(masses[k], TINY) for k in rows]
         try:
-            kind.refresh(stats.scatter, divisors, rows, reg_covar, covariances, prec)
+            fresh = kind.refresh(stats.scatter, [max(masses[k], TINY) for k in rows], rows,
+                                 reg_covar, covariances, prec, means.shape[1])
         except np.linalg.LinAlgError:
             return params_from_statistics(stats, kind, reg_covar)
-    return make_params(kind, nk / np.add.reduce(nk), stats.means.copy(), covariances,
-                       prec_chol=prec)
+        for k, value in zip(rows, fresh, strict=True):
+            log_det[k] = value
+    return make_params(kind, nk / np.add.reduce(nk), means.copy(), covariances, prec_chol=prec,
+                       log_det=log_det)
 
 
 def make_params(
@@ -87,11 +91,13 @@ def make_params(
     covariances: np.ndarray,
     center: np.ndarray | None = None,
     prec_chol: np.ndarray | None = None,
+    log_det: np.ndarray | None = None,
 ) -> Params:
     """Params from weights, means and floored covariances; ``center`` defaults to
     :func:`reference_point`.
 
-    ``prec_chol`` are the covariances' precision factors when the caller has them.
+    ``prec_chol`` are the covariances' precision factors and ``log_det`` their log dets (K,)
+    when the caller has them.
     """
     if 0.0 not in weights.tolist():  # weights.all(), faster for K numbers
         log_weights = np.log(weights)
@@ -100,7 +106,8 @@ def make_params(
     if prec_chol is None:
         prec_chol = kind.precision_cholesky(covariances)
     d = means.shape[1]
-    log_det = kind.log_det(prec_chol, d)
+    if log_det is None:
+        log_det = kind.log_det(prec_chol, d)
     if center is None:
         center = reference_point(weights, means)
     return Params(weights, means, covariances, prec_chol, center, log_weights, log_det,

@@ -44,23 +44,16 @@ def e_step(
 
 def answer(
     kind: CovarianceKind, params: Params, x: np.ndarray
-) -> tuple[list[float], float, list[float], np.ndarray] | None:
+) -> tuple[list[float], float, list[list[float]], np.ndarray] | None:
     """``e_step`` of one point x (d,) that is to be learned: its responsibilities (K,) and
-    log p(x), the reach (K,) of its update, and D (K, 2, d) = [x − μ_k, μ_k − c] (``blend``).
+    log p(x), its distances (K, 2) [‖P_kᵀ(x − μ_k)‖², ‖P_kᵀ(μ_k − c)‖²] (P_k the precision
+    factor, c the center) and D (K, 2, d) = [μ_k − x, μ_k − c], which ``blend`` takes.
+    ``None`` as ``e_step``.
 
-    reach_k = 2·(1 + 2‖P_kᵀ(x − μ_k)‖² + 3‖P_kᵀ(μ_k − c)‖²), P_k the precision factor and c the
-    center: when the update gives x a share f_k of component k's mass (see ``blend``), the
-    floored covariance F_k moves by ‖P_kᵀ ΔF_k P_k‖₂ ≤ f_k·reach_k — relative to itself, in
-    every direction. (Σ' = (1 − f)Σ + f(1 − f)δδᵀ, or for a weight at most ``TINY``
-    (1 − f)Σ + f·yyᵀ + f(1 − f)mmᵀ, with δ = x − μ, y = x − c, m = c − μ; the floor's relative
-    part moves with the largest variance, by at most as much again.) ``None`` as ``e_step``.
-
-    The K numbers of each kind are worked on as Python floats: fewer calls than numpy's.
+    Both rows of D come from one subtraction; the K numbers of each kind are worked on as
+    Python floats: fewer calls than numpy's.
     """
-    means = params.means
-    D = np.empty((len(means), 2, len(x)))
-    np.subtract(x, means, out=D[:, 0])
-    np.subtract(means, params.center, out=D[:, 1])
+    D = np.subtract(params.means[:, None], np.array((x, params.center)))
     dist = kind.point_mahalanobis(D, params.precisions_chol).tolist()
     weighted = [c - 0.5 * a for c, (a, _) in zip(params.log_norm.tolist(), dist, strict=True)]
     top = max(weighted)
@@ -68,9 +61,7 @@ def answer(
         return None
     scaled = [math.exp(v - top) for v in weighted]
     total = math.fsum(scaled)
-    resp = [v / total for v in scaled]
-    reach = [2.0 + 4.0 * a + 6.0 * b for a, b in dist]
-    return resp, top + math.log(total), reach, D
+    return [v / total for v in scaled], top + math.log(total), dist, D
 
 
 def _normalised(weighted: np.ndarray) -> tuple[np.ndarray, float] | None:
@@ -104,7 +95,7 @@ def blend(
     D: np.ndarray,
     r: list[float],
     decay: float,
-    reach: list[float],
+    dist: list[list[float]],
     drift: list[float] | None,
 ) -> tuple[SufficientStatistics, list[int], list[float]]:
     """decay·s + stat(x), normalised, for one point: new statistics (``stats`` is unchanged),
@@ -113,9 +104,9 @@ def blend(
 
     Parameters
     ----------
-    D : (K, 2, d) [x − μ_k, μ_k − c] (``answer``), c the center.
+    D : (K, 2, d) [μ_k − x, μ_k − c] (``answer``), c the center.
     r : (K,) responsibilities already multiplied by the point's step weight.
-    reach : (K,) the point's reach (``answer``).
+    dist : (K, 2) the point's distances (``answer``).
     drift : (K,) bounds on how far each covariance has moved, relative to itself, since its
         factor was computed (``None``: all 0).
 
@@ -125,37 +116,43 @@ def blend(
     one batched product each for all of them.
 
     The step adds f·reach to a component's drift, f the point's share of its mass after the
-    update (0 where that mass is at most ``TINY``). A component past ``STALE_LIMIT`` (or whose
-    bound is not a number), or whose normalised mass is at most ``TINY`` (its covariance is
-    then its scatter over ``TINY``, which the decay moves), is to be factorised again and its
-    drift starts over at 0.
+    update (0 where that mass is at most ``TINY``): the floored covariance F moves by
+    ‖PᵀΔF P‖₂ ≤ f·reach, relative to itself in every direction, with a = ‖Pᵀ(x − μ)‖² and
+    b = ‖Pᵀ(μ − c)‖² (``dist``) and reach = 2·(1 + a) for a weight above ``TINY``
+    (Σ' = (1 − f)Σ + f(1 − f)δδᵀ, δ = x − μ), 2·(1 + 2a + 3b) otherwise
+    ((1 − f)Σ + f·yyᵀ + f(1 − f)mmᵀ, y = x − c, m = c − μ); the factor 2: the floor's relative
+    part, RF·diag(ΔΣ), moves F by at most RF / λ_min(F's correlation matrix) ≤ 1 + RF times
+    as much again. A component past
+    ``STALE_LIMIT`` (or whose bound is not a number), or whose normalised mass is at most
+    ``TINY`` (its covariance is then its scatter over ``TINY``, which the decay moves), is to
+    be factorised again and its drift starts over at 0.
     """
     nk = stats.nk.tolist()
-    if drift is None:
-        drift = [0.0] * len(nk)
     n_new = [decay * v + b for v, b in zip(nk, r, strict=True)]
     total = math.fsum(n_new)
     scale = 1.0 / total if total > TINY else 1.0  # the normalisation, folded in
+    nk_new = [n * scale for n in n_new]
     coefficients: list[float] = []  # C (K, 3, 2), flat: one list of floats converts fastest
-    nk_new: list[float] = []
     rows: list[int] = []
     moved: list[float] = []
-    for k, (v, b, n, g, h) in enumerate(zip(nk, r, n_new, reach, drift, strict=True)):
+    k = 0
+    for v, b, n, (a, e), h in zip(nk, r, n_new, dist, drift or [0.0] * len(nk), strict=True):
         f = b / n if n > TINY else 0.0
-        c = decay * v * f * scale  # δδᵀ's: N_old·N_new/N, normalised
-        if b > TINY:  # δ = x − μ
-            coefficients += (c, 0.0, 0.0, 0.0, f, 0.0)
-        else:  # δ = c − μ, and the point's second moment about c: y = (x − μ) + (μ − c)
+        c = decay * v * f * scale  # δδᵀ's coefficient: N_old·N_new/N, normalised
+        if b > TINY:  # δ = x − μ = −D_k[0]
+            coefficients += (c, 0.0, 0.0, 0.0, -f, 0.0)
+            m = f * (2.0 + 2.0 * a) + h
+        else:  # δ = c − μ, and the point's second moment about c: y = −D_k[0] + D_k[1]
             dead = b * scale
-            coefficients += (dead, dead, dead, c + dead, 0.0, -f)
-        n *= scale
-        nk_new.append(n)
-        m = f * g + h
-        if not (m <= STALE_LIMIT and n > TINY):
+            coefficients += (dead, -dead, -dead, c + dead, 0.0, -f)
+            m = f * (2.0 + 4.0 * a + 6.0 * e) + h
+        if m <= STALE_LIMIT and n * scale > TINY:
+            moved.append(m)
+        else:
             rows.append(k)
-            m = 0.0
-        moved.append(m)
-    W = np.matmul(np.array(coefficients).reshape(len(nk), 3, 2), D)
+            moved.append(0.0)
+        k += 1
+    W = np.matmul(np.fromiter(coefficients, np.float64, len(coefficients)).reshape(-1, 3, 2), D)
     scatter = stats.scatter * (decay * scale)
     scatter += kind.outer_sum(D, W[:, :2])
     return SufficientStatistics(np.array(nk_new), stats.means + W[:, 2], scatter), rows, moved

@@ -198,9 +198,11 @@ def test_outer_sum_is_the_sum_of_the_outer_products(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", TYPES)
-def test_refresh_gives_the_batched_covariances_and_factors_bit_for_bit(kind: str) -> None:
-    """``kind.refresh`` (a few rows, in place) and ``add_floor`` + ``precision_cholesky`` of
-    all rows agree exactly on the rows refreshed, and leave the others alone."""
+def test_refresh_gives_the_batched_covariances_and_factors(kind: str) -> None:
+    """``kind.refresh`` (a few rows, in place) and ``add_floor`` + ``precision_cholesky`` +
+    ``log_det`` of all rows agree on the rows refreshed (the covariances to rounding, exactly
+    symmetric; each factor bit for bit that of its covariance, as loading computes it), and
+    leave the others alone."""
     rng = np.random.default_rng(10)
     K, d = 5, 4
     spec = KINDS[kind]
@@ -215,9 +217,15 @@ def test_refresh_gives_the_batched_covariances_and_factors_bit_for_bit(kind: str
     old_cov, old_prec = np.full_like(want_cov, 7.0), np.full_like(want_prec, 7.0)
     cov, prec = old_cov.copy(), old_prec.copy()
     rows = [3, 0]
-    spec.refresh(scatter, nk[rows].tolist(), rows, 1e-6, cov, prec)
-    np.testing.assert_array_equal(cov[rows], want_cov[rows])
-    np.testing.assert_array_equal(prec[rows], want_prec[rows])
+    log_dets = spec.refresh(scatter, nk[rows].tolist(), rows, 1e-6, cov, prec, d)
+    np.testing.assert_allclose(cov[rows], want_cov[rows], rtol=0,
+                               atol=1e-15 * np.abs(want_cov).max())
+    np.testing.assert_allclose(prec[rows], want_prec[rows], rtol=1e-13,
+                               atol=1e-13 * np.abs(want_prec).max())
+    np.testing.assert_array_equal(prec[rows], spec.precision_cholesky(cov[rows]))
+    np.testing.assert_allclose(log_dets, spec.log_det(want_prec, d)[rows], rtol=1e-14, atol=1e-14)
+    if kind == "full":
+        np.testing.assert_array_equal(cov[rows], np.swapaxes(cov[rows], 1, 2))
     kept = [1, 2, 4]
     np.testing.assert_array_equal(cov[kept], old_cov[kept])
     np.testing.assert_array_equal(prec[kept], old_prec[kept])
@@ -227,4 +235,4 @@ def test_refresh_refuses_a_covariance_that_is_not_positive_definite() -> None:
     scatter = np.stack([np.eye(3), -np.eye(3)])
     cov, prec = np.zeros((2, 3, 3)), np.zeros((2, 3, 3))
     with pytest.raises(np.linalg.LinAlgError, match="covariance 1"):
-        KINDS["full"].refresh(scatter, [1.0, 1.0], [0, 1], 1e-6, cov, prec)
+        KINDS["full"].refresh(scatter, [1.0, 1.0], [0, 1], 1e-6, cov, prec, 3)
