@@ -47,7 +47,13 @@ from streamem.model.params import (
 from streamem.model.schedule import batch_schedule, floor_for_halflife
 from streamem.model.seeding import fit_batch, tame
 from streamem.model.statistics import SufficientStatistics, batch_statistics
-from streamem.model.validation import check_hyperparameters, check_points, max_abs_value
+from streamem.model.validation import (
+    check_feature_names,
+    check_hyperparameters,
+    check_points,
+    feature_names,
+    max_abs_value,
+)
 
 #: Points between two collapse checks (and anomaly-threshold refreshes).
 CHECK_EVERY = 2048
@@ -234,6 +240,7 @@ class OnlineGMM(Estimator):
             seed = np.random.SeedSequence().entropy
         self._state: dict[str, Any] = {"seed": int(seed)}  # type: ignore[arg-type]
         self._n_features = None
+        self._set_feature_names(None)
         self.n_seen_ = 0
         self.version_ = 0
         self.resets_ = dict.fromkeys(RESET_REASONS, 0)
@@ -298,9 +305,11 @@ class OnlineGMM(Estimator):
         passes in all. It stops early (``converged_``) once the mean log-likelihood of X
         changes by less than ``tol`` between passes; ``n_iter_`` counts the passes made.
         """
+        names = feature_names(X)
         X = check_points(X, None)
         self._ready(restart=True)
         self._n_features = X.shape[1]
+        self._set_feature_names(names)
         head = min(len(X), self.warmup_)
         self._initialise(X[:head])
         self.n_seen_ = head
@@ -310,7 +319,7 @@ class OnlineGMM(Estimator):
             for i in range(0, len(rest), FIT_BATCH):
                 self._online_step(rest[i : i + FIT_BATCH], None)
             self.n_iter_ += 1
-            current = self.score(X)
+            current = float(e_step(self._kind, self._fitted(), X)[1].mean())  # X is checked
             if abs(current - previous) < self.tol:
                 self.converged_ = True
                 break
@@ -485,7 +494,7 @@ class OnlineGMM(Estimator):
             raise ValueError(f"learning_rate must be in (0, 1], got {learning_rate!r}")
         if (learning_rate is None and self._checked and self.stats_ is not None
                 and type(X) is np.ndarray and X.shape == (1, self._n_features)
-                and X.dtype == np.float64):
+                and X.dtype == np.float64 and "feature_names_in_" not in self.__dict__):
             done = self._learn_point(X)
             if done is not None:
                 return done
@@ -498,6 +507,8 @@ class OnlineGMM(Estimator):
                            self.version_)
         saved = self._snapshot(len(X))
         saved["_n_features"] = n_features  # a refused first batch does not fix d
+        if n_features is None:  # nor the feature names
+            saved.pop("feature_names_in_", None)
         return self._all_or_nothing(saved, "batch", lambda: self._learn(X, learning_rate))
 
     def _all_or_nothing(self, saved: dict[str, Any], what: str,
@@ -1181,15 +1192,33 @@ class OnlineGMM(Estimator):
         return sum(len(b) for b in self._buffer)
 
     def _check(self, X: Any) -> np.ndarray:
-        """Points to learn from (a stream's batch may be empty); the first fix d."""
+        """Points to learn from (a stream's batch may be empty); the first fix d (and the
+        feature names of a data frame)."""
+        if self._n_features is not None:
+            self._check_feature_names(X)
+        names = feature_names(X)
         X = check_points(X, self._n_features, allow_empty=True)
         if self._n_features is None:
             self._n_features = X.shape[1]
+            self._set_feature_names(names)
         return X
 
     def _points(self, X: Any) -> np.ndarray:
-        """Points to answer, with as many features as the model."""
+        """Points to answer, with as many features (and the same names) as the model."""
+        self._check_feature_names(X)
         return check_points(X, self.n_features_in_)
+
+    def _set_feature_names(self, names: np.ndarray | None) -> None:
+        """``feature_names_in_``: a data frame's string column names; absent otherwise."""
+        if names is not None:
+            self.feature_names_in_ = names
+        else:
+            vars(self).pop("feature_names_in_", None)
+
+    def _check_feature_names(self, X: Any) -> None:
+        fitted = vars(self).get("feature_names_in_")
+        if fitted is not None or type(X) is not np.ndarray:
+            check_feature_names(fitted, X)
 
     def _fitted(self) -> Params:
         if self._params is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,6 +143,41 @@ def max_abs_value(n_features: int) -> float:
 
 def _shown(rows: np.ndarray) -> str:
     return ", ".join(map(str, rows[:10])) + (" …" if len(rows) > 10 else "")
+
+
+def feature_names(X: Any) -> np.ndarray | None:
+    """The column names (d,) of a data frame X when they are all strings, as scikit-learn keeps
+    them in ``feature_names_in_``; ``None`` for an array, or names of other types."""
+    columns = None if isinstance(X, np.ndarray) else getattr(X, "columns", None)
+    if columns is None:
+        return None
+    names = np.asarray(list(columns), dtype=object)
+    if names.ndim != 1 or not all(isinstance(name, str) for name in names):
+        return None
+    return names
+
+
+def check_feature_names(fitted: np.ndarray | None, X: Any) -> None:
+    """Refuse a data frame X whose column names are not ``fitted`` (scikit-learn's rule: a
+    ``ValueError`` naming the differences; a warning when only one of them has names)."""
+    names = feature_names(X)
+    if fitted is None and names is None:
+        return
+    if fitted is None:
+        warnings.warn("X has feature names, but OnlineGMM was fitted without feature names",
+                      UserWarning, stacklevel=3)
+    elif names is None:
+        warnings.warn("X does not have valid feature names, but OnlineGMM was fitted with "
+                      "feature names", UserWarning, stacklevel=3)
+    elif len(names) != len(fitted) or (names != fitted).any():
+        unseen = sorted(set(names) - set(fitted))
+        missing = sorted(set(fitted) - set(names))
+        detail = "".join(f"\n{what}: {', '.join(found)}" for what, found in (
+            ("Feature names unseen at fit time", unseen),
+            ("Feature names seen at fit time, yet now missing", missing)) if found)
+        raise ValueError("The feature names should match those that were passed during fit."
+                         + (detail or "\nFeature names must be in the same order as they were "
+                            "in fit."))
 
 
 def _as_float64(X: Any) -> np.ndarray:
