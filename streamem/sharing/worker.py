@@ -109,11 +109,11 @@ class Worker:
         now = time.monotonic()
         if not to_end and now - self._last_poll < POLL_INTERVAL_S:
             return
-        self._last_poll = now
         end = self._consumer.end_offsets([self._tp])[self._tp] if to_end else -1
         deadline = now + timeout_s
         while True:
             batches = self._consumer.poll(timeout_ms=200 if to_end else 0)
+            self._last_poll = time.monotonic()
             records = batches.get(self._tp, [])
             if records:
                 self._take(records[-1])
