@@ -18,9 +18,9 @@ Two phases per row and side:
   group join, the first fetch, and a start-up burst (a librdkafka pass-through answered the
   first ~250k single-point messages at ~270k/s, the rest at ~140k/s: what librdkafka fetched
   ahead, up to ``queued.min.messages``, is drained faster than the broker then sustains). Its
-  latency is per batch: poll returned → outputs
-  acknowledged. Each side runs :data:`REPEATS` times, alternating with the other, and its
-  best run counts: other work on the machine only ever slows a run down.
+  latency is per batch: poll returned → outputs acknowledged. Each side runs :data:`REPEATS`
+  times, alternating with the other, and its best run counts: other work on the machine only
+  ever slows a run down.
 * **latency**: a separate process produces a fresh topic at a steady rate (half the daemon's
   throughput, the same for both sides) while the side reads it; end-to-end latency is per
   point, from the record's Kafka timestamp (stamped by the producer at send) to the
