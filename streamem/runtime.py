@@ -81,6 +81,7 @@ TP = tuple[str, int]
 _KEY, _HEADERS, _TIMESTAMP = attrgetter("key"), attrgetter("headers"), attrgetter("timestamp_ms")
 _PARTITION, _SOURCE = attrgetter("topic", "partition"), attrgetter("topic", "partition", "offset")
 _VALUE, _TOO_LARGE = attrgetter("value"), attrgetter("too_large")
+_OFFSET = attrgetter("offset")
 
 
 @dataclass
@@ -133,11 +134,9 @@ class _Batch:
 
     def next_offsets(self, assigned: set[TP]) -> dict[TP, int]:
         """Per assigned partition, the offset after the last record of this batch."""
-        last: dict[TP, int] = {}
-        for r in self.records:  # in order within a partition: only a rewind goes back
-            tp = (r.topic, r.partition)
-            if last.get(tp, -1) < r.offset:
-                last[tp] = r.offset
+        # a poll's records are in offset order within a partition: the last is the largest
+        records = self.records
+        last = dict(zip(map(_PARTITION, records), map(_OFFSET, records), strict=True))
         return {tp: offset + 1 for tp, offset in last.items() if tp in assigned}
 
 

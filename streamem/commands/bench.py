@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     kafka.add_argument("--bootstrap-servers", default="127.0.0.1:9092")
-    kafka.add_argument("--points", type=int, default=200_000, help="points per run")
+    kafka.add_argument("--points", type=int, default=1_500_000, help="points per run "
+                       "(a quarter is warm-up: the rest runs each side for seconds)")
     kafka.add_argument("--points-per-message", type=int, nargs="+", default=[1, 1000],
                        help="message sizes to measure (default: 1 1000)")
     scale = sub.add_parser("scale", help="sharing one model: throughput on vs off, fold rate",

@@ -35,6 +35,7 @@ def encode_result(points: Points, result: Any, rows: slice, *, top_k: int, model
 _RECORD = ('{"id":%s,"cluster":%d,"probability":%s,"log_likelihood":%s,"anomaly":%s,'
            '"warmup":%s,"model_version":%d,"topic":%s,"partition":%d,"offset":%d,"index":%d')
 _BOOL = ("false", "true")
+_BOOL_BYTES = (b"false", b"true")
 
 
 @dataclass(frozen=True)
@@ -71,23 +72,6 @@ class _JsonColumns:
                                             partition, offset) for i, (ident, at) in pairs])
                 + "]").encode()
 
-    def singles(self, messages: Sequence[Points], version: int,
-                sources: Sequence[tuple[str, int, int]]) -> list[bytes]:
-        """The record objects of single-point messages, message i being row i: one string
-        format per message, the model version written into the format once."""
-        record = _RECORD.replace("%d,\"topic\"", f"{int(version)},\"topic\"").replace(
-            "\"index\":%d", "\"index\":0")
-        record += "}" if self.top_k is None else ',"top_k":%s}'
-        names = {topic: json.dumps(topic) for topic in {topic for topic, _, _ in sources}}
-        ids = [points.ids[0] for points in messages]
-        ids = list(map(str if set(map(type, ids)) == {int} else _json_id, ids))
-        columns = [ids, self.labels, self.probs, self.loglik, self.anomaly, self.warmup,
-                   [names[topic] for topic, _, _ in sources],
-                   [partition for _, partition, _ in sources], [offset for _, _, offset in sources]]
-        if self.top_k is not None:
-            columns.append(self.top_k)
-        return [(record % row).encode() for row in zip(*columns, strict=True)]
-
     def record(self, r: int, ident: Any, index: int, version: int, topic_json: str,
                partition: int, offset: int) -> str:
         """The JSON object of row ``r``, the ``index``-th point of its message."""
@@ -95,6 +79,43 @@ class _JsonColumns:
                           self.anomaly[r], self.warmup[r], version, topic_json, partition,
                           offset, index)
         return text + "}" if self.top_k is None else text + ',"top_k":' + self.top_k[r] + "}"
+
+
+def _singles(messages: Sequence[Points], result: Any, top_k: int, version: int,
+             sources: Sequence[tuple[str, int, int]]) -> list[bytes] | None:
+    """The record objects of single-point messages, message i being row i, or None when a
+    probability is not finite (:func:`_encode` then writes it ``null``).
+
+    One bytes format per message, straight to bytes: numbers go in as ints and floats
+    (``%a`` of a finite float is its ``repr``, as :func:`_json_numbers` writes it), the model
+    version into the format once.
+    """
+    rounded = np.round(np.asarray(result.probabilities, dtype=np.float64), 6)
+    if not np.isfinite(rounded).all():
+        return None
+    ids = [points.ids[0] for points in messages]
+    id_spec = "%d" if set(map(type, ids)) == {int} else "%s"
+    if id_spec == "%s":
+        ids = [_json_id(ident).encode() for ident in ids]
+    record = (_RECORD.replace('"id":%s', '"id":' + id_spec)
+              .replace('"probability":%s', '"probability":%a')
+              .replace('"log_likelihood":%s', '"log_likelihood":%a')
+              .replace('%d,"topic"', f'{int(version)},"topic"')
+              .replace('"index":%d', '"index":0'))
+    record += "}" if top_k <= 0 else ',"top_k":%s}'
+    names = {topic: json.dumps(topic).encode() for topic in {topic for topic, _, _ in sources}}
+    columns: list[list[Any]] = [
+        ids, result.labels.tolist(), rounded.tolist(),
+        np.round(finite_log_likelihood(result.log_likelihood), 6).tolist(),
+        list(map(_BOOL_BYTES.__getitem__, result.anomaly.tolist())),
+        list(map(_BOOL_BYTES.__getitem__, result.warmup.tolist())),
+        [names[topic] for topic, _, _ in sources],
+        [partition for _, partition, _ in sources], [offset for _, _, offset in sources]]
+    if top_k > 0:
+        columns.append([json.dumps(p, separators=(",", ":")).encode()
+                        for p in _top_k(result.responsibilities, top_k)])
+    template = record.encode()
+    return [template % row for row in zip(*columns, strict=True)]
 
 
 def _json_id(ident: Any) -> str:
@@ -122,9 +143,11 @@ def _encode(messages: Sequence[Points], result: Any, top_k: int, version: int,
             sources: Sequence[tuple[str, int, int]]) -> list[bytes]:
     """One JSON message per input message; the columns are converted once for the batch, so
     a message costs a string format, not numpy calls."""
-    cols = _JsonColumns.of(result, slice(None), top_k)
     if not any([points.multi for points in messages]):
-        return cols.singles(messages, version, sources)
+        singles = _singles(messages, result, top_k, version, sources)
+        if singles is not None:
+            return singles
+    cols = _JsonColumns.of(result, slice(None), top_k)
     out, start = [], 0
     topics: dict[str, str] = {}
     for points, (topic, partition, offset) in zip(messages, sources, strict=True):

@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 
 #: How long a clean stop waits for its deltas to be folded when no state is published yet.
 WARMUP_WAIT_S = 3.0
+#: Least seconds between two polls of the state topic that do not wait for its end: such a
+#: poll costs kafka-python a round trip to its network thread (about a millisecond), too much
+#: for every poll batch, while states come every ``sharing.publish_interval_s`` at most.
+POLL_INTERVAL_S = 0.1
 
 
 class Worker:
@@ -75,6 +79,7 @@ class Worker:
         self._consumer.seek_to_beginning(self._tp)
         self._pending: list[StatsDelta] = []
         self._last_sent = time.monotonic()
+        self._last_poll = -POLL_INTERVAL_S
         self._newest_seen = 0
         self._assigned: set[tuple[str, int]] = set()
         self._loaded = False
@@ -99,11 +104,16 @@ class Worker:
         return self.model
 
     def sync(self, *, to_end: bool = False, timeout_s: float = 30.0) -> None:
-        """Poll the state topic; with ``to_end`` until its end as of now (or ``timeout_s``)."""
+        """Poll the state topic; with ``to_end`` until its end as of now (or ``timeout_s``),
+        else once unless it was polled within :data:`POLL_INTERVAL_S`."""
+        now = time.monotonic()
+        if not to_end and now - self._last_poll < POLL_INTERVAL_S:
+            return
         end = self._consumer.end_offsets([self._tp])[self._tp] if to_end else -1
-        deadline = time.monotonic() + timeout_s
+        deadline = now + timeout_s
         while True:
             batches = self._consumer.poll(timeout_ms=200 if to_end else 0)
+            self._last_poll = time.monotonic()
             records = batches.get(self._tp, [])
             if records:
                 self._take(records[-1])

@@ -652,6 +652,32 @@ def test_encode_results_json_matches_encode_result_message_by_message(top_k):
         assert rounded(json.loads(value)) == rounded(json.loads(alone))
 
 
+SINGLES = [b'{"id": 3, "x": [1, 2]}', b'{"id": 4, "x": [3, 4]}', b'{"id": "s", "x": [5, 6]}',
+           b"[7, 8]", b'{"id": "\\u00e9\\\\", "x": [9, 0]}']
+
+
+@pytest.mark.parametrize("top_k", [0, 2])
+@pytest.mark.parametrize("values", [SINGLES[:2], SINGLES], ids=["int ids", "mixed ids"])
+@pytest.mark.parametrize("finite", [True, False])
+def test_encode_results_json_of_single_points_is_encode_result_byte_for_byte(top_k, values,
+                                                                             finite):
+    """The batch path of single-point messages (one bytes format each) writes exactly what
+    the per-message path writes; a probability that is not finite is written null."""
+    messages = [decode(v, "json", 2) for v in values]
+    res = stand_in_result(len(values), seed=3)
+    if not finite:
+        res.probabilities[0] = np.nan
+    sources = [("in", 1, 100 + j) for j in range(len(messages))]
+    batch = encode_results(messages, res, fmt="json", top_k=top_k, model_version=4,
+                           sources=sources)
+    alone = [encode_result(points, res, slice(j, j + 1), top_k=top_k, model_version=4,
+                           topic=topic, partition=partition, offset=offset)
+             for j, (points, (topic, partition, offset)) in enumerate(zip(messages, sources,
+                                                                           strict=True))]
+    assert batch == alone
+    assert (strict_json(batch[0])["probability"] is None) is not finite
+
+
 def rounded(doc):
     """``doc`` with every float rounded to 5 decimals (batch and single rounding may differ
     in the 6th on ties)."""

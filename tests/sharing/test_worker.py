@@ -68,6 +68,36 @@ def test_worker_ready_after_reading_the_state_and_answers_with_the_newest(
 
 
 @pytest.mark.kafka
+def test_between_batches_the_state_topic_is_polled_at_most_every_interval(
+        parts, monkeypatch) -> None:
+    """A poll costs kafka-python a round trip to its network thread: batches in quick
+    succession poll the state topic once per ``POLL_INTERVAL_S``, while a newly assigned
+    partition still reads it to its end at once."""
+    from streamem.sharing import worker as worker_module
+
+    cfg, stats, state, sink = parts
+    worker = make_worker(cfg, stats, state, sink)
+    try:
+        worker.before_batch({("points", 0)})  # reads to the end: ready
+        polls: list[dict] = []
+        real_poll = worker._consumer.poll
+        monkeypatch.setattr(worker._consumer, "poll",
+                            lambda **kw: polls.append(kw) or real_poll(**kw))
+        monkeypatch.setattr(worker_module, "POLL_INTERVAL_S", 3600.0)
+        for _ in range(3):
+            worker.before_batch({("points", 0)})
+        assert polls == [], "polled within the interval"
+        worker.before_batch({("points", 0), ("points", 1)})
+        assert polls and polls[0]["timeout_ms"] > 0, "a new partition reads to the end"
+        monkeypatch.setattr(worker_module, "POLL_INTERVAL_S", 0.0)
+        polls.clear()
+        worker.before_batch({("points", 0), ("points", 1)})
+        assert polls == [{"timeout_ms": 0}], "once the interval is over, one idle poll"
+    finally:
+        worker.close()
+
+
+@pytest.mark.kafka
 def test_too_large_deltas_are_sent_in_halves_and_lose_no_point(parts, kafka_bootstrap) -> None:
     from kafka_helpers import consume_all
 
