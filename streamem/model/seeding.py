@@ -22,19 +22,26 @@ def kmeans_plusplus(X: np.ndarray, n_clusters: int, rng: np.random.Generator) ->
     trials = 2 + int(np.log(n_clusters))
     centres = np.empty((n_clusters, X.shape[1]))
     centres[0] = X[rng.integers(n)]
-    closest = ((X - centres[0]) ** 2).sum(axis=1)
+    closest = _squared_distances(X, centres[0])
     for k in range(1, n_clusters):
         total = closest.sum()
         if total <= 0:
             centres[k] = X[rng.integers(n)]
             continue
         candidates = rng.choice(n, size=trials, p=closest / total)
-        dist = ((X[None, :, :] - X[candidates][:, None, :]) ** 2).sum(axis=2)
-        pots = np.minimum(closest[None], dist)
+        # one candidate at a time: an (n, d) temporary, not (trials, n, d) twice over
+        pots = np.array([np.minimum(closest, _squared_distances(X, X[c])) for c in candidates])
         best = int(pots.sum(axis=1).argmin())
         centres[k] = X[candidates[best]]
         closest = pots[best]
     return centres
+
+
+def _squared_distances(X: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """‖x − centre‖² of each row of X (n, d), from the differences (no cancellation)."""
+    diff = X - centre
+    diff *= diff
+    return diff.sum(axis=1)
 
 
 def lloyd(X: np.ndarray, centres: np.ndarray, max_iter: int = 20) -> np.ndarray:
