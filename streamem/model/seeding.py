@@ -105,7 +105,7 @@ def _hard_statistics(
     """Statistics of the nearest-centre partition; thin clusters borrow the pooled covariance."""
     n, d = X.shape
     K = len(centres)
-    dist = ((X[:, None, :] - centres[None]) ** 2).sum(axis=2)
+    dist = np.stack([_squared_distances(X, c) for c in centres], axis=1)  # no (n, K, d)
     R = np.zeros((n, K))
     R[np.arange(n), dist.argmin(axis=1)] = 1.0 / n
     center = np.median(X, axis=0)  # robust: see params.reference_point
