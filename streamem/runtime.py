@@ -72,6 +72,7 @@ from streamem.io.base import (
 from streamem.io.checkpoint import Checkpoint, CheckpointStore, load_latest
 from streamem.metrics import BatchReport, Metrics
 from streamem.model.gmm import BatchResult
+from streamem.width import InputWidth, model_width
 
 if TYPE_CHECKING:
     from streamem.config import Config
@@ -202,7 +203,7 @@ class Runtime:
         self._stop = stop or threading.Event()
         self._backoff = Backoff(cfg.runtime.retry_initial_s, cfg.runtime.retry_max_s)
         self.offsets: dict[TP, int] = dict(resume.offsets) if resume else {}
-        self.n_features = cfg.input.n_features or (resume.n_features if resume else None)
+        self._width = InputWidth(cfg.input.n_features, resume.n_features if resume else None)
         i = cfg.input
         self.limits = Limits(i.max_bytes, i.max_points, i.max_features, i.max_abs_value)
         self._dirty = False  # offsets committed since the last checkpoint
@@ -224,6 +225,11 @@ class Runtime:
             source.before_revoke = self._settle_before_revoke  # type: ignore[attr-defined]
         self._undelivered: Callable[[], int] | None = (
             getattr(sink, "undelivered", None) if self._pipelined else None)
+
+    @property
+    def n_features(self) -> int | None:
+        """The width messages are decoded at (see :mod:`streamem.width`)."""
+        return self._width.value
 
     def request_stop(self) -> None:
         """Ask the loop to stop after the batch in hand (safe from signal handlers)."""
@@ -379,9 +385,21 @@ class Runtime:
     def _decode(self, records: list[Record]) -> _Batch:
         batch = _Batch(records)
         values = list(map(_VALUE, records))
+        if self._width.follow(self.model):
+            self.log.warning("n_features_from_model", extra={"n_features": self.n_features})
+        decoded = self._decode_values(values)
+        if self._width.provisional(self.model) and self._vote_width(values, decoded):
+            decoded = self._decode_values(values)
+        if any(map(_TOO_LARGE, records)) or set(map(type, decoded)) != {Points}:
+            self._sort_decoded(batch, decoded)
+        else:  # every message decoded
+            batch.answered, batch.points = list(records), decoded  # type: ignore[assignment]
+        return batch
+
+    def _decode_values(self, values: list[bytes | None]) -> list[Points | DecodeError]:
         fmt = self.cfg.input.format
         try:
-            decoded = formats.decode_all(values, fmt, self.n_features, self.limits)
+            return formats.decode_all(values, fmt, self.n_features, self.limits)
         except Exception:  # a bug, not a bad message: decode each message alone
             self.log.exception("decode_failed", extra={"messages": len(values)})
             decoded, n_features = [], self.n_features
@@ -390,14 +408,30 @@ class Runtime:
                 n_features = n_features or (one.X.shape[1] if isinstance(one, Points)
                                             else None)
                 decoded.append(one)
-        if any(map(_TOO_LARGE, records)) or set(map(type, decoded)) != {Points}:
-            self._sort_decoded(batch, decoded)
-        else:  # every message decoded
-            batch.answered, batch.points = list(records), decoded  # type: ignore[assignment]
-        if self.n_features is None and batch.points:
-            self.n_features = int(batch.points[0].X.shape[1])
+            return decoded
+
+    def _vote_width(self, values: list[bytes | None],
+                    decoded: list[Points | DecodeError]) -> bool:
+        """Count the batch's widths while the width is provisional; whether the batch must be
+        decoded again, at the width that won. A model of the old width starts its warm-up
+        again (a shared model's leader does so itself: ``OnlineGMM.fold``)."""
+        before, widths = self.n_features, []
+        for value, one in zip(values, decoded, strict=True):
+            if isinstance(one, DecodeError) and one.reason == "wrong_dimension":
+                one = self._decode_one(value, self.cfg.input.format, None)
+            if isinstance(one, Points):
+                widths.append(int(one.X.shape[1]))
+        decoded_at = before if before is not None else (widths[0] if widths else None)
+        self._width.count(widths)
+        if before is None and self.n_features is not None:
             self.log.info("n_features_fixed", extra={"n_features": self.n_features})
-        return batch
+        elif before != self.n_features:
+            self.log.warning("n_features_revised", extra={
+                "n_features": self.n_features, "was": before,
+                "reason": "more messages have this width than the provisional one"})
+        if self.share is None and model_width(self.model) not in (None, self.n_features):
+            self.model.restart_warm_up()
+        return self.n_features != decoded_at
 
     @staticmethod
     def _sort_decoded(batch: _Batch, decoded: list[Points | DecodeError]) -> None:

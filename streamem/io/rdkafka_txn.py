@@ -192,7 +192,15 @@ class TransactionalRdKafkaSink:
     def flush(self, timeout_s: float) -> None:
         """Wait for every send since :meth:`begin`; a failure dooms the transaction."""
         sends = self._sends
-        pending = self._producer.flush(min(timeout_s, self._timeout_s))
+        try:
+            pending = self._producer.flush(min(timeout_s, self._timeout_s))
+        except (KafkaException, SystemError) as exc:
+            # A fatal error (a fenced producer) can surface here, raised through a callback;
+            # confluent-kafka then reports the exception pending in a callback as SystemError
+            # (seen once, in the zombie test). Either way this producer cannot go on.
+            self._broken = True
+            log.error("producer_failed", extra={"error": repr(exc)})
+            raise TransportError(f"flush failed: {exc!r}") from exc
         errors = list(sends.errors)
         if sends.refused:  # librdkafka's sequence numbers now need a new producer epoch
             smallest = min(size for _, _, size, _ in sends.refused)

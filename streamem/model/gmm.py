@@ -606,6 +606,19 @@ class OnlineGMM(Estimator):
         ones = np.ones(len(X), dtype=bool)
         return _result(resp, log_lik, ~ones, ones, self.version_)
 
+    def restart_warm_up(self) -> None:
+        """Forget the warm-up's points, and the width (and feature names) they fixed.
+
+        For a stream whose first points had another width than the rest (a stray message
+        before the real ones); only before the model is initialised. Counts (``n_seen_``,
+        ``version_``) go on.
+        """
+        if self.initialized_:
+            raise ValueError("the model is initialised: its width is final")
+        self._buffer, self._params, self._provisional_size = [], None, 0
+        self._n_features = None
+        self._set_feature_names(None)
+
     def _initialise(self, buffered: np.ndarray) -> None:
         """The end of the warm-up: the mixture fitted to the buffered points (n, d)."""
         rng = np.random.default_rng([self._state["seed"], 0])
@@ -1088,6 +1101,10 @@ class OnlineGMM(Estimator):
         the delta carries the points only (the leader warms up on them itself).
         """
         self._ready()
+        if not self.initialized_ and self._n_features not in (None, np.shape(X)[-1]):
+            restarted = copy.deepcopy(self)  # a leader of this model restarts: see ``fold``
+            restarted.restart_warm_up()
+            return restarted.delta(X)
         X = self._check(X)
         if not self.initialized_:
             out = warmup_delta(self.covariance_type, self.n_components, X)

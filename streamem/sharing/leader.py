@@ -30,6 +30,7 @@ from streamem.metrics import Metrics
 from streamem.model import OnlineGMM
 from streamem.model.delta import StatsDelta
 from streamem.sharing.records import state_headers, state_key
+from streamem.width import InputWidth, model_width
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,7 @@ class Leader(threading.Thread):
         producer = KafkaProducer(**self.producer_kwargs)
         producer.init_transactions()  # fences the previous leader, aborts its open transaction
         self.model, version = self._restore()
+        self._width = InputWidth(None, model_width(self.model))
         committed = consumer.committed(self.stats)
         consumer.seek(self.stats, committed if committed is not None else 0)
         self._producer = producer
@@ -189,12 +191,28 @@ class Leader(threading.Thread):
     def _fold(self, record: Any) -> None:
         assert self.model is not None
         try:
-            self.model.fold(StatsDelta.from_bytes(record.value))
+            delta = StatsDelta.from_bytes(record.value)
+            self._vote_width(delta)
+            self.model.fold(delta)
         except ValueError as exc:  # ModelRejected included: the model is unchanged
             log.warning("delta_refused", extra={"offset": record.offset, "error": str(exc)})
             return
         self._unpublished = True
         self.metrics.deltas_folded(1, time.time() - record.timestamp / 1000)
+
+    def _vote_width(self, delta: StatsDelta) -> None:
+        """While the model warms up, each delta's points vote for their width; one that has
+        more points than the model's starts its warm-up again on it (see
+        :mod:`streamem.width`: the workers revise their own width the same way)."""
+        assert self.model is not None
+        if not self._width.provisional(self.model):
+            return
+        self._width.count({delta.n_features: max(delta.n_points, 1)})
+        was = model_width(self.model)
+        if was not in (None, self._width.value):
+            self.model.restart_warm_up()
+            log.warning("n_features_revised", extra={"n_features": self._width.value,
+                                                     "was": was})
 
     def _publish(self, consumer: KafkaConsumer) -> None:
         """One transaction: the state, the JSON parameters, the stats offsets it reflects.
