@@ -196,8 +196,9 @@ class TransactionalRdKafkaSink:
             pending = self._producer.flush(min(timeout_s, self._timeout_s))
         except (KafkaException, SystemError) as exc:
             # A fatal error (a fenced producer) can surface here, raised through a callback;
-            # confluent-kafka then reports the exception pending in a callback as SystemError
-            # (seen once, in the zombie test). Either way this producer cannot go on.
+            # confluent-kafka then reports the exception pending in the callback as SystemError
+            # (confluent-kafka-python#865; seen once, in the zombie test). Either way this
+            # producer cannot go on.
             self._broken = True
             log.error("producer_failed", extra={"error": repr(exc)})
             raise TransportError(f"flush failed: {exc!r}") from exc
