@@ -55,9 +55,10 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from streamem import formats
-from streamem.errors import CheckpointError, ConfigError, DecodeError, TransportError
+from streamem.decoding import Batch, DeadLetter, Decoder
+from streamem.errors import CheckpointError, ConfigError, TransportError
 from streamem.formats import headers as out_headers
-from streamem.formats.points import Limits, Points, sizes
+from streamem.formats.points import Points, sizes
 from streamem.io.base import (
     VALUE_DROPPED_HEADER,
     Backoff,
@@ -72,7 +73,6 @@ from streamem.io.base import (
 from streamem.io.checkpoint import Checkpoint, CheckpointStore, load_latest
 from streamem.metrics import BatchReport, Metrics
 from streamem.model.gmm import BatchResult
-from streamem.width import InputWidth, model_width
 
 if TYPE_CHECKING:
     from streamem.config import Config
@@ -81,64 +81,6 @@ if TYPE_CHECKING:
 TP = tuple[str, int]
 _KEY, _HEADERS, _TIMESTAMP = attrgetter("key"), attrgetter("headers"), attrgetter("timestamp_ms")
 _PARTITION, _SOURCE = attrgetter("topic", "partition"), attrgetter("topic", "partition", "offset")
-_VALUE, _TOO_LARGE = attrgetter("value"), attrgetter("too_large")
-_OFFSET = attrgetter("offset")
-
-
-@dataclass
-class _Dead:
-    """A dead letter to send: the message, why, and for a partly answered message its refused
-    points' positions (the other points were answered)."""
-
-    record: Record
-    reason: str
-    detail: str
-    bad_points: list[int] | None = None
-
-
-@dataclass
-class _Batch:
-    """One poll batch after decoding: the answerable messages and their points stacked."""
-
-    records: list[Record]
-    answered: list[Record] = field(default_factory=list)
-    points: list[Points] = field(default_factory=list)
-    dead: list[_Dead] = field(default_factory=list)
-
-    def stacked(self) -> np.ndarray:
-        """All points of all messages, (n_points, n_features), in message order."""
-        return np.concatenate([p.X for p in self.points])
-
-    def starts(self) -> np.ndarray:
-        """(n_messages + 1,) the first row of each message in :meth:`stacked`, then the total."""
-        return np.cumsum([0, *sizes(self.points)])
-
-    def refuse_rows(self, refused: dict[int, str]) -> None:
-        """Rows (of :meth:`stacked`) the model refused, with its error: a message that lost all
-        its points becomes a ``model_rejected`` dead letter, the others keep their good rows."""
-        starts = self.starts()
-        good = np.ones(starts[-1], dtype=bool)
-        good[list(refused)] = False
-        answered, points = [], []
-        for rec, p, lo, hi in zip(self.answered, self.points, starts[:-1].tolist(),
-                                  starts[1:].tolist(), strict=True):
-            kept = good[lo:hi]
-            if not kept.any():
-                self.dead.append(_Dead(rec, "model_rejected", refused[lo]))
-                continue
-            if not kept.all():
-                rows = (lo + np.flatnonzero(~kept)).tolist()
-                p = p.keep(kept, [("model_rejected", refused[r]) for r in rows])
-            answered.append(rec)
-            points.append(p)
-        self.answered, self.points = answered, points
-
-    def next_offsets(self, assigned: set[TP]) -> dict[TP, int]:
-        """Per assigned partition, the offset after the last record of this batch."""
-        # a poll's records are in offset order within a partition: the last is the largest
-        records = self.records
-        last = dict(zip(map(_PARTITION, records), map(_OFFSET, records), strict=True))
-        return {tp: offset + 1 for tp, offset in last.items() if tp in assigned}
 
 
 @dataclass
@@ -159,7 +101,7 @@ class _InFlight:
     """A batch whose outputs are sent but not yet acknowledged: its offsets commit, and its
     metrics count, once they are (:meth:`Runtime._settle`)."""
 
-    batch: _Batch
+    batch: Batch
     result: BatchResult | None
     polled_at: float
     started: float
@@ -203,9 +145,7 @@ class Runtime:
         self._stop = stop or threading.Event()
         self._backoff = Backoff(cfg.runtime.retry_initial_s, cfg.runtime.retry_max_s)
         self.offsets: dict[TP, int] = dict(resume.offsets) if resume else {}
-        self._width = InputWidth(cfg.input.n_features, resume.n_features if resume else None)
-        i = cfg.input
-        self.limits = Limits(i.max_bytes, i.max_points, i.max_features, i.max_abs_value)
+        self.decoder = Decoder(cfg.input, resume.n_features if resume else None, self.log)
         self._dirty = False  # offsets committed since the last checkpoint
         self._last_checkpoint = self._last_publish = time.monotonic()
         exactly_once = (cfg.delivery.guarantee == "exactly_once"
@@ -229,7 +169,7 @@ class Runtime:
     @property
     def n_features(self) -> int | None:
         """The width messages are decoded at (see :mod:`streamem.width`)."""
-        return self._width.value
+        return self.decoder.width.value
 
     def request_stop(self) -> None:
         """Ask the loop to stop after the batch in hand (safe from signal handlers)."""
@@ -301,7 +241,7 @@ class Runtime:
             self._maybe_checkpoint()
             return
         polled_at, started = time.time(), time.perf_counter()
-        batch = self._decode(records)
+        batch = self.decoder.decode(records, self.model, own_model=self.share is None)
         if not self._settle_if_delivered():
             return
         result = self._fit(batch)
@@ -375,89 +315,14 @@ class Runtime:
         self._count(flight.batch, flight.result, flight.polled_at, acked_at, duration_s)
         return None
 
-    def _count(self, batch: _Batch, result: Any, polled_at: float, acked_at: float,
+    def _count(self, batch: Batch, result: Any, polled_at: float, acked_at: float,
                duration_s: float) -> None:
         """A delivered batch's metrics: its dead letters, then :meth:`_report`."""
         for dead in batch.dead:
             self.metrics.dead_letter(dead.reason)
         self._report(batch, result, polled_at, acked_at, duration_s)
 
-    def _decode(self, records: list[Record]) -> _Batch:
-        batch = _Batch(records)
-        values = list(map(_VALUE, records))
-        if self._width.follow(self.model):
-            self.log.warning("n_features_from_model", extra={"n_features": self.n_features})
-        decoded = self._decode_values(values)
-        if self._width.provisional(self.model) and self._vote_width(values, decoded):
-            decoded = self._decode_values(values)
-        if any(map(_TOO_LARGE, records)) or set(map(type, decoded)) != {Points}:
-            self._sort_decoded(batch, decoded)
-        else:  # every message decoded
-            batch.answered, batch.points = list(records), decoded  # type: ignore[assignment]
-        return batch
-
-    def _decode_values(self, values: list[bytes | None]) -> list[Points | DecodeError]:
-        fmt = self.cfg.input.format
-        try:
-            return formats.decode_all(values, fmt, self.n_features, self.limits)
-        except Exception:  # a bug, not a bad message: decode each message alone
-            self.log.exception("decode_failed", extra={"messages": len(values)})
-            decoded, n_features = [], self.n_features
-            for value in values:
-                one = self._decode_one(value, fmt, n_features)
-                n_features = n_features or (one.X.shape[1] if isinstance(one, Points)
-                                            else None)
-                decoded.append(one)
-            return decoded
-
-    def _vote_width(self, values: list[bytes | None],
-                    decoded: list[Points | DecodeError]) -> bool:
-        """Count the batch's widths while the width is provisional; whether the batch must be
-        decoded again, at the width that won. A model of the old width starts its warm-up
-        again (a shared model's leader does so itself: ``OnlineGMM.fold``)."""
-        before, widths = self.n_features, []
-        for value, one in zip(values, decoded, strict=True):
-            if isinstance(one, DecodeError) and one.reason == "wrong_dimension":
-                one = self._decode_one(value, self.cfg.input.format, None)
-            if isinstance(one, Points):
-                widths.append(int(one.X.shape[1]))
-        decoded_at = before if before is not None else (widths[0] if widths else None)
-        self._width.count(widths)
-        if before is None and self.n_features is not None:
-            self.log.info("n_features_fixed", extra={"n_features": self.n_features})
-        elif before != self.n_features:
-            self.log.warning("n_features_revised", extra={
-                "n_features": self.n_features, "was": before,
-                "reason": "more messages have this width than the provisional one"})
-        if self.share is None and model_width(self.model) not in (None, self.n_features):
-            self.model.restart_warm_up()
-        return self.n_features != decoded_at
-
-    @staticmethod
-    def _sort_decoded(batch: _Batch, decoded: list[Points | DecodeError]) -> None:
-        """Each record of the batch to the answered (with its points) or the dead letters."""
-        for rec, points in zip(batch.records, decoded, strict=True):
-            if rec.too_large:
-                detail = f"{rec.too_large:,} bytes, over the limit"
-                batch.dead.append(_Dead(rec, "too_large", detail))
-                continue
-            if isinstance(points, DecodeError):
-                batch.dead.append(_Dead(rec, points.reason, points.detail))
-                continue
-            batch.answered.append(rec)
-            batch.points.append(points)
-
-    def _decode_one(self, value: bytes | None, fmt: str,
-                    n_features: int | None) -> Points | DecodeError:
-        try:
-            return formats.decode(value, fmt, n_features, self.limits)
-        except DecodeError as exc:
-            return exc
-        except Exception as exc:
-            self.log.exception("message_decode_failed")
-            return DecodeError("internal_error", f"decoding failed: {exc!r}")
-
-    def _fit(self, batch: _Batch) -> BatchResult | None:
+    def _fit(self, batch: Batch) -> BatchResult | None:
         """One ``partial_fit`` over the whole batch.
 
         If the model refuses it (it then rolls back), the batch is bisected — at message
@@ -502,7 +367,7 @@ class Runtime:
             return self.share.answer(X)  # type: ignore[no-any-return]
         return self.model.partial_fit(X)
 
-    def _encode(self, batch: _Batch, result: BatchResult | None) -> list[bytes | None]:
+    def _encode(self, batch: Batch, result: BatchResult | None) -> list[bytes | None]:
         """The output message of each answered message; None where encoding failed (a bug).
 
         Stamped with ``result.model_version``, the version that answered (for a bisected batch,
@@ -529,7 +394,7 @@ class Runtime:
                 out.append(None)
         return out
 
-    def _publish(self, batch: _Batch, result: BatchResult | None,
+    def _publish(self, batch: Batch, result: BatchResult | None,
                  values: list[bytes | None]) -> None:
         """Send the batch's answers (``values``, from :meth:`_encode`) and dead letters."""
         k = self.cfg.kafka
@@ -547,11 +412,11 @@ class Runtime:
             messages = zip(map(_KEY, answered), cast(list[bytes], values), headers, stamps,
                            strict=True)
             for i, detail in self.sink.send_many(k.output_topic, messages):
-                batch.dead.append(_Dead(answered[i], "too_large", detail))
+                batch.dead.append(DeadLetter(answered[i], "too_large", detail))
         for dead in batch.dead:
             self._send_dead_letter(dead)
 
-    def _publish_each(self, batch: _Batch, values: list[bytes | None], own: out_headers.Headers,
+    def _publish_each(self, batch: Batch, values: list[bytes | None], own: out_headers.Headers,
                       anomalous: set[int] | tuple[()]) -> None:
         """Send each message's answers: output, anomaly copy, partial dead letter."""
         k = self.cfg.kafka
@@ -560,7 +425,7 @@ class Runtime:
         for i, (rec, value) in enumerate(zip(batch.answered, values, strict=True)):
             points = batch.points[i]
             if value is None:
-                batch.dead.append(_Dead(rec, "internal_error", "encoding the answer failed"))
+                batch.dead.append(DeadLetter(rec, "internal_error", "encoding the answer failed"))
                 continue
             headers, stamp = out_headers.merged(rec.headers, own), _event_time(rec)
             try:
@@ -569,12 +434,12 @@ class Runtime:
                     send(k.anomaly_topic, rec.key,  # type: ignore[arg-type]
                          anomalous_only(value, points.multi), headers, stamp)
             except RecordTooLarge as exc:
-                batch.dead.append(_Dead(rec, "too_large", str(exc)))
+                batch.dead.append(DeadLetter(rec, "too_large", str(exc)))
                 continue
             if points.rejected:
                 batch.dead.append(_partial_dead_letter(rec, points))
 
-    def _send_dead_letter(self, dead: _Dead) -> None:
+    def _send_dead_letter(self, dead: DeadLetter) -> None:
         rec = dead.record
         headers = out_headers.dead_letter_headers(dead.reason, dead.detail, rec.topic,
                                                   rec.partition, rec.offset, dead.bad_points,
@@ -587,7 +452,7 @@ class Runtime:
             self.sink.send(self.cfg.kafka.dead_letter_topic, rec.key, b"", dropped, stamp)
             self.metrics.dead_letter_value_dropped()
 
-    def _report(self, batch: _Batch, result: Any, polled_at: float, acked_at: float,
+    def _report(self, batch: Batch, result: Any, polled_at: float, acked_at: float,
                 duration_s: float) -> None:
         if result is None:
             n, ll, n_anomalies = 0, np.empty(0), 0
@@ -828,13 +693,13 @@ def _event_time(rec: Record) -> int | None:
     return ts if ts is not None and ts >= 0 else None
 
 
-def _partial_dead_letter(rec: Record, points: Points) -> _Dead:
+def _partial_dead_letter(rec: Record, points: Points) -> DeadLetter:
     """The dead letter of a message whose good points were answered: its refused points."""
     bad = points.rejected
     listed = "; ".join(f"point {pos}: {reason}: {detail}" for pos, reason, detail in bad[:10])
     detail = (f"{len(bad)} of {len(bad) + len(points)} points refused, the others answered; "
               f"{listed}")
-    return _Dead(rec, bad[0][1], detail, [pos for pos, _, _ in bad])
+    return DeadLetter(rec, bad[0][1], detail, [pos for pos, _, _ in bad])
 
 
 def _rows(result: BatchResult, lo: int, hi: int) -> BatchResult:
