@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from streamem.model import collapse, matching, moves, persistence, point
+from streamem.model import collapse, kernel, matching, moves, persistence, point
 from streamem.model.anomaly import (
     FIT_POOR_FACTOR,
     anomaly_threshold,
@@ -174,7 +174,7 @@ class OnlineGMM(Estimator):
     _params: Params | None = None
     _n_features: int | None = None
     _conditioning: tuple[int, np.ndarray] | None = None
-    _drift: list[float] | None = None  # (K,) see ``point.blend``; None: all 0
+    _drift: list[float] | np.ndarray | None = None  # (K,) see ``point.blend``; None: all 0
     _checked = False  # hyperparameters checked since the last set_params
     _undo: list[tuple[np.ndarray, Any, np.ndarray]] | None = None  # see ``_snapshot``
     _flag_share = 0.0  # read by the metrics before the first batch
@@ -690,10 +690,12 @@ class OnlineGMM(Estimator):
         if (self._since_check + 1 >= CHECK_EVERY or self._rewarm or self.drifting_
                 or self.assignment != "soft" or not math.isfinite(threshold)):
             return None
+        kind = self._kind
+        if kind.name == "full" and (compiled := kernel.compiled()) is not None:
+            return self._learn_point_compiled(X, compiled)
         row, limit = X.tolist()[0], max_abs_value(d)
         if not (math.isfinite(sum(row)) and -limit <= min(row) and max(row) <= limit):
             return None
-        kind = self._kind
         try:
             found = point.answer(kind, params, X[0])
             if found is None or not found[1] >= threshold:
@@ -741,6 +743,61 @@ class OnlineGMM(Estimator):
         label = resp.index(max(resp))
         return BatchResult(np.array([label]), answered[0, label : label + 1], answered,
                            np.array([log_lik]), _NO_FLAG, _NO_FLAG, version)
+
+    def _learn_point_compiled(
+        self, X: np.ndarray, compiled: Callable[..., tuple[int, int, float]]
+    ) -> BatchResult | None:
+        """``_learn_point``'s step as one call of the compiled ``kernel.step`` (full covariances),
+        into fresh arrays committed only when the kernel found the step valid."""
+        stats, params = self.stats_, self._params
+        assert stats is not None and params is not None
+        K, d = params.means.shape
+        drift = self._drift
+        drift = np.zeros(K) if drift is None else np.asarray(drift, dtype=np.float64)
+        vec, mvec, mats = np.empty((kernel.ROWS, K)), np.empty((2, K, d)), np.empty((3, K, d, d))
+        try:
+            label, heaviest, weight = compiled(
+                X, stats.nk, stats.means, stats.scatter, params.means, params.covariances,
+                params.precisions_chol, params.log_norm, params.log_det, params.center, drift,
+                self._usage, self.anomaly_threshold_, max_abs_value(d), self._n_steps,
+                self.learning_decay, self.learning_offset, self._step_floor(), self.reg_covar,
+                RECENT_KEEP, vec, mvec, mats)
+        except Exception:  # the general path refuses the point, with the reason
+            return None
+        if label < 0:
+            return None
+        nk, weights, log_weights, log_det, log_norm, resp, usage, drift, log_lik = vec
+        collecting, (lo, hi) = self._collecting(), self._counted_window()
+        version = self.version_
+        s_means, means = mvec
+        scatter, covariances, prec_chol = mats
+        self.stats_ = SufficientStatistics(nk, s_means, scatter)
+        self._params = Params(weights, means, covariances, prec_chol, means[heaviest],
+                              log_weights, log_det, log_norm)
+        self._drift = drift
+        self.learning_rate_ = weight
+        decay = 1.0 - weight
+        self._n_steps += 1
+        self._sum_sq_weights = decay**2 * self._sum_sq_weights + weight * weight
+        self._usage = usage
+        self._flag_share = RECENT_KEEP * self._flag_share + 0.0
+        value = float(log_lik[0])
+        self._window_share *= TAIL_KEEP
+        if lo <= value < hi:
+            self._window_share += 1.0 - TAIL_KEEP
+        self._window_mass = TAIL_KEEP * self._window_mass + (1.0 - TAIL_KEEP)
+        if collecting:
+            ring, n = self._recent, self._recent_n
+            if len(ring) and ring.shape[1] == d:  # ``_remember``'s one-row case
+                ring[n % len(ring)] = X[0]
+                self._recent_n = n + 1
+            else:
+                self._remember(X)
+        self.n_seen_ += 1
+        self._since_check += 1
+        self.version_ += 1
+        return BatchResult(np.array([label]), resp[label : label + 1], vec[kernel.RESP : kernel.RESP + 1],
+                           log_lik[:1], _NO_FLAG, _NO_FLAG, version)
 
     def _collect_rewarm(self, X: np.ndarray) -> None:
         """After a large change, refit from a fresh warm-up buffer of the new regime."""

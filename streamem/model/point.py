@@ -96,7 +96,7 @@ def blend(
     r: list[float],
     decay: float,
     dist: list[list[float]],
-    drift: list[float] | None,
+    drift: list[float] | np.ndarray | None,
 ) -> tuple[SufficientStatistics, list[int], list[float]]:
     """decay·s + stat(x), normalised, for one point: new statistics (``stats`` is unchanged),
     the components whose covariance the step leaves to factorise again, and the drift (K,) of
@@ -136,7 +136,11 @@ def blend(
     rows: list[int] = []
     moved: list[float] = []
     k = 0
-    for v, b, n, (a, e), h in zip(nk, r, n_new, dist, drift or [0.0] * len(nk), strict=True):
+    if drift is None:
+        drift = [0.0] * len(nk)
+    elif type(drift) is not list:  # the compiled kernel's (K,) array
+        drift = drift.tolist()
+    for v, b, n, (a, e), h in zip(nk, r, n_new, dist, drift, strict=True):
         f = b / n if n > TINY else 0.0
         c = decay * v * f * scale  # δδᵀ's coefficient: N_old·N_new/N, normalised
         if b > TINY:  # δ = x − μ = −D_k[0]
