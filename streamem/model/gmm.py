@@ -1235,15 +1235,14 @@ class OnlineGMM(Estimator):
     # ------------------------------------------------------------------ helpers
     def _settle(self) -> None:
         """Forget the drift of kept factors (``point.blend``) and derive the parameters from
-        weights, means, covariances and center as loading a saved model does (the factors are
-        those of the covariances, which a loaded model factorises bit for bit the same; the
-        log weights and log dets of ``refresh_params`` may differ in the last bit), so that
-        the copy continues exactly as the original."""
+        weights, means, covariances and center as loading a saved model does (LAPACK's factors
+        of the covariances, which are those kept by the numpy path bit for bit, and those of
+        the compiled kernel to rounding; the log weights and log dets of ``refresh_params``
+        may differ in the last bit), so that the copy continues exactly as the original."""
         self._drift = None
         p = self._params
         if p is not None:
-            self._params = make_params(self._kind, p.weights, p.means, p.covariances, p.center,
-                                       prec_chol=p.precisions_chol)
+            self._params = make_params(self._kind, p.weights, p.means, p.covariances, p.center)
 
     def _buffered(self) -> int:
         return sum(len(b) for b in self._buffer)
