@@ -796,8 +796,8 @@ class OnlineGMM(Estimator):
         self.n_seen_ += 1
         self._since_check += 1
         self.version_ += 1
-        return BatchResult(np.array([label]), resp[label : label + 1], vec[kernel.RESP : kernel.RESP + 1],
-                           log_lik[:1], _NO_FLAG, _NO_FLAG, version)
+        return BatchResult(np.array([label]), resp[label : label + 1], resp[None], log_lik[:1],
+                           _NO_FLAG, _NO_FLAG, version)
 
     def _collect_rewarm(self, X: np.ndarray) -> None:
         """After a large change, refit from a fresh warm-up buffer of the new regime."""

@@ -79,16 +79,16 @@ def _warm(kernel: Callable[..., tuple[int, int, float]]) -> None:
     """Compile (or load from the cache) now, on a 1-component, 1-feature model."""
     one = np.ones((1, 1))
     kernel(one, np.ones(1), one, one[None], one, one[None], one[None], np.zeros(1),
-           np.zeros(1), np.zeros(1), np.zeros(1), np.ones(1), -np.inf, 1.0, 0, 1.0, 1.0, 0.0, 1e-6, 0.5,
-           np.empty((ROWS, 1)), np.empty((2, 1, 1)), np.empty((3, 1, 1, 1)))
+           np.zeros(1), np.zeros(1), np.zeros(1), np.ones(1), -np.inf, 1.0, 0, 1.0, 1.0, 0.0,
+           1e-6, 0.5, np.empty((ROWS, 1)), np.empty((2, 1, 1)), np.empty((3, 1, 1, 1)))
 
 
 def step(
     x: np.ndarray, nk: np.ndarray, s_means: np.ndarray, scatter: np.ndarray,
     means: np.ndarray, covariances: np.ndarray, prec_chol: np.ndarray, log_norm: np.ndarray,
-    log_det: np.ndarray, center: np.ndarray, drift: np.ndarray, usage: np.ndarray, threshold: float, limit: float,
-    n_steps: int, learning_decay: float, learning_offset: float, floor: float,
-    reg_covar: float, keep: float, vec: np.ndarray, mvec: np.ndarray, mats: np.ndarray,
+    log_det: np.ndarray, center: np.ndarray, drift: np.ndarray, usage: np.ndarray,
+    threshold: float, limit: float, n_steps: int, learning_decay: float,
+    learning_offset: float, floor: float, reg_covar: float, keep: float, vec: np.ndarray, mvec: np.ndarray, mats: np.ndarray,
 ) -> tuple[int, int, float]:
     """Answer and learn one point x (1, d) of a full-covariance model; (label, heaviest
     component, step weight γ), label −1 (nothing to commit) when the point is not the common

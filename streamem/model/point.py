@@ -136,11 +136,10 @@ def blend(
     rows: list[int] = []
     moved: list[float] = []
     k = 0
-    if drift is None:
-        drift = [0.0] * len(nk)
-    elif type(drift) is not list:  # the compiled kernel's (K,) array
-        drift = drift.tolist()
-    for v, b, n, (a, e), h in zip(nk, r, n_new, dist, drift, strict=True):
+    drifts: list[float] = (  # the compiled kernel's are a (K,) array
+        [0.0] * len(nk) if drift is None else drift if type(drift) is list
+        else np.asarray(drift).tolist())
+    for v, b, n, (a, e), h in zip(nk, r, n_new, dist, drifts, strict=True):
         f = b / n if n > TINY else 0.0
         c = decay * v * f * scale  # δδᵀ's coefficient: N_old·N_new/N, normalised
         if b > TINY:  # δ = x − μ = −D_k[0]
