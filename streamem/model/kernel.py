@@ -88,7 +88,8 @@ def step(
     means: np.ndarray, covariances: np.ndarray, prec_chol: np.ndarray, log_norm: np.ndarray,
     log_det: np.ndarray, center: np.ndarray, drift: np.ndarray, usage: np.ndarray,
     threshold: float, limit: float, n_steps: int, learning_decay: float,
-    learning_offset: float, floor: float, reg_covar: float, keep: float, vec: np.ndarray, mvec: np.ndarray, mats: np.ndarray,
+    learning_offset: float, floor: float, reg_covar: float, keep: float, vec: np.ndarray,
+    mvec: np.ndarray, mats: np.ndarray,
 ) -> tuple[int, int, float]:
     """Answer and learn one point x (1, d) of a full-covariance model; (label, heaviest
     component, step weight γ), label −1 (nothing to commit) when the point is not the common
