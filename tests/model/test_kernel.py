@@ -9,12 +9,15 @@ without it). ``kernel.step`` also runs uncompiled, as plain Python: both are tes
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import streamem
 from streamem.model import OnlineGMM, kernel, point
 from streamem.model.covariance import KINDS
 from streamem.model.params import Params, params_from_statistics, refresh_params
@@ -92,10 +95,13 @@ def test_one_step_is_the_numpy_paths_step(step) -> None:  # type: ignore[no-unty
     assert renewed > 30 and kept > 30  # both kinds of rows were met
 
 
-@pytest.mark.parametrize("case", ["nan", "inf", "beyond", "flagged", "not positive definite"])
+@pytest.mark.parametrize("case", ["nan", "inf", "beyond", "flagged", "not positive definite",
+                                  "not finite"])
 def test_what_the_numpy_path_refuses_the_kernel_refuses(step, case: str) -> None:  # type: ignore[no-untyped-def]
     """-1: nothing to commit; the general path then takes (or refuses) the point."""
     stats = stats_of("full", K=4, d=3, seed=1)
+    if case == "not finite":  # component 1 far from the point: its factor is kept
+        stats.means = stats.means + np.array([[0.0], [1e3], [0.0], [0.0]])
     params = params_from_statistics(stats, FULL, REG)
     x, threshold = params.means[0] + 0.1, -np.inf
     if case in ("nan", "inf"):
@@ -104,11 +110,17 @@ def test_what_the_numpy_path_refuses_the_kernel_refuses(step, case: str) -> None
         x[1] = 1.01 * max_abs_value(3)
     elif case == "flagged":
         threshold = 1e3
-    else:  # the statistics the kernel blends into have a negative variance
+    elif case == "not positive definite":  # the statistics blended into: a negative variance
         stats.scatter = stats.scatter.copy()
         stats.scatter[0] = -np.eye(3)
-    label, *_ = run(step, stats, params, x, np.zeros(4), np.zeros(4), 100, threshold)
+    else:  # a NaN in the statistics of that component
+        stats.scatter = stats.scatter.copy()
+        stats.scatter[1, 0, 1] = np.nan
+    label, _, _, _, _, mats = run(step, stats, params, x, np.zeros(4), np.zeros(4), 100,
+                                  threshold)
     assert label == -1
+    if case == "not finite":  # its factor was kept, not renewed: the final check caught it
+        np.testing.assert_array_equal(mats[1][1], params.covariances[1])
     if case == "not positive definite":  # and without the bad statistics, it learns
         good = stats_of("full", K=4, d=3, seed=1)
         assert run(step, good, params, x, np.zeros(4), np.zeros(4), 100, threshold)[0] >= 0
@@ -154,3 +166,25 @@ def test_without_numba_the_numpy_path_learns_the_same(monkeypatch: pytest.Monkey
     gmm = stream()
     np.testing.assert_array_equal(gmm.precisions_cholesky_, reference.precisions_cholesky_)
     np.testing.assert_array_equal(gmm.means_, reference.means_)
+
+
+def test_no_writable_cache_compiles_in_memory(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A package dir where numba cannot write (its ``__pycache__`` a file) and no writable
+    user cache dir: the kernel is compiled for the process, and the point learned."""
+    package = Path(streamem.__file__).parent
+    shutil.copytree(package, tmp_path / "streamem",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "streamem" / "model" / "__pycache__").write_text("")
+    code = ("import numpy as np\n"
+            "from streamem.model import OnlineGMM, kernel\n"
+            "assert kernel.compiled() is not None, kernel.why_not\n"
+            "g = OnlineGMM(2, warmup=20, random_state=0)\n"
+            "g.partial_fit(np.random.default_rng(0).normal(size=(40, 2)))\n"
+            "print(g.partial_fit(np.zeros((1, 2))).labels[0] in (0, 1))\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "HOME": "/proc",
+           "NUMBA_CACHE_DIR": "/proc/streamem-none", "PYTHONDONTWRITEBYTECODE": "1"}
+    env.pop("STREAMEM_NO_JIT", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         cwd=tmp_path, check=True)
+    assert out.stdout.strip() == "True"
+    assert not list((tmp_path / "streamem").rglob("*.nbi"))  # nothing cached
