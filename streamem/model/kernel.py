@@ -59,7 +59,8 @@ def _load() -> None:
     except ImportError:
         why_not = "numba is not installed (pip install 'streamem[fast]')"
         return
-    options: dict[str, Any] = dict(nogil=True, error_model="numpy", boundscheck=False)
+    options: dict[str, Any] = dict(nogil=True, error_model="numpy", boundscheck=False,
+                                   fastmath={"reassoc", "contract"})
     try:
         try:
             factorise = numba.njit(cache=True, **options)(_factorise)
@@ -112,21 +113,24 @@ def step(
     for i in range(d):
         if not -limit <= x[0, i] <= limit:  # NaN fails too
             return -1, 0, 0.0
-    D = np.empty((K, 2, d))
-    dist = np.empty((K, 2))
+    D = np.empty((K, 2, d))  # [μ_k − x, μ_k − c]
+    dist = np.empty((K, 2))  # their squared norms in each component's metric
+    z = np.empty(d)
     resp = vec[RESP]
     top = -np.inf
     for k in range(K):
         for i in range(d):
             D[k, 0, i] = means[k, i] - x[0, i]
             D[k, 1, i] = means[k, i] - center[i]
-        for row in range(2):
+        for row in range(2):  # z = Pᵀ D, P upper triangular, row by row of P
+            z[:] = 0.0
+            for i in range(d):
+                v = D[k, row, i]
+                for j in range(i, d):
+                    z[j] += v * prec_chol[k, i, j]
             total = 0.0
             for j in range(d):
-                z = 0.0
-                for i in range(j + 1):
-                    z += D[k, row, i] * prec_chol[k, i, j]
-                total += z * z
+                total += z[j] * z[j]
             dist[k, row] = total
         resp[k] = log_norm[k] - 0.5 * dist[k, 0]
         if resp[k] > top:
@@ -158,6 +162,8 @@ def step(
     new_scatter, new_cov, new_prec = mats[0], mats[1], mats[2]
     new_means = mvec[0]
     kept = decay * scale
+    w = np.empty((2, d))
+    check = 0.0  # the sum of the new scatter, means and log dets: finite only if they all are
     for k in range(K):
         b = resp[k] * gamma
         n = n_new[k]
@@ -165,20 +171,28 @@ def step(
         c = decay * nk[k] * f * scale  # δδᵀ's coefficient: N_old·N_new/N, normalised
         a, e = dist[k, 0], dist[k, 1]
         if b > TINY:  # δ = x − μ: the scatter gains c·D₀D₀ᵀ, the mean moves by −f·D₀
+            for j in range(d):
+                w[0, j] = c * D[k, 0, j]
             for i in range(d):
                 for j in range(d):
-                    new_scatter[k, i, j] = scatter[k, i, j] * kept + D[k, 0, i] * (c * D[k, 0, j])
+                    value = scatter[k, i, j] * kept + D[k, 0, i] * w[0, j]
+                    new_scatter[k, i, j] = value
+                    check += value
                 new_means[k, i] = s_means[k, i] - f * D[k, 0, i]
+                check += new_means[k, i]
             moved = f * (2.0 + 2.0 * a) + drift[k]
         else:  # the point as a second moment about the center (see ``point.blend``)
             dead = b * scale
+            for j in range(d):
+                w[0, j] = dead * D[k, 0, j] - dead * D[k, 1, j]
+                w[1, j] = -dead * D[k, 0, j] + (c + dead) * D[k, 1, j]
             for i in range(d):
                 for j in range(d):
-                    w0 = dead * D[k, 0, j] - dead * D[k, 1, j]
-                    w1 = -dead * D[k, 0, j] + (c + dead) * D[k, 1, j]
-                    new_scatter[k, i, j] = (scatter[k, i, j] * kept + D[k, 0, i] * w0
-                                            + D[k, 1, i] * w1)
+                    value = scatter[k, i, j] * kept + D[k, 0, i] * w[0, j] + D[k, 1, i] * w[1, j]
+                    new_scatter[k, i, j] = value
+                    check += value
                 new_means[k, i] = s_means[k, i] - f * D[k, 1, i]
+                check += new_means[k, i]
             moved = f * (2.0 + 4.0 * a + 6.0 * e) + drift[k]
         n_new[k] = n * scale
         if moved <= STALE_LIMIT and n_new[k] > TINY:  # the factor is kept (NaN: renewed)
@@ -199,7 +213,6 @@ def step(
     for k in range(K):
         total += n_new[k]
     heaviest = 0
-    check = 0.0
     half_d_log_2pi = 0.5 * d * LOG_2PI
     for k in range(K):
         w = n_new[k] / total
@@ -210,10 +223,6 @@ def step(
         if w > vec[WEIGHTS, heaviest]:
             heaviest = k
         check += vec[LOG_DET, k]
-        for i in range(d):
-            check += new_means[k, i]
-            for j in range(d):
-                check += new_scatter[k, i, j]
     if not math.isfinite(check):  # a NaN or Inf never enters the model
         return -1, 0, 0.0
     return label, heaviest, gamma
@@ -231,29 +240,30 @@ def _factorise(
         for j in range(d):
             cov[i, j] = (raw[i, j] + raw[j, i]) * half
         cov[i, i] += max(cov[i, i], 0.0) * RELATIVE_FLOOR + reg_covar
-    U = np.zeros((d, d))
+    L = np.empty((d, d))  # Σ = L Lᵀ, L = Uᵀ: every sum below runs along contiguous rows
     for j in range(d):
-        for i in range(j + 1):
-            s = cov[i, j]
-            for m in range(i):
-                s -= U[m, i] * U[m, j]
-            if i < j:
-                U[i, j] = s / U[i, i]
-            elif s > 0.0 and math.isfinite(s):
-                U[j, j] = math.sqrt(s)
-            else:
-                return np.nan
-    product = 1.0
-    for j in range(d):
-        prec[j, j] = 1.0 / U[j, j]
-        product *= prec[j, j]
+        s = cov[j, j]
+        for m in range(j):
+            s -= L[j, m] * L[j, m]
+        if not (s > 0.0 and math.isfinite(s)):
+            return np.nan
+        L[j, j] = math.sqrt(s)
         for i in range(j + 1, d):
+            s = cov[i, j]
+            for m in range(j):
+                s -= L[i, m] * L[j, m]
+            L[i, j] = s / L[j, j]
+    product = 1.0
+    for i in range(d):  # P = U⁻¹ = L⁻ᵀ, upper: P[i, j] = −Σ_{i≤m<j} P[i, m] L[j, m] / L[j, j]
+        for j in range(i):
             prec[i, j] = 0.0
-        for i in range(j):
+        prec[i, i] = 1.0 / L[i, i]
+        product *= prec[i, i]
+        for j in range(i + 1, d):
             s = 0.0
             for m in range(i, j):
-                s += prec[i, m] * U[m, j]
-            prec[i, j] = -s * prec[j, j]
+                s += prec[i, m] * L[j, m]
+            prec[i, j] = -s / L[j, j]
     if 1e-300 < product < 1e300:
         return math.log(product)
     value = 0.0
