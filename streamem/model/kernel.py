@@ -115,22 +115,23 @@ def step(
             return -1, 0, 0.0
     D = np.empty((K, 2, d))  # [μ_k − x, μ_k − c]
     dist = np.empty((K, 2))  # their squared norms in each component's metric
-    z = np.empty(d)
+    z = np.empty((2, d))
     resp = vec[RESP]
     top = -np.inf
     for k in range(K):
         for i in range(d):
             D[k, 0, i] = means[k, i] - x[0, i]
             D[k, 1, i] = means[k, i] - center[i]
-        for row in range(2):  # z = Pᵀ D, P upper triangular, row by row of P
-            z[:] = 0.0
-            for i in range(d):
-                v = D[k, row, i]
-                for j in range(i, d):
-                    z[j] += v * prec_chol[k, i, j]
+        z[:] = 0.0
+        for i in range(d):  # z = Dᵀ P, P upper triangular, row by row of P
+            v0, v1 = D[k, 0, i], D[k, 1, i]
+            for j in range(i, d):
+                z[0, j] += v0 * prec_chol[k, i, j]
+                z[1, j] += v1 * prec_chol[k, i, j]
+        for row in range(2):
             total = 0.0
             for j in range(d):
-                total += z[j] * z[j]
+                total += z[row, j] * z[row, j]
             dist[k, row] = total
         resp[k] = log_norm[k] - 0.5 * dist[k, 0]
         if resp[k] > top:
