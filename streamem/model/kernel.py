@@ -7,8 +7,9 @@ numpy calls of ~0.5 µs on (K,) to (K, d, d) arrays; compiled, the same arithmet
 log-sum-exp, the schedule, the blend of the centred statistics with the same drift bookkeeping
 and the same rows factorised again, the floor of ``covariance._refresh_full``, Cholesky, the
 precision factor, its log det, the weights — writing into fresh arrays that the caller commits
-only when the step is valid. Sums run in another order than numpy's: results agree with the
-numpy path to rounding (~1e-15 relative per step), not bit for bit.
+only when the step is valid. Sums run in another order than numpy's and the factors are not
+LAPACK's: results agree with the numpy path to rounding (1e-13 relative per step, the factors
+1e-12), not bit for bit.
 
 numba is an optional extra (``streamem[fast]``): without it, or with ``STREAMEM_NO_JIT=1`` in
 the environment, or ``ENABLED = False``, ``compiled()`` is ``None`` and the numpy path runs.
