@@ -716,15 +716,28 @@ class OnlineGMM(Estimator):
             return None
         if not (math.isfinite(total) and math.isfinite(log_lik)):
             return None
+        answered = np.array([resp])  # ``_track_recent``'s usage, the same arithmetic on floats:
+        usage = np.array([RECENT_KEEP * u + (1.0 - RECENT_KEEP) * v
+                          for u, v in zip(self._usage.tolist(), resp, strict=True)])
+        version = self._commit_point(X, stats, params, drift, weight, usage, log_lik)
+        label = resp.index(max(resp))
+        return BatchResult(np.array([label]), answered[0, label : label + 1], answered,
+                           np.array([log_lik]), _NO_FLAG, _NO_FLAG, version)
+
+    def _commit_point(
+        self, X: np.ndarray, stats: SufficientStatistics, params: Params,
+        drift: list[float] | np.ndarray, weight: float, usage: np.ndarray, log_lik: float,
+    ) -> int:
+        """Commit the valid step of ``_learn_point`` for X (1, d), an inlier: its statistics,
+        parameters, drift, step weight γ and recent usage, and the trackers; returns the
+        version that answered."""
         collecting, (lo, hi) = self._collecting(), self._counted_window()
         version = self.version_
         self.stats_, self._params, self._drift = stats, params, drift
         self.learning_rate_ = weight
         self._n_steps += 1
-        self._sum_sq_weights = decay**2 * self._sum_sq_weights + weight * weight
-        answered = np.array([resp])  # ``_track_recent``'s usage, the same arithmetic on floats:
-        self._usage = np.array([RECENT_KEEP * u + (1.0 - RECENT_KEEP) * v
-                                for u, v in zip(self._usage.tolist(), resp, strict=True)])
+        self._sum_sq_weights = (1.0 - weight) ** 2 * self._sum_sq_weights + weight * weight
+        self._usage = usage
         self._flag_share = RECENT_KEEP * self._flag_share + 0.0
         self._window_share *= TAIL_KEEP
         if lo <= log_lik < hi:
@@ -732,7 +745,7 @@ class OnlineGMM(Estimator):
         self._window_mass = TAIL_KEEP * self._window_mass + (1.0 - TAIL_KEEP)
         if collecting:
             ring, n = self._recent, self._recent_n
-            if len(ring) and ring.shape[1] == d:  # ``_remember``'s one-row case
+            if len(ring) and ring.shape[1] == X.shape[1]:  # ``_remember``'s one-row case
                 ring[n % len(ring)] = X[0]
                 self._recent_n = n + 1
             else:
@@ -740,9 +753,7 @@ class OnlineGMM(Estimator):
         self.n_seen_ += 1
         self._since_check += 1
         self.version_ += 1
-        label = resp.index(max(resp))
-        return BatchResult(np.array([label]), answered[0, label : label + 1], answered,
-                           np.array([log_lik]), _NO_FLAG, _NO_FLAG, version)
+        return version
 
     def _learn_point_compiled(
         self, X: np.ndarray, compiled: Callable[..., tuple[int, int, float]]
@@ -767,35 +778,13 @@ class OnlineGMM(Estimator):
         if label < 0:
             return None
         nk, weights, log_weights, log_det, log_norm, resp, usage, drift, log_lik = vec
-        collecting, (lo, hi) = self._collecting(), self._counted_window()
-        version = self.version_
         s_means, means = mvec
         scatter, covariances, prec_chol = mats
-        self.stats_ = SufficientStatistics(nk, s_means, scatter)
-        self._params = Params(weights, means, covariances, prec_chol, means[heaviest],
-                              log_weights, log_det, log_norm)
-        self._drift = drift
-        self.learning_rate_ = weight
-        decay = 1.0 - weight
-        self._n_steps += 1
-        self._sum_sq_weights = decay**2 * self._sum_sq_weights + weight * weight
-        self._usage = usage
-        self._flag_share = RECENT_KEEP * self._flag_share + 0.0
-        value = float(log_lik[0])
-        self._window_share *= TAIL_KEEP
-        if lo <= value < hi:
-            self._window_share += 1.0 - TAIL_KEEP
-        self._window_mass = TAIL_KEEP * self._window_mass + (1.0 - TAIL_KEEP)
-        if collecting:
-            ring, n = self._recent, self._recent_n
-            if len(ring) and ring.shape[1] == d:  # ``_remember``'s one-row case
-                ring[n % len(ring)] = X[0]
-                self._recent_n = n + 1
-            else:
-                self._remember(X)
-        self.n_seen_ += 1
-        self._since_check += 1
-        self.version_ += 1
+        version = self._commit_point(
+            X, SufficientStatistics(nk, s_means, scatter),
+            Params(weights, means, covariances, prec_chol, means[heaviest], log_weights, log_det,
+                   log_norm),
+            drift, weight, usage, float(log_lik[0]))
         return BatchResult(np.array([label]), resp[label : label + 1], resp[None], log_lik[:1],
                            _NO_FLAG, _NO_FLAG, version)
 
