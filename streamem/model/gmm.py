@@ -691,7 +691,7 @@ class OnlineGMM(Estimator):
                 or self.assignment != "soft" or not math.isfinite(threshold)):
             return None
         kind = self._kind
-        if kind.name == "full" and (compiled := kernel.compiled()) is not None:
+        if (compiled := kernel.compiled(kind.name)) is not None:
             return self._learn_point_compiled(X, compiled)
         row, limit = X.tolist()[0], max_abs_value(d)
         if not (math.isfinite(sum(row)) and -limit <= min(row) and max(row) <= limit):
@@ -758,14 +758,15 @@ class OnlineGMM(Estimator):
     def _learn_point_compiled(
         self, X: np.ndarray, compiled: Callable[..., tuple[int, int, float]]
     ) -> BatchResult | None:
-        """``_learn_point``'s step as one call of the compiled ``kernel.step`` (full covariances),
-        into fresh arrays committed only when the kernel found the step valid."""
+        """``_learn_point``'s step as one call of the compiled ``kernel.step``, into fresh
+        arrays committed only when the kernel found the step valid."""
         stats, params = self.stats_, self._params
         assert stats is not None and params is not None
         K, d = params.means.shape
         drift = self._drift
         drift = np.zeros(K) if drift is None else np.asarray(drift, dtype=np.float64)
-        vec, mvec, mats = np.empty((kernel.ROWS, K)), np.empty((2, K, d)), np.empty((3, K, d, d))
+        vec, mvec = np.empty((kernel.ROWS, K)), np.empty((2, K, d))
+        mats = np.empty((3,) + stats.scatter.shape)
         try:
             label, heaviest, weight = compiled(
                 X, stats.nk, stats.means, stats.scatter, params.means, params.covariances,

@@ -1,21 +1,23 @@
-"""One point's whole step for full covariances, compiled by numba when it is installed.
+"""One point's whole step, compiled by numba when it is installed.
 
 ``OnlineGMM._learn_point`` (the common case of one point per ``partial_fit``) costs some fifty
 numpy calls of ~0.5 µs on (K,) to (K, d, d) arrays; compiled, the same arithmetic is one call.
 ``step`` does what ``point.answer``, ``point.step``, ``point.blend`` and
-``params.refresh_params`` do for full covariances — E-step with the precision factors and a
-log-sum-exp, the schedule, the blend of the centred statistics with the same drift bookkeeping
-and the same rows factorised again, the floor of ``covariance._refresh_full``, Cholesky, the
-precision factor, its log det, the weights — writing into fresh arrays that the caller commits
-only when the step is valid. Sums run in another order than numpy's and the factors are not
-LAPACK's: results agree with the numpy path to rounding (1e-13 relative per step, the factors
-1e-12), not bit for bit.
+``params.refresh_params`` do — E-step with the precision factors and a log-sum-exp, the
+schedule, the blend of the centred statistics with the same drift bookkeeping and the same rows
+factorised again, the floor of ``covariance.py``, Cholesky (full covariances), the precision
+factor, its log det, the weights — for every covariance type (the parts that differ are chosen
+by the scatter's ndim, which numba resolves at compile time), writing into fresh arrays that
+the caller commits only when the step is valid. Sums run in another order than numpy's and the
+factors are not LAPACK's: results agree with the numpy path to rounding (1e-13 relative per
+step, the factors 1e-12), not bit for bit.
 
 numba is an optional extra (``streamem[fast]``): without it, or with ``STREAMEM_NO_JIT=1`` in
 the environment, or ``ENABLED = False``, ``compiled()`` is ``None`` and the numpy path runs.
-numba is imported on the first call of ``compiled()``, not with ``streamem``; the compiled
-code is cached on disk (next to this module or in numba's user cache dir; where neither is
-writable it is compiled in memory once per process).
+numba is imported on the first call of ``compiled()``, not with ``streamem``, and each type's
+code is compiled on its first call; the compiled code is cached on disk (next to this module
+or in numba's user cache dir; where neither is writable it is compiled in memory once per
+process).
 """
 
 from __future__ import annotations
@@ -39,17 +41,24 @@ ROWS = 9
 
 _kernel: Callable[..., tuple[int, int, float]] | None = None
 _tried = False
+_ready: dict[str, bool] = {}  # covariance type -> compiled for it
 #: Why the kernel is not available ("" once it is, or before the first try).
 why_not = ""
 
 
-def compiled() -> Callable[..., tuple[int, int, float]] | None:
-    """The compiled ``step``, or ``None`` (numba missing, disabled, or failed to compile)."""
+def compiled(kind: str = "full") -> Callable[..., tuple[int, int, float]] | None:
+    """The compiled ``step`` for covariances of ``kind`` ("full", "diag" or "spherical"), or
+    ``None`` (numba missing, disabled, or failed to compile)."""
     if not ENABLED:
         return None
     if not _tried:
         _load()
-    return _kernel
+    if _kernel is None:
+        return None
+    ready = _ready.get(kind)
+    if ready is None:
+        ready = _ready[kind] = _warm(_kernel, kind)
+    return _kernel if ready else None
 
 
 def _load() -> None:
@@ -69,20 +78,27 @@ def _load() -> None:
         except RuntimeError:  # no writable cache location: compile in memory
             factorise = numba.njit(cache=False, **options)(_factorise)
             kernel = numba.njit(cache=False, **options)(step)
-        _factorise = factorise  # what ``step`` calls, compiled
-        _warm(kernel)
     except Exception as exc:  # a numba that cannot compile this: the numpy path
         why_not = f"numba failed to compile the kernel: {exc!r}"
         return
+    _factorise = factorise  # what ``step`` calls, compiled
     _kernel = kernel
 
 
-def _warm(kernel: Callable[..., tuple[int, int, float]]) -> None:
-    """Compile (or load from the cache) now, on a 1-component, 1-feature model."""
-    one = np.ones((1, 1))
-    kernel(one, np.ones(1), one, one[None], one, one[None], one[None], np.zeros(1),
-           np.zeros(1), np.zeros(1), np.zeros(1), np.ones(1), -np.inf, 1.0, 0, 1.0, 1.0, 0.0,
-           1e-6, 0.5, np.empty((ROWS, 1)), np.empty((2, 1, 1)), np.empty((3, 1, 1, 1)))
+def _warm(kernel: Callable[..., tuple[int, int, float]], kind: str) -> bool:
+    """Compile (or load from the cache) the kernel for ``kind`` now, on a 1-component,
+    1-feature model; ``False`` if it does not compile."""
+    global why_not
+    shape = {"full": (1, 1, 1), "diag": (1, 1), "spherical": (1,)}[kind]
+    one, cov = np.ones((1, 1)), np.ones(shape)
+    try:
+        kernel(one, np.ones(1), one, cov, one, cov, cov, np.zeros(1), np.zeros(1), np.zeros(1),
+               np.zeros(1), np.ones(1), -np.inf, 1.0, 0, 1.0, 1.0, 0.0, 1e-6, 0.5,
+               np.empty((ROWS, 1)), np.empty((2, 1, 1)), np.empty((3,) + shape))
+    except Exception as exc:
+        why_not = f"numba failed to compile the {kind} kernel: {exc!r}"
+        return False
+    return True
 
 
 def step(
@@ -93,13 +109,14 @@ def step(
     learning_offset: float, floor: float, reg_covar: float, keep: float, vec: np.ndarray,
     mvec: np.ndarray, mats: np.ndarray,
 ) -> tuple[int, int, float]:
-    """Answer and learn one point x (1, d) of a full-covariance model; (label, heaviest
+    """Answer and learn one point x (1, d); (label, heaviest
     component, step weight γ), label −1 (nothing to commit) when the point is not the common
     case or the step is not valid.
 
     Parameters
     ----------
-    nk, s_means, scatter : (K,), (K, d), (K, d, d) the statistics.
+    nk, s_means, scatter : (K,), (K, d) and the type's scatter shape (K, d, d), (K, d) or
+        (K,): the statistics.
     means, covariances, prec_chol, log_norm, log_det, center : the parameters (``Params``).
     drift : (K,) ``point.blend``'s drift of the kept factors.
     usage : (K,) the recent usage, decayed by ``keep`` per point.
@@ -108,7 +125,7 @@ def step(
     n_steps, learning_decay, learning_offset, floor : the schedule (``point.step``).
     vec : (ROWS, K) output: the rows NK … LOG_LIK (LOG_LIK's first entry only).
     mvec : (2, K, d) output: the statistics' means, the parameters' means (equal, not shared).
-    mats : (3, K, d, d) output: scatter, covariances, precision factors.
+    mats : (3,) + the scatter's shape, output: scatter, covariances, precision factors.
     """
     K, d = s_means.shape
     for i in range(d):
@@ -123,12 +140,21 @@ def step(
         for i in range(d):
             D[k, 0, i] = means[k, i] - x[0, i]
             D[k, 1, i] = means[k, i] - center[i]
-        z[:] = 0.0
-        for i in range(d):  # z = Dᵀ P, P upper triangular, row by row of P
-            v0, v1 = D[k, 0, i], D[k, 1, i]
-            for j in range(i, d):
-                z[0, j] += v0 * prec_chol[k, i, j]
-                z[1, j] += v1 * prec_chol[k, i, j]
+        if scatter.ndim == 3:  # full: z = Dᵀ P, P upper triangular, row by row of P
+            z[:] = 0.0
+            for i in range(d):
+                v0, v1 = D[k, 0, i], D[k, 1, i]
+                for j in range(i, d):
+                    z[0, j] += v0 * prec_chol[k, i, j]
+                    z[1, j] += v1 * prec_chol[k, i, j]
+        elif scatter.ndim == 2:  # diag: P is the diagonal prec_chol[k]
+            for i in range(d):
+                z[0, i] = D[k, 0, i] * prec_chol[k, i]
+                z[1, i] = D[k, 1, i] * prec_chol[k, i]
+        else:  # spherical: P = prec_chol[k]·I
+            for i in range(d):
+                z[0, i] = D[k, 0, i] * prec_chol[k]
+                z[1, i] = D[k, 1, i] * prec_chol[k]
         for row in range(2):
             total = 0.0
             for j in range(d):
@@ -175,40 +201,62 @@ def step(
         if b > TINY:  # δ = x − μ: the scatter gains c·D₀D₀ᵀ, the mean moves by −f·D₀
             for j in range(d):
                 w[0, j] = c * D[k, 0, j]
-            for i in range(d):
-                for j in range(d):
-                    value = scatter[k, i, j] * kept + D[k, 0, i] * w[0, j]
-                    new_scatter[k, i, j] = value
-                    check += value
-                new_means[k, i] = s_means[k, i] - f * D[k, 0, i]
-                check += new_means[k, i]
+                w[1, j] = 0.0
+            along = 0
             moved = f * (2.0 + 2.0 * a) + drift[k]
         else:  # the point as a second moment about the center (see ``point.blend``)
             dead = b * scale
             for j in range(d):
                 w[0, j] = dead * D[k, 0, j] - dead * D[k, 1, j]
                 w[1, j] = -dead * D[k, 0, j] + (c + dead) * D[k, 1, j]
+            along = 1
+            moved = f * (2.0 + 4.0 * a + 6.0 * e) + drift[k]
+        for i in range(d):
+            new_means[k, i] = s_means[k, i] - f * D[k, along, i]
+            check += new_means[k, i]
+        if scatter.ndim == 3:  # + D₀ w₀ᵀ + D₁ w₁ᵀ (``outer_sum``)
             for i in range(d):
                 for j in range(d):
-                    value = scatter[k, i, j] * kept + D[k, 0, i] * w[0, j] + D[k, 1, i] * w[1, j]
+                    value = scatter[k, i, j] * kept + D[k, 0, i] * w[0, j]
+                    if along:
+                        value += D[k, 1, i] * w[1, j]
                     new_scatter[k, i, j] = value
                     check += value
-                new_means[k, i] = s_means[k, i] - f * D[k, 1, i]
-                check += new_means[k, i]
-            moved = f * (2.0 + 4.0 * a + 6.0 * e) + drift[k]
+        elif scatter.ndim == 2:  # their diagonals
+            for i in range(d):
+                value = scatter[k, i] * kept + D[k, 0, i] * w[0, i] + D[k, 1, i] * w[1, i]
+                new_scatter[k, i] = value
+                check += value
+        else:  # their traces over d
+            value = 0.0
+            for i in range(d):
+                value += D[k, 0, i] * w[0, i] + D[k, 1, i] * w[1, i]
+            new_scatter[k] = scatter[k] * kept + value / d
+            check += new_scatter[k]
         n_new[k] = n * scale
         if moved <= STALE_LIMIT and n_new[k] > TINY:  # the factor is kept (NaN: renewed)
             vec[DRIFT, k] = moved
             new_cov[k] = covariances[k]
             new_prec[k] = prec_chol[k]
             vec[LOG_DET, k] = log_det[k]
+            continue
+        vec[DRIFT, k] = 0.0
+        mass = max(n_new[k], TINY)
+        if scatter.ndim == 3:
+            value = _factorise(new_scatter[k], mass, reg_covar, new_cov[k], new_prec[k])
+        elif scatter.ndim == 2:  # ``covariance._refresh_diag``
+            value = 0.0
+            for i in range(d):
+                new_cov[k, i] = max(new_scatter[k, i] / mass, 0.0) + reg_covar
+                new_prec[k, i] = 1.0 / math.sqrt(new_cov[k, i])
+                value += math.log(new_prec[k, i])
         else:
-            vec[DRIFT, k] = 0.0
-            value = _factorise(new_scatter[k], max(n_new[k], TINY), reg_covar, new_cov[k],
-                               new_prec[k])
-            if not math.isfinite(value):
-                return -1, 0, 0.0
-            vec[LOG_DET, k] = value
+            new_cov[k] = max(new_scatter[k] / mass, 0.0) + reg_covar
+            new_prec[k] = 1.0 / math.sqrt(new_cov[k])
+            value = d * math.log(new_prec[k])
+        if not math.isfinite(value):
+            return -1, 0, 0.0
+        vec[LOG_DET, k] = value
     mvec[1] = new_means
 
     total = 0.0
@@ -217,12 +265,12 @@ def step(
     heaviest = 0
     half_d_log_2pi = 0.5 * d * LOG_2PI
     for k in range(K):
-        w = n_new[k] / total
-        vec[WEIGHTS, k] = w
-        vec[LOG_WEIGHTS, k] = math.log(w) if w > 0.0 else -np.inf
+        weight = n_new[k] / total
+        vec[WEIGHTS, k] = weight
+        vec[LOG_WEIGHTS, k] = math.log(weight) if weight > 0.0 else -np.inf
         vec[LOG_NORM, k] = vec[LOG_WEIGHTS, k] + (vec[LOG_DET, k] - half_d_log_2pi)
         vec[USAGE, k] = keep * usage[k] + (1.0 - keep) * resp[k]
-        if w > vec[WEIGHTS, heaviest]:
+        if weight > vec[WEIGHTS, heaviest]:
             heaviest = k
         check += vec[LOG_DET, k]
     if not math.isfinite(check):  # a NaN or Inf never enters the model
