@@ -164,8 +164,8 @@ def test_without_numba_the_numpy_path_learns_the_same(monkeypatch: pytest.Monkey
     monkeypatch.setattr(kernel, "ENABLED", False)
     reference = stream()
     monkeypatch.setattr(kernel, "ENABLED", True)
-    monkeypatch.setattr(kernel, "_tried", False)
-    monkeypatch.setattr(kernel, "_kernel", None)
+    for name, value in (("_tried", False), ("_kernel", None), ("_ready", {}), ("why_not", "")):
+        monkeypatch.setattr(kernel, name, value)
     monkeypatch.setitem(sys.modules, "numba", None)  # import numba raises ImportError
     assert kernel.compiled() is None and "not installed" in kernel.why_not
     gmm = stream()
