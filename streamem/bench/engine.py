@@ -6,7 +6,8 @@ For each (K, d) it measures, on the same points and the same BLAS thread count:
 * scikit-learn: one E-step + M-step of ``GaussianMixture`` over all points
   (point-iterations/s — the cost of a batch EM pass);
 * the flop limit: the machine's float64 matmul peak (measured now) over ~4·K·d² flops per point;
-* one point per call (an event handler's pattern), after warm-up: µs per ``partial_fit`` and per
+* one point per call (an event handler's pattern), after warm-up: µs per ``partial_fit`` (by the
+  numpy path and by the compiled kernel of ``model.kernel``, when numba is installed) and per
   ``predict`` of a 1×d array, beside River's ``KMeans`` ``learn_one`` + ``predict_one`` on the
   same points as dicts (River is a development dependency; without it that column is empty).
 
@@ -27,7 +28,7 @@ from functools import partial
 
 import numpy as np
 
-from streamem.model import OnlineGMM
+from streamem.model import OnlineGMM, kernel
 from streamem.synthetic import Mixture
 
 SIZES: tuple[tuple[int, int], ...] = ((8, 8), (16, 32))
@@ -43,7 +44,8 @@ class EngineResult:
     sklearn_point_iterations_s: float
     peak_gflops: float
     state_bytes: tuple[int, int]  # the model's saved state after 20 000 and after all points
-    point_fit_us: float  # one-point partial_fit, µs per call
+    point_fit_us: float  # one-point partial_fit by the numpy path, µs per call
+    point_fit_compiled_us: float | None  # the same by the compiled kernel (None: no numba)
     point_predict_us: float  # one-point predict, µs per call
     river_us: float | None  # River KMeans learn_one + predict_one, µs per point
 
@@ -122,34 +124,46 @@ def bench_size(
 
     ours, theirs = fastest_calls(
         [lambda: timed([streamem_pass]), lambda: timed([sklearn_iteration])], repeats)
-    point_fit, point_predict, river = bench_one_point(state, X[:POINT_CALLS], warm, repeats)
+    point_fit, compiled, point_predict, river = bench_one_point(state, X[:POINT_CALLS], warm,
+                                                                repeats)
     return EngineResult(
         n_components, n_features, n_points / ours, n_points / theirs, peak,
-        (len(state), after[-1]), point_fit, point_predict, river,
+        (len(state), after[-1]), point_fit, compiled, point_predict, river,
     )
 
 
 def bench_one_point(
     state: bytes, X: np.ndarray, warm: np.ndarray, repeats: int
-) -> tuple[float, float, float | None]:
-    """µs per call of one-point ``partial_fit`` and ``predict``, and of River's KMeans, each
-    call counted with its fastest round (``fastest_calls``).
+) -> tuple[float, float | None, float, float | None]:
+    """µs per call of one-point ``partial_fit`` (numpy path; compiled kernel, ``None`` without
+    numba) and ``predict``, and of River's KMeans, each call counted with its fastest round
+    (``fastest_calls``).
 
     Each round's ``partial_fit`` starts from the same warm model (restored before the clock
     starts); River's model, warmed on the same stream, keeps learning.
     """
     rows = [X[i : i + 1] for i in range(len(X))]
-    fresh = [OnlineGMM.from_bytes(state) for _ in range(repeats)]
     predictor = OnlineGMM.from_bytes(state)
+    enabled = kernel.ENABLED
+    kernel.ENABLED = True
+    with_kernel = kernel.compiled() is not None  # compiled (or loaded) before any clock runs
 
-    def learn() -> np.ndarray:
-        model = fresh.pop()
-        return timed([partial(model.partial_fit, row) for row in rows])
+    def learn(compiled: bool) -> Callable[[], np.ndarray]:
+        fresh = [OnlineGMM.from_bytes(state) for _ in range(repeats)]
+
+        def run() -> np.ndarray:
+            kernel.ENABLED = compiled
+            model = fresh.pop()
+            return timed([partial(model.partial_fit, row) for row in rows])
+
+        return run
 
     def predict() -> np.ndarray:
         return timed([partial(predictor.predict, row) for row in rows])
 
-    fns: list[Callable[[], np.ndarray]] = [learn, predict]
+    fns: list[Callable[[], np.ndarray]] = [learn(False), predict]
+    if with_kernel:
+        fns.append(learn(True))
     try:
         from river import cluster
     except ImportError:
@@ -165,8 +179,12 @@ def bench_one_point(
             river.predict_one(x)
 
         fns.append(lambda: timed([partial(river_point, x) for x in dicts]))
-    times = [1e6 * t / len(rows) for t in fastest_calls(fns, repeats)]
-    return times[0], times[1], times[2] if river is not None else None
+    try:
+        times = [1e6 * t / len(rows) for t in fastest_calls(fns, repeats)]
+    finally:
+        kernel.ENABLED = enabled
+    compiled = times[2] if with_kernel else None
+    return times[0], compiled, times[1], times[-1] if river is not None else None
 
 
 def run(
@@ -196,14 +214,23 @@ def report(results: Sequence[EngineResult], threads: str) -> str:
     for r in results:
         lines.append(f"{r.n_components:>4} {r.n_features:>4} {r.state_bytes[0]:>15,} -> "
                      f"{r.state_bytes[1]:,}")
-    lines.append("one point per call, µs (ratio to River KMeans learn_one + predict_one):")
-    lines.append(f"{'K':>4} {'d':>4} {'partial_fit':>17} {'predict':>17} {'River':>8}")
+    lines.append("one point per call, µs (ratio to River KMeans learn_one + predict_one); "
+                 "partial_fit by numpy and by the compiled kernel (numba):")
+    lines.append(f"{'K':>4} {'d':>4} {'partial_fit numpy':>18} {'partial_fit compiled':>21} "
+                 f"{'predict':>17} {'River':>8}")
     for r in results:
-        if r.river_us is None:
-            fit, predict, river = f"{r.point_fit_us:.1f}", f"{r.point_predict_us:.1f}", "n/a"
-        else:
-            fit = f"{r.point_fit_us:.1f} ({r.point_fit_us / r.river_us:.2f}x)"
-            predict = f"{r.point_predict_us:.1f} ({r.point_predict_us / r.river_us:.2f}x)"
-            river = f"{r.river_us:.1f}"
-        lines.append(f"{r.n_components:>4} {r.n_features:>4} {fit:>17} {predict:>17} {river:>8}")
+        river = "n/a" if r.river_us is None else f"{r.river_us:.1f}"
+        fit, compiled, predict = (_beside(us, r.river_us) for us in (
+            r.point_fit_us, r.point_fit_compiled_us, r.point_predict_us))
+        lines.append(f"{r.n_components:>4} {r.n_features:>4} {fit:>18} {compiled:>21} "
+                     f"{predict:>17} {river:>8}")
+    if any(r.point_fit_compiled_us is None for r in results):
+        lines.append(f"compiled kernel: n/a, {kernel.why_not or 'disabled'}")
     return "\n".join(lines)
+
+
+def _beside(us: float | None, river_us: float | None) -> str:
+    """µs, and its ratio to River's when there is one."""
+    if us is None:
+        return "n/a"
+    return f"{us:.1f}" + ("" if river_us is None else f" ({us / river_us:.2f}x)")

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from streamem.model import collapse, matching, moves, persistence, point
+from streamem.model import collapse, kernel, matching, moves, persistence, point
 from streamem.model.anomaly import (
     FIT_POOR_FACTOR,
     anomaly_threshold,
@@ -174,7 +174,7 @@ class OnlineGMM(Estimator):
     _params: Params | None = None
     _n_features: int | None = None
     _conditioning: tuple[int, np.ndarray] | None = None
-    _drift: list[float] | None = None  # (K,) see ``point.blend``; None: all 0
+    _drift: list[float] | np.ndarray | None = None  # (K,) see ``point.blend``; None: all 0
     _checked = False  # hyperparameters checked since the last set_params
     _undo: list[tuple[np.ndarray, Any, np.ndarray]] | None = None  # see ``_snapshot``
     _flag_share = 0.0  # read by the metrics before the first batch
@@ -703,10 +703,12 @@ class OnlineGMM(Estimator):
         if (self._since_check + 1 >= CHECK_EVERY or self._rewarm or self.drifting_
                 or self.assignment != "soft" or not math.isfinite(threshold)):
             return None
+        kind = self._kind
+        if (compiled := kernel.compiled(kind.name)) is not None:
+            return self._learn_point_compiled(X, compiled)
         row, limit = X.tolist()[0], max_abs_value(d)
         if not (math.isfinite(sum(row)) and -limit <= min(row) and max(row) <= limit):
             return None
-        kind = self._kind
         try:
             found = point.answer(kind, params, X[0])
             if found is None or not found[1] >= threshold:
@@ -727,15 +729,28 @@ class OnlineGMM(Estimator):
             return None
         if not (math.isfinite(total) and math.isfinite(log_lik)):
             return None
+        answered = np.array([resp])  # ``_track_recent``'s usage, the same arithmetic on floats:
+        usage = np.array([RECENT_KEEP * u + (1.0 - RECENT_KEEP) * v
+                          for u, v in zip(self._usage.tolist(), resp, strict=True)])
+        version = self._commit_point(X, stats, params, drift, weight, usage, log_lik)
+        label = resp.index(max(resp))
+        return BatchResult(np.array([label]), answered[0, label : label + 1], answered,
+                           np.array([log_lik]), _NO_FLAG, _NO_FLAG, version)
+
+    def _commit_point(
+        self, X: np.ndarray, stats: SufficientStatistics, params: Params,
+        drift: list[float] | np.ndarray, weight: float, usage: np.ndarray, log_lik: float,
+    ) -> int:
+        """Commit the valid step of ``_learn_point`` for X (1, d), an inlier: its statistics,
+        parameters, drift, step weight γ and recent usage, and the trackers; returns the
+        version that answered."""
         collecting, (lo, hi) = self._collecting(), self._counted_window()
         version = self.version_
         self.stats_, self._params, self._drift = stats, params, drift
         self.learning_rate_ = weight
         self._n_steps += 1
-        self._sum_sq_weights = decay**2 * self._sum_sq_weights + weight * weight
-        answered = np.array([resp])  # ``_track_recent``'s usage, the same arithmetic on floats:
-        self._usage = np.array([RECENT_KEEP * u + (1.0 - RECENT_KEEP) * v
-                                for u, v in zip(self._usage.tolist(), resp, strict=True)])
+        self._sum_sq_weights = (1.0 - weight) ** 2 * self._sum_sq_weights + weight * weight
+        self._usage = usage
         self._flag_share = RECENT_KEEP * self._flag_share + 0.0
         self._window_share *= TAIL_KEEP
         if lo <= log_lik < hi:
@@ -743,7 +758,7 @@ class OnlineGMM(Estimator):
         self._window_mass = TAIL_KEEP * self._window_mass + (1.0 - TAIL_KEEP)
         if collecting:
             ring, n = self._recent, self._recent_n
-            if len(ring) and ring.shape[1] == d:  # ``_remember``'s one-row case
+            if len(ring) and ring.shape[1] == X.shape[1]:  # ``_remember``'s one-row case
                 ring[n % len(ring)] = X[0]
                 self._recent_n = n + 1
             else:
@@ -751,9 +766,41 @@ class OnlineGMM(Estimator):
         self.n_seen_ += 1
         self._since_check += 1
         self.version_ += 1
-        label = resp.index(max(resp))
-        return BatchResult(np.array([label]), answered[0, label : label + 1], answered,
-                           np.array([log_lik]), _NO_FLAG, _NO_FLAG, version)
+        return version
+
+    def _learn_point_compiled(
+        self, X: np.ndarray, compiled: Callable[..., tuple[int, int, float]]
+    ) -> BatchResult | None:
+        """``_learn_point``'s step as one call of the compiled ``kernel.step``, into fresh
+        arrays committed only when the kernel found the step valid."""
+        stats, params = self.stats_, self._params
+        assert stats is not None and params is not None
+        K, d = params.means.shape
+        drift = self._drift
+        drift = np.zeros(K) if drift is None else np.asarray(drift, dtype=np.float64)
+        vec, mvec = np.empty((kernel.ROWS, K)), np.empty((2, K, d))
+        mats = np.empty((3,) + stats.scatter.shape)
+        try:
+            label, heaviest, weight = compiled(
+                X, stats.nk, stats.means, stats.scatter, params.means, params.covariances,
+                params.precisions_chol, params.log_norm, params.log_det, params.center, drift,
+                self._usage, self.anomaly_threshold_, max_abs_value(d), self._n_steps,
+                self.learning_decay, self.learning_offset, self._step_floor(), self.reg_covar,
+                RECENT_KEEP, vec, mvec, mats)
+        except Exception:  # the general path refuses the point, with the reason
+            return None
+        if label < 0:
+            return None
+        nk, weights, log_weights, log_det, log_norm, resp, usage, drift, log_lik = vec
+        s_means, means = mvec
+        scatter, covariances, prec_chol = mats
+        version = self._commit_point(
+            X, SufficientStatistics(nk, s_means, scatter),
+            Params(weights, means, covariances, prec_chol, means[heaviest], log_weights, log_det,
+                   log_norm),
+            drift, weight, usage, float(log_lik[0]))
+        return BatchResult(np.array([label]), resp[label : label + 1], resp[None], log_lik[:1],
+                           _NO_FLAG, _NO_FLAG, version)
 
     def _collect_rewarm(self, X: np.ndarray) -> None:
         """After a large change, refit from a fresh warm-up buffer of the new regime."""
@@ -1195,15 +1242,14 @@ class OnlineGMM(Estimator):
     # ------------------------------------------------------------------ helpers
     def _settle(self) -> None:
         """Forget the drift of kept factors (``point.blend``) and derive the parameters from
-        weights, means, covariances and center as loading a saved model does (the factors are
-        those of the covariances, which a loaded model factorises bit for bit the same; the
-        log weights and log dets of ``refresh_params`` may differ in the last bit), so that
-        the copy continues exactly as the original."""
+        weights, means, covariances and center as loading a saved model does (LAPACK's factors
+        of the covariances, which are those kept by the numpy path bit for bit, and those of
+        the compiled kernel to rounding; the log weights and log dets of ``refresh_params``
+        may differ in the last bit), so that the copy continues exactly as the original."""
         self._drift = None
         p = self._params
         if p is not None:
-            self._params = make_params(self._kind, p.weights, p.means, p.covariances, p.center,
-                                       prec_chol=p.precisions_chol)
+            self._params = make_params(self._kind, p.weights, p.means, p.covariances, p.center)
 
     def _buffered(self) -> int:
         return sum(len(b) for b in self._buffer)

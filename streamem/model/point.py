@@ -96,7 +96,7 @@ def blend(
     r: list[float],
     decay: float,
     dist: list[list[float]],
-    drift: list[float] | None,
+    drift: list[float] | np.ndarray | None,
 ) -> tuple[SufficientStatistics, list[int], list[float]]:
     """decay·s + stat(x), normalised, for one point: new statistics (``stats`` is unchanged),
     the components whose covariance the step leaves to factorise again, and the drift (K,) of
@@ -136,7 +136,10 @@ def blend(
     rows: list[int] = []
     moved: list[float] = []
     k = 0
-    for v, b, n, (a, e), h in zip(nk, r, n_new, dist, drift or [0.0] * len(nk), strict=True):
+    drifts: list[float] = (  # the compiled kernel's are a (K,) array
+        [0.0] * len(nk) if drift is None else drift if type(drift) is list
+        else np.asarray(drift).tolist())
+    for v, b, n, (a, e), h in zip(nk, r, n_new, dist, drifts, strict=True):
         f = b / n if n > TINY else 0.0
         c = decay * v * f * scale  # δδᵀ's coefficient: N_old·N_new/N, normalised
         if b > TINY:  # δ = x − μ = −D_k[0]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from streamem.bench import engine
@@ -35,5 +37,16 @@ def test_a_small_run_reports_every_row() -> None:
     (r,) = results
     assert r.streamem_points_s > 0 and r.sklearn_point_iterations_s > 0
     assert r.point_fit_us > 0 and r.point_predict_us > 0
+    assert r.point_fit_compiled_us is not None and r.point_fit_compiled_us > 0  # numba: dev
     text = engine.report(results, "1")
-    assert "one point per call" in text and "   3    2" in text
+    assert "one point per call" in text and "   3    2" in text and "compiled" in text
+    assert "n/a" not in text.split("one point per call")[1].split("\n", 1)[1]
+
+
+def test_without_numba_the_compiled_column_says_why(monkeypatch) -> None:
+    result = engine.EngineResult(8, 8, 1e5, 1e5, 10.0, (1, 1), 40.0, None, 10.0, 20.0)
+    monkeypatch.setattr(engine.kernel, "why_not", "numba is not installed (pip install x)")
+    text = engine.report([result], "1")
+    assert "40.0 (2.00x)" in text and "n/a" in text and "numba is not installed" in text
+    with_kernel = engine.report([dataclasses.replace(result, point_fit_compiled_us=10.0)], "1")
+    assert "10.0 (0.50x)" in with_kernel and "numba is not installed" not in with_kernel

@@ -10,7 +10,7 @@ from model_helpers import assert_positive_definite
 
 from streamem import OnlineGMM
 from streamem.model import gmm as gmm_module
-from streamem.model import point
+from streamem.model import kernel, point
 from streamem.model.gmm import ModelRejected
 from streamem.model.validation import max_abs_value
 
@@ -91,9 +91,10 @@ def test_nan_statistics_are_never_committed():
     assert_unchanged(before, model)
 
 
-def test_a_non_finite_statistic_of_one_point_is_never_committed():
+def test_a_non_finite_statistic_of_one_point_is_never_committed(monkeypatch):
     """One point takes its own path (``point``): a NaN in a component its update leaves
-    unfactorised is caught all the same."""
+    unfactorised is caught all the same. (The compiled kernel's own check: test_kernel.)"""
+    monkeypatch.setattr(kernel, "ENABLED", False)
     model = OnlineGMM(3, warmup=50, random_state=0)
     model.partial_fit(np.vstack([points(150, seed=8), points(150, seed=9) + 20.0]))
     x = points(1, seed=10)
@@ -162,7 +163,12 @@ def test_a_warm_up_poison_pill_is_refused_and_the_stream_goes_on():
 @pytest.mark.parametrize("n_points", [1, 7, 5000])
 def test_a_refused_step_leaves_the_ring_of_recent_inliers_as_it_was(n_points):
     """The ring is not copied for a step: the rows a refused step wrote are written back
-    (5000 points wrap the ring of 4096 rows). One point fails in ``_learn_point`` first."""
+    (5000 points wrap the ring of 4096 rows). One point fails in ``_learn_point`` first (in
+    the numpy path's M-step, or in the compiled kernel)."""
+
+    def failing(*args):
+        raise FloatingPointError
+
     model = model_at("online")
     model._move_wait = 1  # a try of the moves is near: the model keeps its recent inliers
     assert model._collecting()
@@ -170,6 +176,7 @@ def test_a_refused_step_leaves_the_ring_of_recent_inliers_as_it_was(n_points):
     before = snapshot(model)
     with mock.patch.object(OnlineGMM, "_refresh", side_effect=FloatingPointError), \
             mock.patch.object(gmm_module, "refresh_params", side_effect=FloatingPointError), \
+            mock.patch.object(kernel, "compiled", return_value=failing), \
             pytest.raises(ModelRejected):
         model.partial_fit(points(n_points, seed=7) * 0.1)
     assert_unchanged(before, model)
