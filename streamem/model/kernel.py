@@ -12,7 +12,7 @@ the caller commits only when the step is valid. Sums run in another order than n
 factors are not LAPACK's: results agree with the numpy path to rounding (1e-13 relative per
 step, the factors 1e-12), not bit for bit.
 
-numba is an optional extra (``streamem[fast]``): without it, or with ``STREAMEM_NO_JIT=1`` in
+numba is an optional extra (``streamem[jit]``): without it, or with ``STREAMEM_NO_JIT=1`` in
 the environment, or ``ENABLED = False``, ``compiled()`` is ``None`` and the numpy path runs.
 numba is imported on the first call of ``compiled()``, not with ``streamem``, and each type's
 code is compiled on its first call; the compiled code is cached on disk (next to this module
@@ -67,7 +67,7 @@ def _load() -> None:
     try:
         import numba
     except ImportError:
-        why_not = "numba is not installed (pip install 'streamem[fast]')"
+        why_not = "numba is not installed (pip install 'streamem[jit]')"
         return
     options: dict[str, Any] = dict(nogil=True, error_model="numpy", boundscheck=False,
                                    fastmath={"reassoc", "contract"})
