@@ -79,6 +79,7 @@ class Leader(threading.Thread):
         self.publish_interval_s = publish_interval_s
         self.stop = threading.Event()
         self.model: OnlineGMM | None = None
+        self._width = InputWidth(None)  # the model's, once it leads (see ``_vote_width``)
         self.published_version = -1
         self._producer: KafkaProducer | None = None
         self._last_publish = 0.0
