@@ -72,7 +72,7 @@ from streamem.io.base import (
 )
 from streamem.io.checkpoint import Checkpoint, CheckpointStore, load_latest
 from streamem.metrics import BatchReport, Metrics
-from streamem.model.gmm import BatchResult
+from streamem.model.results import BatchResult
 
 if TYPE_CHECKING:
     from streamem.config import Config

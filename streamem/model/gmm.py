@@ -6,7 +6,6 @@ import copy
 import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -42,7 +41,14 @@ from streamem.model.params import (
     params_from_statistics,
     refresh_params,
     row_argmax,
-    row_max,
+)
+from streamem.model.results import (
+    NO_FLAG,
+    BatchResult,
+    ModelRejected,
+    concatenate_results,
+    empty_result,
+    make_result,
 )
 from streamem.model.schedule import batch_schedule, floor_for_halflife
 from streamem.model.seeding import fit_batch, tame
@@ -73,8 +79,6 @@ RESET_REASONS = collapse.RESET_REASONS
 NOT_FITTED = "this OnlineGMM is not fitted yet: call fit or partial_fit with some points first"
 
 
-class ModelRejected(ValueError):
-    """``partial_fit`` refused a batch that would make the model invalid; it was rolled back."""
 #: The forgetting half-life is at least this many points per free parameter of the mixture: an
 #: estimate from n effective points costs about (parameters)/(2n) nats per point, so a larger
 #: model must average over more points to match batch EM (about 0.007 nats/point here).
@@ -92,29 +96,6 @@ WINDOW_SLACK = 1.5
 SCREENED_GROWTH = 8
 MOVE_WAIT_FIT = 4096
 MOVE_WAIT_POOR = 64
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    """What ``partial_fit`` answers for each point of a batch (n points, K components).
-
-    labels (n,) int; probabilities (n,) responsibility of the chosen component;
-    responsibilities (n, K), a transposed view of a component-major (K, n) array (the E-step's
-    layout; ``np.ascontiguousarray`` gives row-major); log_likelihood (n,) log p(x); anomaly (n,)
-    bool; warmup (n,) bool — answered by the provisional warm-up model; model_version — the
-    parameters' version that answered.
-    """
-
-    labels: np.ndarray
-    probabilities: np.ndarray
-    responsibilities: np.ndarray
-    log_likelihood: np.ndarray
-    anomaly: np.ndarray
-    warmup: np.ndarray
-    model_version: int
-
-    def __len__(self) -> int:
-        return len(self.labels)
 
 
 class OnlineGMM(Estimator):
@@ -503,7 +484,7 @@ class OnlineGMM(Estimator):
         X = self._check(X)
         if len(X) == 0:
             empty = np.zeros(0, dtype=bool)
-            return _result(np.zeros((0, self.n_components)), np.zeros(0), empty, empty,
+            return make_result(np.zeros((0, self.n_components)), np.zeros(0), empty, empty,
                            self.version_)
         saved = self._snapshot(len(X))
         saved["_n_features"] = n_features  # a refused first batch does not fix d
@@ -587,7 +568,7 @@ class OnlineGMM(Estimator):
                 parts.append(self._warm_up(head))
         if len(X) or not parts:
             parts.append(self._online_step(X, learning_rate))
-        return _concatenate(parts)
+        return concatenate_results(parts)
 
     def _warm_up(self, X: np.ndarray) -> BatchResult:
         self._buffer.append(X.copy())
@@ -604,7 +585,7 @@ class OnlineGMM(Estimator):
         self.n_seen_ += len(X)
         resp, log_lik = e_step(self._kind, self._fitted(), X)
         ones = np.ones(len(X), dtype=bool)
-        return _result(resp, log_lik, ~ones, ones, self.version_)
+        return make_result(resp, log_lik, ~ones, ones, self.version_)
 
     def restart_warm_up(self) -> None:
         """Forget the warm-up's points, and the width (and feature names) they fixed.
@@ -676,7 +657,7 @@ class OnlineGMM(Estimator):
             self._remember_settled()
         if one is None:
             self._refresh(threshold=checked)
-            return _result(resp, log_lik, self._reported(anomaly, log_lik),
+            return make_result(resp, log_lik, self._reported(anomaly, log_lik),
                            np.zeros(len(X), dtype=bool), version)
         rows: list[int] | None = None
         if not checked:  # the statistics changed by this point only
@@ -735,7 +716,7 @@ class OnlineGMM(Estimator):
         version = self._commit_point(X, stats, params, drift, weight, usage, log_lik)
         label = resp.index(max(resp))
         return BatchResult(np.array([label]), answered[0, label : label + 1], answered,
-                           np.array([log_lik]), _NO_FLAG, _NO_FLAG, version)
+                           np.array([log_lik]), NO_FLAG, NO_FLAG, version)
 
     def _commit_point(
         self, X: np.ndarray, stats: SufficientStatistics, params: Params,
@@ -800,7 +781,7 @@ class OnlineGMM(Estimator):
                    log_norm),
             drift, weight, usage, float(log_lik[0]))
         return BatchResult(np.array([label]), resp[label : label + 1], resp[None], log_lik[:1],
-                           _NO_FLAG, _NO_FLAG, version)
+                           NO_FLAG, NO_FLAG, version)
 
     def _collect_rewarm(self, X: np.ndarray) -> None:
         """After a large change, refit from a fresh warm-up buffer of the new regime."""
@@ -1156,7 +1137,7 @@ class OnlineGMM(Estimator):
         if not self.initialized_:
             out = warmup_delta(self.covariance_type, self.n_components, X)
             if not len(X):
-                return _empty_result(self.n_components, self.version_), out
+                return empty_result(self.n_components, self.version_), out
             return copy.deepcopy(self)._learn(X, None), out
         params = self._fitted()
         out, resp, log_lik, anomaly = compute_delta(
@@ -1164,7 +1145,7 @@ class OnlineGMM(Estimator):
             protecting=self.protecting_, hard=self.assignment == "hard",
             recent_halflife=RECENT_HALFLIFE, keep_points=self.drifting_ or bool(self._rewarm),
             drift_share=DRIFT_SHARE, window=self._counted_window(), keep_inliers=self._collecting())
-        return _result(resp, log_lik, self._reported(anomaly, log_lik),
+        return make_result(resp, log_lik, self._reported(anomaly, log_lik),
                        np.zeros(len(X), dtype=bool), self.version_), out
 
     def fold(self, delta: StatsDelta) -> None:
@@ -1190,7 +1171,7 @@ class OnlineGMM(Estimator):
                              "their points")
         def fold() -> BatchResult:
             self._fold(delta)
-            return _empty_result(self.n_components, self.version_)
+            return empty_result(self.n_components, self.version_)
 
         self._all_or_nothing(self._snapshot(), "delta", fold)
 
@@ -1352,31 +1333,3 @@ def _raised_halflife(
 @functools.lru_cache(maxsize=64)
 def _step_floor(halflife: float | None, K: int, d: int | None, covariance_type: str) -> float:
     return floor_for_halflife(_raised_halflife(halflife, K, d, covariance_type))
-
-
-#: ``anomaly`` and ``warmup`` of a one-point answer of ``_learn_point``: shared, read-only.
-_NO_FLAG = np.zeros(1, dtype=bool)
-_NO_FLAG.flags.writeable = False
-
-
-def _result(
-    resp: np.ndarray, log_lik: np.ndarray, anomaly: np.ndarray, warmup: np.ndarray, version: int
-) -> BatchResult:
-    return BatchResult(row_argmax(resp), row_max(resp), resp, log_lik, anomaly, warmup, version)
-
-
-def _empty_result(n_components: int, version: int) -> BatchResult:
-    empty = np.zeros(0, dtype=bool)
-    return _result(np.zeros((0, n_components)), np.zeros(0), empty, empty, version)
-
-
-def _concatenate(parts: list[BatchResult]) -> BatchResult:
-    if len(parts) == 1:
-        return parts[0]
-    def joined(name: str) -> np.ndarray:
-        return np.concatenate([getattr(p, name) for p in parts])
-
-    return BatchResult(
-        joined("labels"), joined("probabilities"), joined("responsibilities"),
-        joined("log_likelihood"), joined("anomaly"), joined("warmup"), parts[0].model_version,
-    )

@@ -16,7 +16,7 @@ from streamem.io.base import RecordTooLarge, Sink
 from streamem.metrics import Metrics
 from streamem.model import OnlineGMM
 from streamem.model.delta import StatsDelta, coalesce, warmup_delta
-from streamem.model.gmm import BatchResult
+from streamem.model.results import BatchResult
 from streamem.sharing.leader import Leader
 from streamem.sharing.records import VERSION_HEADER, header
 from streamem.width import model_width

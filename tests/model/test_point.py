@@ -17,9 +17,9 @@ import pytest
 
 from streamem.model import OnlineGMM, kernel, point
 from streamem.model.covariance import KINDS
-from streamem.model.gmm import ModelRejected
 from streamem.model.params import e_step, params_from_statistics, refresh_params
 from streamem.model.point import STALE_LIMIT
+from streamem.model.results import ModelRejected
 from streamem.model.statistics import TINY, SufficientStatistics, batch_statistics
 from streamem.model.validation import max_abs_value
 from streamem.synthetic import Mixture, Stream

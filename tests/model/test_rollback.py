@@ -11,7 +11,7 @@ from model_helpers import assert_positive_definite
 from streamem import OnlineGMM
 from streamem.model import gmm as gmm_module
 from streamem.model import kernel, point
-from streamem.model.gmm import ModelRejected
+from streamem.model.results import ModelRejected
 from streamem.model.validation import max_abs_value
 
 from .test_validation import assert_unchanged, points, snapshot
