@@ -18,7 +18,7 @@ from streamem import formats
 from streamem.errors import DecodeError
 from streamem.formats.points import Limits, Points, sizes
 from streamem.io.base import Record
-from streamem.width import InputWidth, model_width
+from streamem.width import InputWidth, match_warm_up
 
 if TYPE_CHECKING:
     from streamem.config import InputConfig
@@ -164,8 +164,8 @@ class Decoder:
             self.log.warning("n_features_revised", extra={
                 "n_features": now, "was": before,
                 "reason": "more messages have this width than the provisional one"})
-        if own_model and model_width(model) not in (None, now):
-            model.restart_warm_up()
+        if own_model:
+            match_warm_up(model, now)
         return now != decoded_at
 
     @staticmethod

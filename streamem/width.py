@@ -37,6 +37,15 @@ def model_width(model: Any) -> int | None:
         return None
 
 
+def match_warm_up(model: Any, width: int | None) -> bool:
+    """Restart ``model``'s warm-up when it is warming up at another width than ``width``;
+    whether it did (``OnlineGMM.restart_warm_up``)."""
+    if width is None or getattr(model, "initialized_", True) or model_width(model) in (None, width):
+        return False
+    model.restart_warm_up()
+    return True
+
+
 class InputWidth:
     """The width messages are decoded at: fixed by the config, or provisional (see module)."""
 
@@ -73,8 +82,10 @@ class InputWidth:
     def follow(self, model: Any) -> bool:
         """Take an initialised ``model``'s width when it differs (not configured); whether it
         did."""
-        width = model_width(model) if getattr(model, "initialized_", False) else None
-        if self.configured or width is None or width == self.value:
+        if self.configured or not getattr(model, "initialized_", False):
+            return False
+        width = model_width(model)
+        if width is None or width == self.value:
             return False
         self.value = width
         return True

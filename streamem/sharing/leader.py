@@ -30,7 +30,7 @@ from streamem.metrics import Metrics
 from streamem.model import OnlineGMM
 from streamem.model.delta import StatsDelta
 from streamem.sharing.records import state_headers, state_key
-from streamem.width import InputWidth, model_width
+from streamem.width import InputWidth, match_warm_up, model_width
 
 log = logging.getLogger(__name__)
 
@@ -210,8 +210,7 @@ class Leader(threading.Thread):
             return
         self._width.count({delta.n_features: max(delta.n_points, 1)})
         was = model_width(self.model)
-        if was not in (None, self._width.value):
-            self.model.restart_warm_up()
+        if match_warm_up(self.model, self._width.value):
             log.warning("n_features_revised", extra={"n_features": self._width.value,
                                                      "was": was})
 

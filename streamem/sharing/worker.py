@@ -19,7 +19,7 @@ from streamem.model.delta import StatsDelta, coalesce, warmup_delta
 from streamem.model.results import BatchResult
 from streamem.sharing.leader import Leader
 from streamem.sharing.records import VERSION_HEADER, header
-from streamem.width import model_width
+from streamem.width import match_warm_up
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +157,7 @@ class Worker:
             if self._warm is None:
                 self.model.delta(X[:0])  # readies its learning state: the loop's metrics read it
                 self._warm = copy.deepcopy(self.model)
-            if not self._warm.initialized_ and model_width(self._warm) not in (None, X.shape[1]):
-                self._warm.restart_warm_up()  # the input's width was revised (streamem.width)
+            match_warm_up(self._warm, X.shape[1])  # the input's width was revised
             result = self._warm.partial_fit(X)  # stamped with the version read: none published
             result = replace(result, model_version=int(self.model.version_))
             delta = warmup_delta(self.model.covariance_type, self.model.n_components, X)
