@@ -1,6 +1,8 @@
 """The exception hierarchy: what went wrong decides what the daemon does next.
 
 * :class:`ConfigError` — a bad config file or flag; the process exits with code 2.
+* :class:`MissingCodec` — Kafka holds batches compressed with a codec this Python cannot read
+  (an install to fix, not a message to drop); the process exits with code 2, nothing committed.
 * :class:`DecodeError` — one bad message; it goes to the dead-letter topic, the loop goes on.
 * :class:`TransportError` — the broker or a sink failed; the loop backs off and retries.
 * :class:`CheckpointError` — a checkpoint could not be written, or read and checked; at start
@@ -15,6 +17,10 @@ class StreamemError(Exception):
 
 class ConfigError(StreamemError, ValueError):
     """A config key has a bad value; the message names the key and what was expected."""
+
+
+class MissingCodec(ConfigError):
+    """A record batch is compressed with a codec whose library is not installed."""
 
 
 class DecodeError(StreamemError, ValueError):

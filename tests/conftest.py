@@ -115,13 +115,15 @@ def kafka_bootstrap(kafka_broker: KafkaBroker) -> str:
 
 @pytest.fixture
 def topic_factory(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
-    """``create(prefix, partitions=1, compacted=False) -> name``: a new, uniquely named topic.
+    """``create(prefix, partitions=1, compacted=False, configs=None) -> name``: a new, uniquely
+    named topic (``configs``: more topic configs, e.g. ``compression.type``).
 
     Returns once every partition has a leader in the broker's metadata.
     """
-    def create(prefix: str, partitions: int = 1, compacted: bool = False) -> str:
+    def create(prefix: str, partitions: int = 1, compacted: bool = False,
+               configs: dict[str, str] | None = None) -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:12]}"
-        configs = {"cleanup.policy": "compact"} if compacted else {}
+        configs = {**({"cleanup.policy": "compact"} if compacted else {}), **(configs or {})}
         create_topics({"bootstrap_servers": kafka_bootstrap}, [name], partitions=partitions,
                       replication_factor=1, configs=configs)
         return name

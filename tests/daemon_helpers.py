@@ -41,11 +41,14 @@ class Daemon:
         return "\n".join(self.log_path.read_text().splitlines()[-30:])
 
 
-def start_daemon(tmp_path: Path, name: str, settings: dict[str, object], *flags: str) -> Daemon:
-    """Start the daemon with ``--set key=value`` for each setting; stderr goes to a log file."""
+def start_daemon(tmp_path: Path, name: str, settings: dict[str, object], *flags: str,
+                 env: dict[str, str] | None = None) -> Daemon:
+    """Start the daemon with ``--set key=value`` for each setting; stderr goes to a log file.
+    ``env``: variables to set beside the test's environment (less its ``STREAMEM_`` ones)."""
     args = [a for k, v in settings.items() for a in ("--set", f"{k}={v}")]
     log_path = tmp_path / f"{name}.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMEM_")}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("STREAMEM_")},
+           **(env or {})}
     with open(log_path, "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "streamem", "run", *args, *flags],
                                 stdout=subprocess.DEVNULL, stderr=log, env=env)

@@ -7,7 +7,8 @@ every message on ``kafka.output_topic`` (or stdout), sends undecodable messages 
 once (130).
 
 exit codes: 0 stopped cleanly, 1 runtime failure or the final checkpoint could not be written,
-2 bad config or a checkpoint that cannot be read or fails its checks, 130 a second interrupt.
+2 bad config, a checkpoint that cannot be read or fails its checks, or input compressed with a
+codec whose library is not installed (streamem[codecs]), 130 a second interrupt.
 
 examples:
   streamem run --config config/streamem.yaml
@@ -83,7 +84,12 @@ def main(args: argparse.Namespace) -> int:
             runtime = assemble.runtime(cfg, source, sink, metrics, model=model, stores=stores,
                                        resume=resume, log=log, stop=stop)
             freeze_heap()
-            return runtime.run()
+            try:
+                return runtime.run()
+            except ConfigError as exc:  # e.g. MissingCodec: an install to fix, not a crash
+                log.error("cannot_continue", extra={"error": str(exc)})
+                print(f"streamem run: {exc}", file=sys.stderr)
+                return 2
     except Exception:
         log.exception("runtime_failed")
         return 1

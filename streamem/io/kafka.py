@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
-from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition, codec
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import (
     CommitFailedError,
@@ -40,9 +40,10 @@ from kafka.errors import (
     ProducerFencedError,
     RebalanceInProgressError,
     UnknownMemberIdError,
+    UnsupportedCodecError,
 )
 
-from streamem.errors import TransportError
+from streamem.errors import MissingCodec, TransportError
 from streamem.io import base
 from streamem.io.base import (
     NO_EVENTS,
@@ -156,6 +157,8 @@ class KafkaSource:
         kafka-python's KafkaTimeoutError if no broker answers. Re-joins use a fresh consumer
         built from the same settings."""
         logging.getLogger("kafka.cluster").addFilter(_MISSING_TOPIC_FILTER)  # once: a set
+        if missing := missing_codecs():
+            log.warning("kafka_codecs_missing", extra={"codecs": missing, "remedy": CODECS_REMEDY})
 
         def build() -> KafkaConsumer:
             return KafkaConsumer(**settings)
@@ -168,7 +171,7 @@ class KafkaSource:
         if self._closed_for_rejoin:
             self._join_fresh()
         try:
-            polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
+            polled = poll(self._consumer, int(timeout_s * 1000))
         except KafkaError as exc:
             raise TransportError(f"poll failed: {exc}") from exc
         finally:
@@ -613,6 +616,33 @@ class TransactionalKafkaSink(KafkaSink):
             self._bounded("close", lambda: self._producer.close(timeout=self._timeout_s))
         except TransportError as exc:
             log.warning("producer_close_failed", extra={"error": str(exc)})
+
+
+#: The codecs a Kafka record batch can be compressed with, beside gzip, and kafka-python's test
+#: for the library each needs (the ``codecs`` extra installs them).
+CODECS = {"snappy": codec.has_snappy, "lz4": codec.has_lz4, "zstd": codec.has_zstd}
+CODECS_REMEDY = ("install streamem[codecs] (python-snappy, lz4, zstandard), "
+                 "or set kafka.client: confluent-kafka (librdkafka has every codec built in)")
+
+
+def missing_codecs() -> list[str]:
+    """The compression codecs kafka-python cannot read here, for lack of their library."""
+    return [name for name, present in CODECS.items() if not present()]
+
+
+def poll(consumer: KafkaConsumer, timeout_ms: int) -> dict[TopicPartition, list[Any]]:
+    """``consumer.poll``; a batch in a codec without its library raises :class:`MissingCodec`.
+
+    kafka-python cannot go on after that error: its next poll spins on the same batch at full
+    CPU, holding the GIL and ignoring SIGTERM. So the consumer is not polled again; the
+    daemon stops with the reason, and commits nothing past the batch, which is read once the
+    library is installed.
+    """
+    try:
+        return consumer.poll(timeout_ms=timeout_ms)
+    except UnsupportedCodecError as exc:
+        raise MissingCodec(f"a record batch cannot be decompressed ({exc}): "
+                           f"{CODECS_REMEDY}") from exc
 
 
 def learn_topics(consumer: KafkaConsumer, topics: list[str]) -> None:

@@ -21,6 +21,8 @@ from typing import Any
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.errors import TopicAlreadyExistsError
 
+from streamem.io.kafka import poll
+
 KAFKA_LOCAL = Path(__file__).resolve().parents[2] / "deploy" / "kafka" / "kafka-local.sh"
 """The script that runs a single-node KRaft broker from a checkout (see deploy/kafka)."""
 START_TIMEOUT_S = 240.0
@@ -107,7 +109,7 @@ def read_to_end(consumer_kwargs: Mapping[str, Any], topic: str,
         while any(consumer.position(tp) < end[tp] for tp in tps):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"timed out reading topic {topic} to its end")
-            for records in consumer.poll(timeout_ms=500).values():
+            for records in poll(consumer, 500).values():
                 yield from records
     finally:
         consumer.close()

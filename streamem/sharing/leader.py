@@ -25,7 +25,8 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from streamem.io.kafka import learn_topics
+from streamem.errors import MissingCodec
+from streamem.io.kafka import learn_topics, poll
 from streamem.metrics import Metrics
 from streamem.model import OnlineGMM
 from streamem.model.delta import StatsDelta
@@ -103,6 +104,9 @@ class Leader(threading.Thread):
             while not self.stop.is_set():
                 try:
                     self._step(consumer, generations)
+                except MissingCodec as exc:  # this consumer cannot read on: others may lead
+                    log.error("leader_stopped", extra={"error": str(exc)})
+                    break
                 except KafkaError as exc:
                     log.warning("leader_error", extra={"error": repr(exc)})
                     self._resign(consumer, "error")
@@ -122,7 +126,7 @@ class Leader(threading.Thread):
             consumer.close()
 
     def _step(self, consumer: KafkaConsumer, generations: _Generations) -> None:
-        batches = consumer.poll(timeout_ms=200)
+        batches = poll(consumer, 200)
         owns = self.stats in consumer.assignment()
         if owns and not self.leading and generations.count != self._fenced_at:
             self._become(consumer)
@@ -149,7 +153,7 @@ class Leader(threading.Thread):
         end = consumer.end_offsets([self.stats])[self.stats]
         deadline = time.monotonic() + timeout_s
         while consumer.position(self.stats) < end and time.monotonic() < deadline:
-            for record in consumer.poll(timeout_ms=200).get(self.stats, []):
+            for record in poll(consumer, 200).get(self.stats, []):
                 self._fold(record)
 
     def _become(self, consumer: KafkaConsumer) -> None:
@@ -179,7 +183,7 @@ class Leader(threading.Thread):
             end = consumer.end_offsets([tp])[tp]
             last = None
             while consumer.position(tp) < end:
-                for records in consumer.poll(timeout_ms=500).values():
+                for records in poll(consumer, 500).values():
                     if records:
                         last = records[-1]
         finally:

@@ -13,6 +13,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from streamem.errors import TransportError
 from streamem.io.base import RecordTooLarge, Sink
+from streamem.io.kafka import poll
 from streamem.metrics import Metrics
 from streamem.model import OnlineGMM
 from streamem.model.delta import StatsDelta, coalesce, warmup_delta
@@ -113,7 +114,7 @@ class Worker:
         end = self._consumer.end_offsets([self._tp])[self._tp] if to_end else -1
         deadline = now + timeout_s
         while True:
-            batches = self._consumer.poll(timeout_ms=200 if to_end else 0)
+            batches = poll(self._consumer, 200 if to_end else 0)
             self._last_poll = time.monotonic()
             records = batches.get(self._tp, [])
             if records:

@@ -43,11 +43,12 @@ def test_package_is_pip_installed_from_the_copied_pyproject() -> None:
     for path in needed:
         assert (REPO / path).exists(), f"COPY source {path} does not exist in the repo"
     installs = [i.text for i in instructions("RUN") if "pip install" in i.text]
-    pattern = r"pip install (--no-cache-dir )?('\.\[fast\]'|\.)(\s|$)"
+    pattern = r"pip install (--no-cache-dir )?'\.\[fast,codecs\]'(\s|$)"
     assert any(re.search(pattern, t) for t in installs), (
-        f"the Dockerfile should `pip install --no-cache-dir '.[fast]'` from pyproject; "
+        f"the Dockerfile should `pip install --no-cache-dir '.[fast,codecs]'` from pyproject; "
         f"found {installs}")
-    assert "fast" in project["optional-dependencies"], "the image installs the `fast` extra"
+    extras = project["optional-dependencies"]
+    assert "fast" in extras and "codecs" in extras, "the image installs these two extras"
 
 
 def test_entrypoint_is_the_console_script_declared_in_pyproject() -> None:

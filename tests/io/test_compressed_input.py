@@ -1,0 +1,81 @@
+"""Input in compressed record batches: answered in full, or the daemon stops with the remedy.
+
+A batch is compressed by its producer or by the broker, for a topic whose ``compression.type``
+names a codec (here the topic's: the broker recompresses what it is sent). kafka-python reads
+snappy, lz4 and zstd only with their libraries (the ``codecs`` extra); librdkafka has them built
+in. Without the library, kafka-python's consumer spins on the batch at full CPU, deaf to
+SIGTERM, so the daemon stops at it instead (exit code 2), committing nothing past it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from daemon_helpers import WAIT_S, Reader, daemon_settings, points_of, start_daemon
+from kafka_helpers import committed_offsets, produce
+
+from streamem.synthetic import Mixture
+
+MIX = Mixture.random(3, 4, random_state=11)
+N_POINTS = 600
+
+
+def compressed_input(bootstrap: str, topic_factory, codec: str) -> dict[str, str]:
+    """Topics whose input holds ``N_POINTS`` single-point messages in ``codec`` batches."""
+    topics = {"input": topic_factory("points", 2, configs={"compression.type": codec}),
+              "output": topic_factory("answers"), "dead": topic_factory("dead")}
+    X, _ = MIX.sample(N_POINTS, random_state=3)
+    produce(bootstrap, topics["input"],
+            [json.dumps({"id": i, "x": X[i].tolist()}).encode() for i in range(N_POINTS)])
+    return topics
+
+
+def answer_all(bootstrap: str, tmp_path: Path, name: str, settings: dict) -> list[dict]:
+    """Run a daemon until every point is answered, stop it cleanly, and return the answers."""
+    daemon = start_daemon(tmp_path, name, settings)
+    outputs = Reader(bootstrap, settings["kafka.output_topic"])
+    try:
+        answers = points_of(outputs.read_until(lambda rs: len(points_of(rs)) >= N_POINTS))
+        assert daemon.stop() == 0, daemon.log_tail()
+    finally:
+        daemon.proc.kill()
+        outputs.close()
+    return answers
+
+
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+def test_every_point_of_a_compressed_topic_is_answered_once(
+        kafka_bootstrap, topic_factory, tmp_path, kafka_client, codec) -> None:
+    topics = compressed_input(kafka_bootstrap, topic_factory, codec)
+    settings = daemon_settings(kafka_bootstrap, tmp_path, topics, model__n_components=3)
+    answers = answer_all(kafka_bootstrap, tmp_path, codec, settings)
+    assert sorted(a["id"] for a in answers) == list(range(N_POINTS))
+
+
+def test_without_the_codec_library_the_daemon_stops_with_the_remedy_and_loses_nothing(
+        kafka_bootstrap, topic_factory, tmp_path) -> None:
+    topics = compressed_input(kafka_bootstrap, topic_factory, "zstd")
+    settings = daemon_settings(kafka_bootstrap, tmp_path, topics, kafka__client="kafka-python",
+                               model__n_components=3)
+    hidden = tmp_path / "without-zstd"  # kafka-python imports zstandard in a try/except
+    hidden.mkdir()
+    (hidden / "zstandard.py").write_text("raise ImportError('hidden by the test')\n")
+    path = os.pathsep.join(filter(None, [str(hidden), os.environ.get("PYTHONPATH")]))
+    daemon = start_daemon(tmp_path, "without", settings, env={"PYTHONPATH": path})
+    try:
+        code = daemon.proc.wait(WAIT_S)  # before the fix it spun at full CPU, never exiting
+    finally:
+        daemon.proc.kill()
+    assert code == 2, daemon.log_tail()
+    [warned] = daemon.events("kafka_codecs_missing")
+    assert "zstd" in warned["codecs"] and "streamem[codecs]" in warned["remedy"]
+    [stopped] = daemon.events("cannot_continue")
+    assert "streamem[codecs]" in stopped["error"] and "zstd" in stopped["error"].lower()
+    assert not any(committed_offsets(kafka_bootstrap, settings["kafka.group_id"],
+                                     topics["input"]).values())
+
+    answers = answer_all(kafka_bootstrap, tmp_path, "with", settings)  # the library is back
+    assert sorted(a["id"] for a in answers) == list(range(N_POINTS))
