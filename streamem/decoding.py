@@ -176,6 +176,9 @@ class Decoder:
                 detail = f"{rec.too_large:,} bytes, over the limit"
                 batch.dead.append(DeadLetter(rec, "too_large", detail))
                 continue
+            if rec.unreadable:
+                batch.dead.append(DeadLetter(rec, "unreadable", rec.unreadable))
+                continue
             if isinstance(points, DecodeError):
                 batch.dead.append(DeadLetter(rec, points.reason, points.detail))
                 continue

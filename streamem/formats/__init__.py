@@ -41,9 +41,10 @@ OUTPUT_FORMATS: dict[str, str] = {
 #: Dead-letter reasons of a message that does not decode (:class:`~streamem.errors.DecodeError`).
 REASONS = ("bad_json", "bad_schema", "empty", "wrong_dimension", "non_finite", "bad_binary",
            "too_large", "too_many_points", "too_many_features", "out_of_range")
-#: Dead-letter reasons the runtime adds: the model refused the points (after its rollback), or
-#: decoding or encoding the message failed unexpectedly (a bug, logged with its traceback).
-RUNTIME_REASONS = ("model_rejected", "internal_error")
+#: Dead-letter reasons the runtime adds: the model refused the points (after its rollback),
+#: decoding or encoding the message failed unexpectedly (a bug, logged with its traceback), or
+#: the Kafka client could not read the message (a record batch that does not decompress).
+RUNTIME_REASONS = ("model_rejected", "internal_error", "unreadable")
 
 
 def _load(registry: dict[str, str], name: str, what: str) -> Any:

@@ -124,7 +124,9 @@ class Record(NamedTuple):
     """One consumed message; ``offset`` is its position within ``(topic, partition)``.
 
     ``too_large``: the size of a message the source would not hold (its ``value`` is then
-    empty); the runtime dead-letters it as ``too_large``. A tuple: a poll makes thousands.
+    empty); the runtime dead-letters it as ``too_large``. ``unreadable``: why the Kafka client
+    could not read a message at all (its ``value`` is empty), dead-lettered as ``unreadable``.
+    A tuple: a poll makes thousands.
     """
 
     topic: str
@@ -135,6 +137,7 @@ class Record(NamedTuple):
     headers: Headers = ()
     timestamp_ms: int | None = None
     too_large: int = 0
+    unreadable: str = ""
 
 
 @runtime_checkable

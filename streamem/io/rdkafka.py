@@ -245,20 +245,40 @@ class RdKafkaSource:
         except RuntimeError as exc:  # the consumer was closed
             raise TransportError(f"poll failed: {exc}") from exc
         errors = list(map(Message.error, messages))
+        unreadable: list[Record] = []
         if any(errors):
-            for err in filter(None, errors):
-                self._message_error(err)
+            for message, err in zip(messages, errors, strict=True):
+                if err is not None:
+                    unreadable += self._message_error(message, err)
             messages = [m for m, err in zip(messages, errors, strict=True) if err is None]
         records, last = _records(messages)
         self._next.update({tp: offset + 1 for tp, offset in last.items()})
-        return records
+        for rec in unreadable:
+            self._next[(rec.topic, rec.partition)] = rec.offset + 1
+        return records + unreadable
 
-    def _message_error(self, err: KafkaError) -> None:
+    def _message_error(self, message: Message, err: KafkaError) -> list[Record]:
+        """A consumed error: nothing, or raised when fatal; or, for a message whose record batch
+        does not decompress (corrupt, or larger decompressed than ``receive.message.max.bytes``:
+        a few KB can expand to gigabytes), its record to dead-letter, the consumer moved past it.
+        librdkafka reports the batch's first offset and, left there, fetches the batch again and
+        again: the partition would stall. Each offset of such a batch gets its own record."""
         if err.code() == KafkaError._PARTITION_EOF:
-            return
+            return []
         self._on_error(err)
         if err.fatal():
             raise TransportError(f"consumer failed: {err.str()}")
+        if err.code() != KafkaError._BAD_COMPRESSION:
+            return []
+        read: Any = message
+        key = (read.topic(), read.partition())
+        offset = max(read.offset(), self._next.get(key, -1))
+        try:
+            self.consumer.seek(TopicPartition(*key, offset + 1))
+        except (KafkaException, RuntimeError) as exc:  # revoked meanwhile: its next owner reads it
+            log.warning("seek_failed", extra={"partition": str(key), "error": str(exc)})
+            return []
+        return [Record(*key, offset, None, b"", unreadable=err.str())]
 
     def commit(self, offsets: Mapping[TP, int]) -> None:
         request = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
@@ -411,7 +431,7 @@ def _records(messages: list[Message]) -> tuple[list[Record], dict[TP, int]]:
     stamps = [ts if ts >= 0 else None for _, ts in map(Message.timestamp, messages)]
     values = [v or b"" for v in map(Message.value, messages)]
     fields = zip(topics, partitions, offsets, map(Message.key, messages), values, headers, stamps,
-                 repeat(0))
+                 repeat(0), repeat(""))
     records: list[Record] = list(map(tuple.__new__, repeat(Record), fields))  # type: ignore[arg-type]
     return records, dict(zip(zip(topics, partitions, strict=True), offsets, strict=True))
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from daemon_helpers import WAIT_S, Reader, daemon_settings, points_of, start_daemon
+from kafka import KafkaProducer
 from kafka_helpers import committed_offsets, produce
 
 from streamem.synthetic import Mixture
@@ -79,3 +80,45 @@ def test_without_the_codec_library_the_daemon_stops_with_the_remedy_and_loses_no
 
     answers = answer_all(kafka_bootstrap, tmp_path, "with", settings)  # the library is back
     assert sorted(a["id"] for a in answers) == list(range(N_POINTS))
+
+
+def test_a_compression_bomb_is_dead_lettered_and_its_neighbours_answered(
+        kafka_bootstrap, topic_factory, tmp_path, kafka_client) -> None:
+    """A 100 MiB message that zstd packs into ~10 KB: the broker takes it (it checks the
+    compressed size). librdkafka will not decompress it beyond ``receive.message.max.bytes``;
+    it used to fetch the batch forever, stalling the partition. kafka-python decompresses it
+    (no bound: see the README) and the decoder refuses it as too large."""
+    topics = {"input": topic_factory("points"), "output": topic_factory("answers"),
+              "dead": topic_factory("dead")}
+    X, _ = MIX.sample(N_POINTS, random_state=4)
+    points = [json.dumps({"id": i, "x": X[i].tolist()}).encode() for i in range(N_POINTS)]
+    bomb = b'{"id": "bomb", "x": [' + b" " * (100 << 20) + b"1, 2, 3, 4]}"
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, compression_type="zstd",
+                             max_request_size=len(bomb) + (1 << 20))
+    try:
+        for value in points[:N_POINTS // 2]:
+            producer.send(topics["input"], value)
+        bomb_at = producer.send(topics["input"], bomb).get(timeout=60).offset
+        for value in points[N_POINTS // 2:]:
+            producer.send(topics["input"], value)
+        producer.flush()
+    finally:
+        producer.close()
+    del bomb
+    settings = daemon_settings(kafka_bootstrap, tmp_path, topics, model__n_components=3)
+    daemon = start_daemon(tmp_path, "bomb", settings)
+    outputs = Reader(kafka_bootstrap, topics["output"])
+    dead = Reader(kafka_bootstrap, topics["dead"])
+    try:
+        answers = points_of(outputs.read_until(lambda rs: len(points_of(rs)) >= N_POINTS))
+        [letter] = dead.read_until(lambda rs: len(rs) >= 1)
+        assert daemon.stop() == 0, daemon.log_tail()
+    finally:
+        daemon.proc.kill()
+        outputs.close()
+        dead.close()
+    assert sorted(a["id"] for a in answers) == list(range(N_POINTS))
+    headers = dict(letter.headers)
+    assert int(headers["streamem.source.offset"]) == bomb_at
+    reason = "unreadable" if kafka_client == "confluent-kafka" else "too_large"
+    assert headers["streamem.reason"].decode() == reason, headers
