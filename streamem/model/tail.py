@@ -1,10 +1,11 @@
 """``Tail``: the anomaly bookkeeping of ``OnlineGMM``, the state its flags are judged by.
 
-It owns the recent flagged share, and the calibration of the anomaly threshold: the bound, the
-window and the recent share of points in it, the tail inflation and the early floor. The
+It owns the recent flagged share and the anomaly threshold's calibration state: the bound, the
+window and the recent share of points in it, the tail inflation, and the early floor. The
 functions it composes, and why the threshold is calibrated so, are in
-:mod:`streamem.model.anomaly`; this module adds only their state, so that the model holds it as
-one object and does not keep it among the fields of its learning.
+:mod:`streamem.model.anomaly`. It stands apart from ``gmm`` because it is a job of its own: the
+model's learning only feeds it (log-likelihoods, flag counts, a delta's shares) and reads its
+answers (the threshold in force, the flags reported, whether flags are excessive or drifting).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class Tail:
 
     Attributes
     ----------
-    flag_share : recent share of flagged points (an average over the model's recent points).
+    flag_share : recent share of flagged points (an average whose keep factors the model gives).
     bound : the bound solved for ``anomaly_rate``; −∞ before the first calibration.
     inflation : the tail inflation f ≥ 1 of the last calibration.
     window : (lo, hi) log-likelihoods between which the window's points are counted.
@@ -65,6 +66,7 @@ class Tail:
         self.early = -math.inf
 
     def copy(self) -> Tail:
+        """An independent copy (every field is immutable): what a rollback restores."""
         return copy.copy(self)
 
     # ------------------------------------------------------------------ the flagged share
