@@ -492,10 +492,10 @@ class OnlineGMM(Estimator):
         """The state a step of ``n_points`` points (``None``: any) may change, for ``_restore``.
 
         The attributes, by reference where the step replaces them (the statistics' arrays, the
-        parameters, the trackers); copies of what it mutates in place: the containers, and the
-        statistics and usage when a collapse check may run (resets and moves change them in
-        place). The ring of recent inliers is not copied: ``_remember`` logs the rows it
-        overwrites in ``_undo``, which ``_restore`` writes back.
+        parameters, the trackers); copies of what it mutates in place: the containers, the
+        tail's bookkeeping, and the statistics and usage when a collapse check may run (resets
+        and moves change them in place). The ring of recent inliers is not copied: ``_remember``
+        logs the rows it overwrites in ``_undo``, which ``_restore`` writes back.
         """
         saved = dict(self.__dict__)
         for name in ("_buffer", "_rewarm", "collapse_history_"):
