@@ -10,7 +10,6 @@ answers (the threshold in force, the flags reported, whether flags are excessive
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import TYPE_CHECKING
 
@@ -56,6 +55,9 @@ class Tail:
     early : the early floor; −∞ when there is none.
     """
 
+    __slots__ = ("flag_share", "bound", "inflation", "window", "window_share", "window_mass",
+                 "early")
+
     def __init__(self) -> None:
         self.flag_share = 0.0
         self.bound = -math.inf
@@ -67,7 +69,10 @@ class Tail:
 
     def copy(self) -> Tail:
         """An independent copy (every field is immutable): what a rollback restores."""
-        return copy.copy(self)
+        new = Tail.__new__(Tail)
+        for name in Tail.__slots__:
+            setattr(new, name, getattr(self, name))
+        return new
 
     # ------------------------------------------------------------------ the flagged share
     def excessive(self, anomaly_rate: float) -> bool:
