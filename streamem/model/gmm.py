@@ -12,16 +12,7 @@ from typing import Any
 import numpy as np
 
 from streamem.model import collapse, kernel, matching, moves, persistence, point
-from streamem.model.anomaly import (
-    FIT_POOR_FACTOR,
-    anomaly_threshold,
-    bound_share,
-    calibrated_threshold,
-    early_floor,
-    early_over,
-    tail_keep,
-    window_levels,
-)
+from streamem.model.anomaly import FIT_POOR_FACTOR
 from streamem.model.covariance import KINDS, CovarianceKind
 from streamem.model.delta import (
     StatsDelta,
@@ -51,8 +42,9 @@ from streamem.model.results import (
     make_result,
 )
 from streamem.model.schedule import batch_schedule, floor_for_halflife
-from streamem.model.seeding import fit_batch, tame
+from streamem.model.seeding import fit_batch
 from streamem.model.statistics import SufficientStatistics, batch_statistics
+from streamem.model.tail import DRIFT_SHARE, Tail, warm_up_floor
 from streamem.model.validation import (
     check_feature_names,
     check_hyperparameters,
@@ -65,12 +57,9 @@ from streamem.model.validation import (
 CHECK_EVERY = 2048
 #: Half-life, in points, of the recent-usage and flagged-share averages.
 RECENT_HALFLIFE = 1000.0
-#: What the recent averages keep over one point (as ``_track_recent`` and ``_track_tail``).
+#: What the recent averages keep over one point (as ``_track_recent``).
 RECENT_KEEP = math.exp(-math.log(2.0) * 1 / RECENT_HALFLIFE)
-TAIL_KEEP = tail_keep(1)
 HISTORY_LENGTH = 100
-#: Recent flagged share above which the stream is taken to have changed (see ``drifting_``).
-DRIFT_SHARE = 0.25
 #: Seeding restarts of the warm-up fit; the best on the buffer is kept.
 WARMUP_RESTARTS = 5
 #: Points per online-EM step in ``fit``'s passes.
@@ -88,9 +77,6 @@ POINTS_PER_PARAMETER = 25.0
 #: checks' points, so a model that fits pays next to nothing for them. While ``fit_poor_``,
 #: tries wait at most ``MOVE_WAIT_POOR`` checks.
 MOVE_WAIT_START = 8
-#: The calibration window's ends are solved again once the bound's share below either is off
-#: its level by this factor (the share in between is evaluated exactly at every refresh).
-WINDOW_SLACK = 1.5
 #: A try the kurtosis screen stops (every component looks Gaussian) grows the wait this many
 #: times; one that found no significant move, twice.
 SCREENED_GROWTH = 8
@@ -158,8 +144,7 @@ class OnlineGMM(Estimator):
     _drift: list[float] | np.ndarray | None = None  # (K,) see ``point.blend``; None: all 0
     _checked = False  # hyperparameters checked since the last set_params
     _undo: list[tuple[np.ndarray, Any, np.ndarray]] | None = None  # see ``_snapshot``
-    _flag_share = 0.0  # read by the metrics before the first batch
-    _inflation = 1.0
+    _tail = Tail()  # read by the metrics before the first batch; ``_begin`` gives each its own
 
     def __init__(
         self,
@@ -237,18 +222,12 @@ class OnlineGMM(Estimator):
         self._sum_sq_weights = 0.0
         self._since_check = 0
         self._usage = np.zeros(self.n_components)
-        self._flag_share = 0.0
+        self._tail = Tail()
         self._flagged = np.empty((0, 0))
         self._flagged_at = np.empty(0, dtype=np.int64)
         self._conditioning = None
         self._drift = None
         self._settled: tuple[np.ndarray, np.ndarray] | None = None
-        self._bound = -np.inf
-        self._inflation = 1.0
-        self._window = (-np.inf, -np.inf)
-        self._window_share = 0.0
-        self._window_mass = 0.0
-        self._early = -np.inf
         self._recent = np.empty((0, 0))
         self._recent_n = 0
         self._move_wait = MOVE_WAIT_START
@@ -380,7 +359,7 @@ class OnlineGMM(Estimator):
         return not self.update_on_anomaly and not self._flags_excessive()
 
     def _flags_excessive(self) -> bool:
-        return self._flag_share > max(collapse.NOVELTY_SHARE, 20 * self.anomaly_rate)
+        return self._tail.excessive(self.anomaly_rate)
 
     @property
     def drifting_(self) -> bool:
@@ -390,7 +369,7 @@ class OnlineGMM(Estimator):
         scratch (counted as a ``drift`` reset). Smaller changes — one cluster moving, a new one
         appearing — are met by moving stranded components instead.
         """
-        return self._flag_share > DRIFT_SHARE
+        return self._tail.drifting
 
     @property
     def weights_(self) -> np.ndarray:
@@ -513,15 +492,16 @@ class OnlineGMM(Estimator):
         """The state a step of ``n_points`` points (``None``: any) may change, for ``_restore``.
 
         The attributes, by reference where the step replaces them (the statistics' arrays, the
-        parameters, the trackers); copies of what it mutates in place: the containers, and the
-        statistics and usage when a collapse check may run (resets and moves change them in
-        place). The ring of recent inliers is not copied: ``_remember`` logs the rows it
-        overwrites in ``_undo``, which ``_restore`` writes back.
+        parameters, the trackers); copies of what it mutates in place: the containers, the
+        tail's bookkeeping, and the statistics and usage when a collapse check may run (resets
+        and moves change them in place). The ring of recent inliers is not copied: ``_remember``
+        logs the rows it overwrites in ``_undo``, which ``_restore`` writes back.
         """
         saved = dict(self.__dict__)
         for name in ("_buffer", "_rewarm", "collapse_history_"):
             saved[name] = list(saved[name])
         saved["resets_"] = dict(self.resets_)
+        saved["_tail"] = self._tail.copy()
         may_check = n_points is None or self._since_check + n_points >= CHECK_EVERY
         if may_check:
             saved["_usage"] = self._usage.copy()
@@ -616,13 +596,16 @@ class OnlineGMM(Estimator):
         self._n_steps = n_points
         self._sum_sq_weights = 1.0 / max(n_points, 1)
         self._usage = stats.nk.copy()
-        self._window_share = self._window_mass = 0.0
+        self._tail.restart()
         self._recent_n = 0
         self._move_wait = self._move_backoff = MOVE_WAIT_START
-        self._early = -np.inf
         self._refresh(threshold=True)
         if points is not None:
-            self._early = self._early_floor(points)
+            rng = np.random.default_rng([self._state["seed"], 4, self.resets_["drift"]])
+            self._tail.early = warm_up_floor(
+                points, self.n_components, self._kind, reg_covar=self.reg_covar,
+                init=self.init, hard=self.assignment == "hard", anomaly_rate=self.anomaly_rate,
+                rng=rng)
         self._remember_settled()
 
     def _online_step(self, X: np.ndarray, learning_rate: float | None) -> BatchResult:
@@ -637,7 +620,7 @@ class OnlineGMM(Estimator):
             resp, log_lik = e_step(self._kind, params, X, Y)
         anomaly = log_lik < self.anomaly_threshold_
         n_flagged = int(np.count_nonzero(anomaly))
-        collecting, window = self._collecting(), self._counted_window()
+        collecting, window = self._collecting(), self._tail.counted_window(self.anomaly_rate)
         if n_flagged and self.protecting_:
             kept = np.flatnonzero(~anomaly)  # take() is several times faster than a mask
             moved = self._update(Y.T.take(kept, axis=1).T, resp.T.take(kept, axis=1).T,
@@ -645,7 +628,9 @@ class OnlineGMM(Estimator):
         else:
             moved = self._update(Y, resp, learning_rate, one)
         self._track_recent(X, resp, anomaly, n_flagged)
-        self._track_tail(log_lik, window, collecting, X, anomaly)
+        self._tail.count_window(log_lik, window)
+        if collecting and len(X):
+            self._remember(X[~anomaly])
         if self.drifting_ or self._rewarm:
             self._collect_rewarm(X)
         self.n_seen_ += len(X)
@@ -657,7 +642,7 @@ class OnlineGMM(Estimator):
             self._remember_settled()
         if one is None:
             self._refresh(threshold=checked)
-            return make_result(resp, log_lik, self._reported(anomaly, log_lik),
+            return make_result(resp, log_lik, self._tail.reported(anomaly, log_lik),
                            np.zeros(len(X), dtype=bool), version)
         rows: list[int] | None = None
         if not checked:  # the statistics changed by this point only
@@ -667,7 +652,8 @@ class OnlineGMM(Estimator):
         self._refresh(threshold=checked, rows=rows)
         label = int(resp[0].argmax())
         return BatchResult(np.array([label]), resp[0, label : label + 1], resp, log_lik,
-                           self._reported(anomaly, log_lik), np.zeros(1, dtype=bool), version)
+                           self._tail.reported(anomaly, log_lik), np.zeros(1, dtype=bool),
+                           version)
 
     def _learn_point(self, X: np.ndarray) -> BatchResult | None:
         """``partial_fit`` of one point X (1, d) in the common case, in few numpy calls.
@@ -725,18 +711,13 @@ class OnlineGMM(Estimator):
         """Commit the valid step of ``_learn_point`` for X (1, d), an inlier: its statistics,
         parameters, drift, step weight γ and recent usage, and the trackers; returns the
         version that answered."""
-        collecting, (lo, hi) = self._collecting(), self._counted_window()
-        version = self.version_
+        collecting, version = self._collecting(), self.version_
         self.stats_, self._params, self._drift = stats, params, drift
         self.learning_rate_ = weight
         self._n_steps += 1
         self._sum_sq_weights = (1.0 - weight) ** 2 * self._sum_sq_weights + weight * weight
         self._usage = usage
-        self._flag_share = RECENT_KEEP * self._flag_share + 0.0
-        self._window_share *= TAIL_KEEP
-        if lo <= log_lik < hi:
-            self._window_share += 1.0 - TAIL_KEEP
-        self._window_mass = TAIL_KEEP * self._window_mass + (1.0 - TAIL_KEEP)
+        self._tail.count_inlier(log_lik, self.anomaly_rate, RECENT_KEEP)
         if collecting:
             ring, n = self._recent, self._recent_n
             if len(ring) and ring.shape[1] == X.shape[1]:  # ``_remember``'s one-row case
@@ -795,7 +776,7 @@ class OnlineGMM(Estimator):
                           n_init=WARMUP_RESTARTS)
         stats = self._keep_ids(stats)
         self._rewarm = []
-        self._flag_share = 0.0
+        self._tail.forget_flags()
         self._flagged = self._flagged[:0]
         self._flagged_at = self._flagged_at[:0]
         self._start(stats, len(buffered), buffered)
@@ -885,7 +866,7 @@ class OnlineGMM(Estimator):
         inliers = (~anomaly).astype(np.float64) if n_flagged else np.ones(n)
         used = inliers @ resp
         self._usage = keep * self._usage + ((1.0 - keep) / n) * used
-        self._flag_share = keep * self._flag_share + (1.0 - keep) * n_flagged / n
+        self._tail.count_flags(keep, n_flagged, n)
         if n_flagged:
             capacity = max(256, 4 * self.n_components * (X.shape[1] + 1))
             rows = np.flatnonzero(anomaly)
@@ -896,68 +877,10 @@ class OnlineGMM(Estimator):
                 arrivals = np.concatenate([self._flagged_at, arrivals])
             self._flagged, self._flagged_at = flagged[-capacity:], arrivals[-capacity:]
 
-    def _counted_window(self) -> tuple[float, float]:
-        """The calibration window points are counted in: none while flags are excessive (the
-        model does not fit the stream then, and a drift must not lower the threshold)."""
-        return (-np.inf, -np.inf) if self._flags_excessive() else self._window
-
-    def _track_tail(self, log_lik: np.ndarray, window: tuple[float, float], collecting: bool,
-                    X: np.ndarray, anomaly: np.ndarray) -> None:
-        """The recent share of points in the calibration ``window``; the recent inliers (for
-        the moves) while a try of them is near."""
-        n = len(log_lik)
-        if n == 0:
-            return
-        lo, hi = window
-        keep = tail_keep(n)
-        self._window_share *= keep
-        if lo > -np.inf:
-            inside = np.count_nonzero((log_lik >= lo) & (log_lik < hi))
-            self._window_share += (1.0 - keep) * int(inside) / n
-        self._window_mass = keep * self._window_mass + (1.0 - keep)
-        if collecting:
-            self._remember(X[~anomaly])
-
-    def _early_floor(self, points: np.ndarray) -> float:
-        """The early floor (``model.anomaly.early_floor``) of warm-up ``points`` (n, d): each
-        half scored by a mixture fitted to the other; −∞ (none) for a warm-up of fewer than
-        4·K·(d + 1) points, or when a half cannot be fitted. Wild points (``seeding.tame``)
-        are left out: one at 1e15 would put the floor at its depth (~−1e29)."""
-        points = points[tame(points)]
-        n, d = points.shape
-        if n < 4 * self.n_components * (d + 1):
-            return -np.inf
-        rng = np.random.default_rng([self._state["seed"], 4, self.resets_["drift"]])
-        halves = np.array_split(rng.permutation(n), 2)
-        scores = []
-        try:
-            for fit, scored in (halves, halves[::-1]):
-                stats = fit_batch(points[fit], self.n_components, self._kind,
-                                  reg_covar=self.reg_covar, init=self.init,
-                                  hard=self.assignment == "hard", rng=rng)
-                params = params_from_statistics(stats, self._kind, self.reg_covar)
-                scores.append(e_step(self._kind, params, points[scored])[1])
-        except (np.linalg.LinAlgError, ValueError, FloatingPointError):
-            return -np.inf
-        return early_floor(np.concatenate(scores), self.anomaly_rate)
-
-    def _reported(self, anomaly: np.ndarray, log_lik: np.ndarray) -> np.ndarray:
-        """The flags answered: ``anomaly`` (below the threshold), and below the early floor
-        while there is one."""
-        if self._early == -np.inf:
-            return anomaly
-        return anomaly & (log_lik < self._early)
-
-    @property
-    def early_floor_(self) -> float | None:
-        """While the tail is not measured yet after a warm-up: the log-likelihood below which
-        (and below ``anomaly_threshold_``) a point is reported as an anomaly; else ``None``."""
-        return None if self._early == -np.inf else float(self._early)
-
     def _collecting(self) -> bool:
         """Whether recent inliers are kept: a try of the moves is at most a ring away."""
         wait = self._move_wait
-        if self._flag_share > FIT_POOR_FACTOR * self.anomaly_rate:  # fit_poor_
+        if self._tail.flag_share > FIT_POOR_FACTOR * self.anomaly_rate:  # fit_poor_
             wait = min(wait, MOVE_WAIT_POOR) // 2
         return wait * CHECK_EVERY <= self._recent_capacity() and self.assignment != "hard"
 
@@ -1086,32 +1009,22 @@ class OnlineGMM(Estimator):
             self._drift = None
         self.version_ += 1
         if threshold or not np.isfinite(self.anomaly_threshold_):
-            p, d, rate = self._params, self._params.means.shape[1], self.anomaly_rate
-            self._bound = anomaly_threshold(p.weights, p.log_det, d, rate, start=self._bound)
-            levels = window_levels(rate)
-            shares = [bound_share(t, p.weights, p.log_det, d) for t in self._window]
-            self.anomaly_threshold_, self._inflation = calibrated_threshold(
-                self._window_share, self._window_mass, p.weights, p.log_det, d, rate,
-                self._bound, start=self.anomaly_threshold_, predicted=shares[1] - shares[0])
-            if early_over(self._window_mass, shares[1] - shares[0]):
-                self._early = -np.inf  # the tail is measured: the early floor is over
-            if not all(level / WINDOW_SLACK <= share <= level * WINDOW_SLACK
-                       for share, level in zip(shares, levels, strict=True)):
-                self._window = tuple(  # type: ignore[assignment]
-                    anomaly_threshold(p.weights, p.log_det, d, level, start=t)
-                    for level, t in zip(levels, self._window, strict=True))
+            p = self._params
+            self.anomaly_threshold_ = self._tail.calibrate(
+                p.weights, p.log_det, p.means.shape[1], self.anomaly_rate,
+                start=self.anomaly_threshold_)
 
     @property
     def tail_inflation_(self) -> float:
         """How many times more of the recent points lie in the moderate tail than the mixture
         predicts (1 when it describes the data's tail; see ``model.anomaly``)."""
-        return self._inflation
+        return self._tail.inflation
 
     @property
     def flag_excess_(self) -> float:
         """The recent flagged share (half-life ``RECENT_HALFLIFE`` points) over ``anomaly_rate``:
         about 1 while the model fits and anomalies are as rare as it assumes."""
-        return self._flag_share / self.anomaly_rate
+        return self._tail.excess(self.anomaly_rate)
 
     @property
     def fit_poor_(self) -> bool:
@@ -1119,6 +1032,21 @@ class OnlineGMM(Estimator):
         the data are not the mixture the threshold assumes (heavy tails, a poor fit), or a burst
         of anomalies or drift is under way."""
         return self.flag_excess_ > FIT_POOR_FACTOR
+
+    @property
+    def early_floor_(self) -> float | None:
+        """While the tail is not measured yet after a warm-up: the log-likelihood below which
+        (and below ``anomaly_threshold_``) a point is reported as an anomaly; else ``None``."""
+        return self._tail.early_floor
+
+    # The tail's state under its names in checkpoint headers (``persistence.dumps``), read-only.
+    _flag_share = property(lambda self: self._tail.flag_share)
+    _bound = property(lambda self: self._tail.bound)
+    _inflation = property(lambda self: self._tail.inflation)
+    _window = property(lambda self: self._tail.window)
+    _window_share = property(lambda self: self._tail.window_share)
+    _window_mass = property(lambda self: self._tail.window_mass)
+    _early = property(lambda self: self._tail.early)
 
     # ------------------------------------------------------------------ one model, many workers
     def delta(self, X: Any) -> tuple[BatchResult, StatsDelta]:
@@ -1144,8 +1072,9 @@ class OnlineGMM(Estimator):
             self._kind, params, X, version=self.version_, threshold=self.anomaly_threshold_,
             protecting=self.protecting_, hard=self.assignment == "hard",
             recent_halflife=RECENT_HALFLIFE, keep_points=self.drifting_ or bool(self._rewarm),
-            drift_share=DRIFT_SHARE, window=self._counted_window(), keep_inliers=self._collecting())
-        return make_result(resp, log_lik, self._reported(anomaly, log_lik),
+            drift_share=DRIFT_SHARE, window=self._tail.counted_window(self.anomaly_rate),
+            keep_inliers=self._collecting())
+        return make_result(resp, log_lik, self._tail.reported(anomaly, log_lik),
                        np.zeros(len(X), dtype=bool), self.version_), out
 
     def fold(self, delta: StatsDelta) -> None:
@@ -1195,10 +1124,7 @@ class OnlineGMM(Estimator):
             self._n_steps += m
             self._sum_sq_weights = decay**2 * self._sum_sq_weights + m * weight**2
         self._usage = delta.recent_keep * self._usage + delta.usage_add
-        self._flag_share = delta.recent_keep * self._flag_share + delta.flag_add
-        keep = tail_keep(n)
-        self._window_share = keep * self._window_share + delta.window_add
-        self._window_mass = keep * self._window_mass + (1.0 - keep)
+        self._tail.fold(delta)
         if len(delta.inliers):
             self._remember(delta.inliers)
         if len(delta.flagged):

@@ -148,7 +148,7 @@ def _build(cls: Callable[..., Any], header: dict[str, Any], archive: npz.Archive
     model.anomaly_threshold_ = threshold
     model.learning_rate_ = _number("learning_rate_", header["learning_rate_"], 0.0, 1.0)
     model._sum_sq_weights = _number("_sum_sq_weights", header["_sum_sq_weights"], 0.0)
-    model._flag_share = _number("_flag_share", header["_flag_share"], 0.0, 1.0 + 1e-9)
+    model._tail.flag_share = _number("_flag_share", header["_flag_share"], 0.0, 1.0 + 1e-9)
     state = header["_state"]
     _exact_keys("_state", state, {"seed"})
     model._state = {"seed": _int("_state.seed", state["seed"], low=0)}
@@ -156,7 +156,7 @@ def _build(cls: Callable[..., Any], header: dict[str, Any], archive: npz.Archive
     if later:
         _exact_keys("the header's later state", later, set(_LATER_SCALARS))
         _later_state(model, later)
-    model._early = _number("_early", early, allow_minus_inf=True)
+    model._tail.early = _number("_early", early, allow_minus_inf=True)
 
     model._usage = usage
     model._flagged = arrays.flagged(d, max_rows=max(4096, 64 * K * ((d or 0) + 1)))
@@ -215,14 +215,15 @@ def _build(cls: Callable[..., Any], header: dict[str, Any], archive: npz.Archive
 
 def _later_state(model: Any, header: dict[str, Any]) -> None:
     """The tail calibration's and the moves' state, checked."""
-    model._bound = _number("_bound", header["_bound"], allow_minus_inf=True)
-    model._inflation = _number("_inflation", header["_inflation"], 1.0)
+    tail = model._tail
+    tail.bound = _number("_bound", header["_bound"], allow_minus_inf=True)
+    tail.inflation = _number("_inflation", header["_inflation"], 1.0)
     window = header["_window"]
     if not (isinstance(window, list) and len(window) == 2):
         raise ValueError(f"_window must be a list of two numbers, got {_short(window)}")
-    model._window = tuple(_number("_window", t, allow_minus_inf=True) for t in window)
-    model._window_share = _number("_window_share", header["_window_share"], 0.0, 1.0)
-    model._window_mass = _number("_window_mass", header["_window_mass"], 0.0, 1.0)
+    tail.window = tuple(_number("_window", t, allow_minus_inf=True) for t in window)
+    tail.window_share = _number("_window_share", header["_window_share"], 0.0, 1.0)
+    tail.window_mass = _number("_window_mass", header["_window_mass"], 0.0, 1.0)
     model._recent_n = _int("_recent_n", header["_recent_n"], low=0)
     for name in ("_move_wait", "_move_backoff"):
         value = _int(name, header[name], low=0)
