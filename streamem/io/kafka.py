@@ -44,7 +44,7 @@ from kafka.errors import (
 )
 
 from streamem.errors import MissingCodec, TransportError
-from streamem.io import base
+from streamem.io import base, kafka_batches
 from streamem.io.base import (
     NO_EVENTS,
     VALUE_DROPPED_HEADER,
@@ -159,6 +159,10 @@ class KafkaSource:
         logging.getLogger("kafka.cluster").addFilter(_MISSING_TOPIC_FILTER)  # once: a set
         if missing := missing_codecs():
             log.warning("kafka_codecs_missing", extra={"codecs": missing, "remedy": CODECS_REMEDY})
+        # A decompressed batch may be as large as a fetch, as librdkafka's bound is.
+        if not kafka_batches.install(int(settings.get("fetch_max_bytes", FETCH_MAX_BYTES)) + MiB):
+            log.warning("kafka_decompression_unbounded",
+                        extra={"reason": "this kafka-python has no hook for the bound"})
 
         def build() -> KafkaConsumer:
             return KafkaConsumer(**settings)
@@ -182,6 +186,9 @@ class KafkaSource:
                                   tuple(r.headers or ()), r.timestamp) for r in batch)
             if batch:
                 self._next[(tp.topic, tp.partition)] = batch[-1].offset + 1
+        for topic, partition, offset, why in kafka_batches.take_unreadable(set(self._topics)):
+            records.append(Record(topic, partition, offset, None, b"", unreadable=why))
+            self._next[(topic, partition)] = max(self._next.get((topic, partition), 0), offset + 1)
         return records
 
     def commit(self, offsets: Mapping[TP, int]) -> None:
