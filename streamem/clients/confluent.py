@@ -52,13 +52,16 @@ def common(cfg: Config) -> dict[str, Any]:
 
 def consumer_conf(cfg: Config) -> dict[str, Any]:
     """The consumer's properties: fetches of up to 64 MiB (the largest message the daemon
-    reads), 8 MiB per partition; manual commits of explicit offsets."""
+    reads), 8 MiB per partition; record checksums checked (as by kafka-python and the Java
+    client: librdkafka's default would answer a corrupt record); manual commits of explicit
+    offsets."""
     from streamem.io.rdkafka import FETCH_MAX_BYTES
 
     k = cfg.kafka
     conf = {
         "fetch.max.bytes": FETCH_MAX_BYTES,
         "max.partition.fetch.bytes": 8 * MiB,
+        "check.crcs": True,
         **common(cfg),
         **k.consumer_options,
         "group.id": k.group_id,

@@ -1,4 +1,4 @@
-"""kafka-python's record batches, decompressed within a bound and passed over beyond it.
+"""kafka-python's record batches, decompressed within a bound, and passed over when unreadable.
 
 kafka-python decompresses a batch whole and without a bound. The broker checks only the
 compressed size, so a producer can send a 300 MB message that zstd packs into 10 KB; a
@@ -24,7 +24,7 @@ from typing import Any
 
 from kafka import codec
 from kafka.consumer.fetcher import Fetcher
-from kafka.errors import KafkaError
+from kafka.errors import CorruptRecordError, KafkaError
 from kafka.record.default_records import DefaultRecordBatch
 
 _lock = threading.Lock()
@@ -136,18 +136,27 @@ def _maybe_uncompress(self: Any) -> None:
 
 
 def _passing_over(unpack: Any) -> Any:
-    """``PartitionRecords._unpack_records`` that passes over a batch beyond the bound: the
+    """``PartitionRecords._unpack_records`` that passes over a batch it cannot read: the
     records before it are yielded, its offsets noted, and the fetched records end after it
-    (drained, the next fetch starting past it) instead of leaving the consumer stuck."""
+    (drained, the next fetch starting past it) instead of leaving the consumer stuck.
+
+    A batch beyond the bound is passed over whole. A corrupt one (its checksum fails: the
+    broker does not check what it reads from disk) one offset at a time, its range being
+    unknown: the next fetch, one offset further, meets the same batch until it is past it.
+    """
     def unpack_records(self: Any, tp: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             yield from unpack(self, tp, *args, **kwargs)
+            return
         except BatchTooLarge as exc:
-            first = max(exc.base, self.fetch_offset)
-            with _lock:
-                _unreadable.append((tp.topic, tp.partition, first, exc.last,
-                                    f"record batch at offsets {exc.base}-{exc.last} {exc.detail}"))
-                del _unreadable[:-MAX_WAITING]
-            self.next_fetch_offset = exc.last + 1
-            self.drain()
+            first, last = max(exc.base, self.fetch_offset), exc.last
+            why = f"record batch at offsets {exc.base}-{exc.last} {exc.detail}"
+        except CorruptRecordError as exc:
+            first = last = self.next_fetch_offset
+            why = str(exc)
+        with _lock:
+            _unreadable.append((tp.topic, tp.partition, first, last, why))
+            del _unreadable[:-MAX_WAITING]
+        self.next_fetch_offset = last + 1
+        self.drain()
     return unpack_records

@@ -258,17 +258,18 @@ class RdKafkaSource:
         return records + unreadable
 
     def _message_error(self, message: Message, err: KafkaError) -> list[Record]:
-        """A consumed error: nothing, or raised when fatal; or, for a message whose record batch
-        does not decompress (corrupt, or larger decompressed than ``receive.message.max.bytes``:
-        a few KB can expand to gigabytes), its record to dead-letter, the consumer moved past it.
-        librdkafka reports the batch's first offset and, left there, fetches the batch again and
-        again: the partition would stall. Each offset of such a batch gets its own record."""
+        """A consumed error: nothing, or raised when fatal; or, for a message the client cannot
+        read — its record batch does not decompress (corrupt, or larger decompressed than
+        ``receive.message.max.bytes``: a few KB can expand to gigabytes) or fails its checksum —
+        its record to dead-letter, the consumer moved past it. librdkafka reports the batch's
+        first offset and, left there, fetches the batch again and again: the partition would
+        stall. Each offset of such a batch gets its own record."""
         if err.code() == KafkaError._PARTITION_EOF:
             return []
         self._on_error(err)
         if err.fatal():
             raise TransportError(f"consumer failed: {err.str()}")
-        if err.code() != KafkaError._BAD_COMPRESSION:
+        if err.code() not in (KafkaError._BAD_COMPRESSION, KafkaError._BAD_MSG):
             return []
         read: Any = message
         key = (read.topic(), read.partition())

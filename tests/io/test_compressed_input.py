@@ -132,3 +132,44 @@ def peak_memory_mib(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) // 1024
     raise AssertionError("no VmHWM")
+
+
+def test_a_corrupt_record_on_the_brokers_disk_is_dead_lettered_and_its_neighbours_answered(
+        kafka_broker, kafka_bootstrap, topic_factory, tmp_path, kafka_client) -> None:
+    """Bit rot in a log segment: the broker serves it as it is and the checksum fails. The
+    kafka-python consumer used to spin on the batch for good (deaf to SIGTERM); librdkafka
+    answered the corrupt record (it checked no checksum), and once checking, fetched it again
+    and again."""
+    if kafka_broker.external:
+        pytest.skip("corrupts a log segment: needs the private broker's files")
+    topics = {"input": topic_factory("points"), "output": topic_factory("answers"),
+              "dead": topic_factory("dead")}
+    X, _ = MIX.sample(N_POINTS, random_state=5)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    try:  # one batch per message: the corruption stays with one message
+        offsets = [producer.send(topics["input"], json.dumps({"id": i, "x": X[i].tolist()})
+                                 .encode()).get(timeout=30).offset for i in range(N_POINTS)]
+    finally:
+        producer.close()
+    [segment] = kafka_broker.data_dir.glob(f"**/{topics['input']}-0/*.log")
+    data = bytearray(segment.read_bytes())
+    at = data.index(b'{"id": 300, "x": [') + len(b'{"id": 300, "x": [')
+    data[at] = ord("7") if data[at] != ord("7") else ord("8")  # still valid JSON, other bytes
+    segment.write_bytes(bytes(data))
+    settings = daemon_settings(kafka_bootstrap, tmp_path, topics, model__n_components=3)
+    daemon = start_daemon(tmp_path, "corrupt", settings)
+    outputs = Reader(kafka_bootstrap, topics["output"])
+    dead = Reader(kafka_bootstrap, topics["dead"])
+    try:
+        answers = points_of(outputs.read_until(lambda rs: len(points_of(rs)) >= N_POINTS - 1))
+        [letter] = dead.read_until(lambda rs: len(rs) >= 1)
+        assert daemon.stop() == 0, daemon.log_tail()
+    finally:
+        daemon.proc.kill()
+        outputs.close()
+        dead.close()
+    assert sorted(a["id"] for a in answers) == [i for i in range(N_POINTS) if i != 300]
+    headers = dict(letter.headers)
+    assert headers["streamem.reason"] == b"unreadable", headers
+    assert int(headers["streamem.source.offset"]) == offsets[300]
+    assert b"crc" in headers["streamem.detail"].lower()
