@@ -106,6 +106,7 @@ class Leader(threading.Thread):
                     self._step(consumer, generations)
                 except MissingCodec as exc:  # this consumer cannot read on: others may lead
                     log.error("leader_stopped", extra={"error": str(exc)})
+                    self._resign(consumer, "error")  # not leading: nothing polls it again
                     break
                 except KafkaError as exc:
                     log.warning("leader_error", extra={"error": repr(exc)})
