@@ -183,7 +183,8 @@ class KafkaSource:
         records: list[Record] = []
         for tp, batch in polled.items():
             records.extend(Record(r.topic, r.partition, r.offset, r.key, r.value,
-                                  tuple(r.headers or ()), r.timestamp) for r in batch)
+                                  _headers(r.headers) if r.headers else (), r.timestamp)
+                           for r in batch)
             if batch:
                 self._next[(tp.topic, tp.partition)] = batch[-1].offset + 1
         for topic, partition, offset, why in kafka_batches.take_unreadable(set(self._topics)):
@@ -650,6 +651,12 @@ def poll(consumer: KafkaConsumer, timeout_ms: int) -> dict[TopicPartition, list[
     except UnsupportedCodecError as exc:
         raise MissingCodec(f"a record batch cannot be decompressed ({exc}): "
                            f"{CODECS_REMEDY}") from exc
+
+
+def _headers(headers: list[tuple[str, bytes | None]]) -> Headers:
+    """A record's headers, a null value as empty bytes (as librdkafka's client gives them): a
+    header's value may be null in Kafka, and the answer carries the input's headers on."""
+    return tuple((name, b"" if value is None else value) for name, value in headers)
 
 
 def learn_topics(consumer: KafkaConsumer, topics: list[str]) -> None:
