@@ -11,6 +11,29 @@ from collections.abc import Sequence
 
 Headers = list[tuple[str, bytes]]
 _MAX_DETAIL_BYTES = 1024
+#: A dead letter carries its input's headers while they take at most this many bytes in a
+#: Kafka record; beyond, none of them (``streamem.headers_dropped`` says how many): a dead
+#: letter must go out whatever its input held, value and headers alike.
+MAX_CARRIED_BYTES = 64 * 1024
+
+
+def wire_size(headers: Sequence[tuple[str, bytes]]) -> int:
+    """The bytes ``headers`` take in a Kafka record: each name and value after its length
+    (a zigzag varint), 2 bytes for an empty header.
+
+    >>> wire_size([("trace", b"abc")]), wire_size([("", b"")] * 1000)
+    (10, 2000)
+    """
+    total = 0
+    for name, value in headers:
+        n = len(name.encode())
+        total += _varint_size(n) + n + _varint_size(len(value)) + len(value)
+    return total
+
+
+def _varint_size(n: int) -> int:
+    """Bytes of the zigzag varint of a length ``n`` ≥ 0 (7 bits a byte of 2·n)."""
+    return max(1, ((2 * n).bit_length() + 6) // 7)
 
 
 def merged(incoming: Sequence[tuple[str, bytes]] | None, own: Headers) -> Headers:
@@ -30,8 +53,8 @@ def result_headers(model_version: int, incoming: Sequence[tuple[str, bytes]] | N
 def dead_letter_headers(reason: str, detail: str, topic: str, partition: int,
                         offset: int, bad_points: Sequence[int] | None = None,
                         incoming: Sequence[tuple[str, bytes]] | None = None) -> Headers:
-    """Headers of a dead-letter message: the input's ``incoming`` ones and why it is one;
-    ``detail`` is cut to 1 KiB of UTF-8.
+    """Headers of a dead-letter message: the input's ``incoming`` ones (none past
+    ``MAX_CARRIED_BYTES``) and why it is one; ``detail`` is cut to 1 KiB of UTF-8.
 
     ``bad_points``: the positions of the refused points of a message whose other points were
     answered, written as ``streamem.bad_points`` ranges (``"1,4-6"``); None for a whole message.
@@ -45,6 +68,9 @@ def dead_letter_headers(reason: str, detail: str, topic: str, partition: int,
     ]
     if bad_points is not None:
         headers.append(("streamem.bad_points", _ranges(bad_points).encode()))
+    if incoming and wire_size(incoming) > MAX_CARRIED_BYTES:
+        headers.append(("streamem.headers_dropped", str(len(incoming)).encode()))
+        incoming = None
     return merged(incoming, headers)
 
 

@@ -44,6 +44,7 @@ from kafka.errors import (
 )
 
 from streamem.errors import MissingCodec, TransportError
+from streamem.formats.headers import wire_size
 from streamem.io import base, kafka_batches
 from streamem.io.base import (
     NO_EVENTS,
@@ -388,7 +389,7 @@ class KafkaSink:
     def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = (),
              timestamp_ms: int | None = None) -> None:
         droppable = topic in self._value_drop_topics
-        size = len(value) + len(key or b"") + sum(len(n) + len(v) for n, v in headers)
+        size = len(value) + len(key or b"") + wire_size(headers)
         if not droppable and size > self._max_message_bytes:
             raise RecordTooLarge(f"a {size}-byte message to {topic} exceeds "
                                  f"{self._max_message_bytes} bytes")

@@ -21,7 +21,7 @@ from streamem.formats.block import (
     encode_block,
     encode_result_block,
 )
-from streamem.formats.headers import dead_letter_headers, result_headers
+from streamem.formats.headers import dead_letter_headers, result_headers, wire_size
 from streamem.formats.json_out import encode_result
 from streamem.formats.points import Limits, Points, finite_log_likelihood
 
@@ -553,6 +553,17 @@ def test_dead_letter_headers():
         ("streamem.source.partition", b"3"),
         ("streamem.source.offset", b"1234"),
     ]
+
+
+def test_a_dead_letter_carries_incoming_headers_up_to_64_kib_as_kafka_frames_them():
+    fits = [("", b"")] * (32 * 1024)  # 2 bytes each in a record: 64 KiB
+    assert wire_size(fits) == 64 * 1024
+    kept = dead_letter_headers("too_large", "", "t", 0, 0, incoming=fits)
+    assert kept[:len(fits)] == fits and "streamem.headers_dropped" not in dict(kept)
+    dropped = dead_letter_headers("too_large", "", "t", 0, 0, incoming=[*fits, ("", b"")])
+    assert dict(dropped)["streamem.headers_dropped"] == str(len(fits) + 1).encode()
+    assert all(name.startswith("streamem.") for name, _ in dropped)
+    assert wire_size([("n" * 64, b"v" * 8192)]) == 2 + 64 + 3 + 8192
 
 
 def test_dead_letter_detail_is_cut_on_a_character_boundary():

@@ -46,3 +46,42 @@ def test_null_header_values_and_many_headers_are_answered_and_carried_on(
     assert carried[100]["trace"] == b"" and carried[100]["tenant"] == b"a"
     assert len([h for h in carried[200] if h.startswith("h")]) == 20_000
     assert carried[200]["h1"] == b"" and carried[200]["h2"] == b"v"
+
+
+@pytest.mark.kafka
+def test_a_message_with_megabytes_of_headers_is_dead_lettered_without_them(
+        kafka_bootstrap, topic_factory, tmp_path) -> None:
+    """Its answer cannot carry its headers (over the output limit) and neither can its dead
+    letter (over the dead-letter topic's): the dead letter goes without them, saying how many,
+    and the neighbours are answered. Before, the kafka-python daemon retried the batch for good
+    (the broker refused the dead letter even without its value)."""
+    topics = {"input": topic_factory("points", 1, configs={"max.message.bytes": str(8 << 20)}),
+              "output": topic_factory("answers"), "dead": topic_factory("dead")}
+    X, _ = MIX.sample(N_POINTS, random_state=2)
+    values = [json.dumps({"id": i, "x": X[i].tolist()}).encode() for i in range(N_POINTS)]
+    heavy = {100: [(f"h{j}", b"v" * 1000) for j in range(2_000)],  # 2 MB of headers
+             200: [(f"h{j}", b"w" * 500) for j in range(3_000)]}
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "message.max.bytes": 8 << 20})
+    for i, value in enumerate(values):
+        producer.produce(topics["input"], value, headers=heavy.get(i, []))
+    assert producer.flush(60) == 0
+    settings = daemon_settings(kafka_bootstrap, tmp_path, topics, model__n_components=3)
+    daemon = start_daemon(tmp_path, "heavy", settings)
+    outputs = Reader(kafka_bootstrap, topics["output"])
+    dead = Reader(kafka_bootstrap, topics["dead"])
+    try:
+        answers = points_of(outputs.read_until(lambda rs: len(points_of(rs)) >= N_POINTS - 2))
+        letters = dead.read_until(lambda rs: len(rs) >= 2)
+        assert daemon.stop() == 0, daemon.log_tail()
+    finally:
+        daemon.proc.kill()
+        outputs.close()
+        dead.close()
+    assert sorted(a["id"] for a in answers) == [i for i in range(N_POINTS) if i not in heavy]
+    assert sorted(json.loads(letter.value)["id"] for letter in letters) == sorted(heavy)
+    for letter in letters:
+        headers = dict(letter.headers)
+        i = json.loads(letter.value)["id"]
+        assert headers["streamem.reason"] == b"too_large", headers
+        assert headers["streamem.headers_dropped"] == str(len(heavy[i])).encode()
+        assert len(letter.headers) < 20
