@@ -127,3 +127,25 @@ def points_of(records: list) -> list[dict]:
         doc = json.loads(r.value)
         out.extend(doc if isinstance(doc, list) else [doc])
     return out
+
+
+def run_until(bootstrap: str, tmp_path: Path, name: str, settings: dict[str, object], *,
+              points: int, dead: int = 0,
+              before_stop: Callable[[Daemon], None] | None = None) -> tuple[list, list]:
+    """Run a daemon until its output holds ``points`` answered points and its dead-letter topic
+    ``dead`` letters (or ``WAIT_S``), then stop it with SIGTERM, which it must obey (exit 0).
+    Returns the output records and the dead letters; ``before_stop`` sees the running daemon."""
+    daemon = start_daemon(tmp_path, name, settings)
+    outputs = Reader(bootstrap, str(settings["kafka.output_topic"]))
+    letters = Reader(bootstrap, str(settings["kafka.dead_letter_topic"]))
+    try:
+        answered = outputs.read_until(lambda rs: len(points_of(rs)) >= points)
+        dead_letters = letters.read_until(lambda rs: len(rs) >= dead) if dead else []
+        if before_stop is not None:
+            before_stop(daemon)
+        assert daemon.stop() == 0, daemon.log_tail()
+    finally:
+        daemon.proc.kill()
+        outputs.close()
+        letters.close()
+    return answered, dead_letters

@@ -247,15 +247,33 @@ class RdKafkaSource:
         errors = list(map(Message.error, messages))
         unreadable: list[Record] = []
         if any(errors):
-            for message, err in zip(messages, errors, strict=True):
-                if err is not None:
-                    unreadable += self._message_error(message, err)
-            messages = [m for m, err in zip(messages, errors, strict=True) if err is None]
+            messages, unreadable = self._without_errors(messages, errors)
         records, last = _records(messages)
         self._next.update({tp: offset + 1 for tp, offset in last.items()})
         for rec in unreadable:
             self._next[(rec.topic, rec.partition)] = rec.offset + 1
         return records + unreadable
+
+    def _without_errors(self, messages: list[Message], errors: list[KafkaError | None]
+                        ) -> tuple[list[Message], list[Record]]:
+        """The messages without the errors, and the records of those the client cannot read.
+        Once a partition is moved past an unreadable message, the rest of its messages in
+        this poll were fetched before the move (a repeat of the same error, or records read
+        again after it): they are left out."""
+        kept: list[Message] = []
+        unreadable: list[Record] = []
+        moved: set[TP] = set()
+        read: Any = Message  # topic and partition are set on consumed messages and errors
+        for message, err in zip(messages, errors, strict=True):
+            key = (read.topic(message), read.partition(message))
+            if key in moved:
+                continue
+            if err is None:
+                kept.append(message)
+            elif found := self._message_error(message, err):
+                unreadable += found
+                moved.add(key)
+        return kept, unreadable
 
     def _message_error(self, message: Message, err: KafkaError) -> list[Record]:
         """A consumed error: nothing, or raised when fatal; or, for a message the client cannot

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 import pytest
-from daemon_helpers import WAIT_S, Reader, daemon_settings, points_of, start_daemon
+from daemon_helpers import WAIT_S, Daemon, daemon_settings, points_of, run_until, start_daemon
 from kafka import KafkaProducer
 from kafka_helpers import committed_offsets, produce
 
@@ -37,15 +37,7 @@ def compressed_input(bootstrap: str, topic_factory, codec: str) -> dict[str, str
 
 def answer_all(bootstrap: str, tmp_path: Path, name: str, settings: dict) -> list[dict]:
     """Run a daemon until every point is answered, stop it cleanly, and return the answers."""
-    daemon = start_daemon(tmp_path, name, settings)
-    outputs = Reader(bootstrap, settings["kafka.output_topic"])
-    try:
-        answers = points_of(outputs.read_until(lambda rs: len(points_of(rs)) >= N_POINTS))
-        assert daemon.stop() == 0, daemon.log_tail()
-    finally:
-        daemon.proc.kill()
-        outputs.close()
-    return answers
+    return points_of(run_until(bootstrap, tmp_path, name, settings, points=N_POINTS)[0])
 
 
 @pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
@@ -107,28 +99,19 @@ def test_a_compression_bomb_is_dead_lettered_and_its_neighbours_answered(
         producer.close()
     del bomb
     settings = daemon_settings(kafka_bootstrap, tmp_path, topics, model__n_components=3)
-    daemon = start_daemon(tmp_path, "bomb", settings)
-    outputs = Reader(kafka_bootstrap, topics["output"])
-    dead = Reader(kafka_bootstrap, topics["dead"])
-    try:
-        answers = points_of(outputs.read_until(lambda rs: len(points_of(rs)) >= N_POINTS))
-        [letter] = dead.read_until(lambda rs: len(rs) >= 1)
-        peak_mib = peak_memory_mib(daemon.proc.pid)
-        assert daemon.stop() == 0, daemon.log_tail()
-    finally:
-        daemon.proc.kill()
-        outputs.close()
-        dead.close()
-    assert sorted(a["id"] for a in answers) == list(range(N_POINTS))
+    peak: list[int] = []
+    answered, [letter] = run_until(kafka_bootstrap, tmp_path, "bomb", settings, points=N_POINTS,
+                                   dead=1, before_stop=lambda d: peak.append(peak_memory_mib(d)))
+    assert sorted(a["id"] for a in points_of(answered)) == list(range(N_POINTS))
     headers = dict(letter.headers)
     assert int(headers["streamem.source.offset"]) == bomb_at
     assert headers["streamem.reason"].decode() == "unreadable", headers
-    assert peak_mib < BOMB_MIB * 2, f"the daemon's peak memory: {peak_mib} MiB"
+    assert peak[0] < BOMB_MIB * 2, f"the daemon's peak memory: {peak[0]} MiB"
 
 
-def peak_memory_mib(pid: int) -> int:
-    """A process's peak resident memory (Linux's VmHWM), in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+def peak_memory_mib(daemon: Daemon) -> int:
+    """A running daemon's peak resident memory (Linux's VmHWM), in MiB."""
+    for line in Path(f"/proc/{daemon.proc.pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) // 1024
     raise AssertionError("no VmHWM")
@@ -157,18 +140,9 @@ def test_a_corrupt_record_on_the_brokers_disk_is_dead_lettered_and_its_neighbour
     data[at] = ord("7") if data[at] != ord("7") else ord("8")  # still valid JSON, other bytes
     segment.write_bytes(bytes(data))
     settings = daemon_settings(kafka_bootstrap, tmp_path, topics, model__n_components=3)
-    daemon = start_daemon(tmp_path, "corrupt", settings)
-    outputs = Reader(kafka_bootstrap, topics["output"])
-    dead = Reader(kafka_bootstrap, topics["dead"])
-    try:
-        answers = points_of(outputs.read_until(lambda rs: len(points_of(rs)) >= N_POINTS - 1))
-        [letter] = dead.read_until(lambda rs: len(rs) >= 1)
-        assert daemon.stop() == 0, daemon.log_tail()
-    finally:
-        daemon.proc.kill()
-        outputs.close()
-        dead.close()
-    assert sorted(a["id"] for a in answers) == [i for i in range(N_POINTS) if i != 300]
+    answered, [letter] = run_until(kafka_bootstrap, tmp_path, "corrupt", settings,
+                                   points=N_POINTS - 1, dead=1)
+    assert sorted(a["id"] for a in points_of(answered)) == [i for i in range(N_POINTS) if i != 300]
     headers = dict(letter.headers)
     assert headers["streamem.reason"] == b"unreadable", headers
     assert int(headers["streamem.source.offset"]) == offsets[300]

@@ -11,7 +11,7 @@ import json
 
 import pytest
 from confluent_kafka import Producer
-from daemon_helpers import Reader, daemon_settings, make_topics, points_of, start_daemon
+from daemon_helpers import daemon_settings, make_topics, points_of, run_until
 
 from streamem.synthetic import Mixture
 
@@ -33,14 +33,7 @@ def test_null_header_values_and_many_headers_are_answered_and_carried_on(
         producer.produce(topics["input"], value, headers=hs)
     assert producer.flush(60) == 0
     settings = daemon_settings(kafka_bootstrap, tmp_path, topics, model__n_components=3)
-    daemon = start_daemon(tmp_path, "headers", settings)
-    outputs = Reader(kafka_bootstrap, topics["output"])
-    try:
-        records = outputs.read_until(lambda rs: len(points_of(rs)) >= N_POINTS)
-        assert daemon.stop() == 0, daemon.log_tail()
-    finally:
-        daemon.proc.kill()
-        outputs.close()
+    records, _ = run_until(kafka_bootstrap, tmp_path, "headers", settings, points=N_POINTS)
     assert sorted(p["id"] for p in points_of(records)) == list(range(N_POINTS))
     carried = {json.loads(r.value)["id"]: dict(r.headers) for r in records}
     assert carried[100]["trace"] == b"" and carried[100]["tenant"] == b"a"
@@ -66,18 +59,10 @@ def test_a_message_with_megabytes_of_headers_is_dead_lettered_without_them(
         producer.produce(topics["input"], value, headers=heavy.get(i, []))
     assert producer.flush(60) == 0
     settings = daemon_settings(kafka_bootstrap, tmp_path, topics, model__n_components=3)
-    daemon = start_daemon(tmp_path, "heavy", settings)
-    outputs = Reader(kafka_bootstrap, topics["output"])
-    dead = Reader(kafka_bootstrap, topics["dead"])
-    try:
-        answers = points_of(outputs.read_until(lambda rs: len(points_of(rs)) >= N_POINTS - 2))
-        letters = dead.read_until(lambda rs: len(rs) >= 2)
-        assert daemon.stop() == 0, daemon.log_tail()
-    finally:
-        daemon.proc.kill()
-        outputs.close()
-        dead.close()
-    assert sorted(a["id"] for a in answers) == [i for i in range(N_POINTS) if i not in heavy]
+    answered, letters = run_until(kafka_bootstrap, tmp_path, "heavy", settings,
+                                  points=N_POINTS - 2, dead=2)
+    assert sorted(a["id"] for a in points_of(answered)) == [i for i in range(N_POINTS)
+                                                            if i not in heavy]
     assert sorted(json.loads(letter.value)["id"] for letter in letters) == sorted(heavy)
     for letter in letters:
         headers = dict(letter.headers)
