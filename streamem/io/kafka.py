@@ -188,7 +188,7 @@ class KafkaSource:
                            for r in batch)
             if batch:
                 self._next[(tp.topic, tp.partition)] = batch[-1].offset + 1
-        for topic, partition, offset, why in kafka_batches.take_unreadable(set(self._topics)):
+        for topic, partition, offset, why in kafka_batches.take_unreadable(self._topics):
             records.append(Record(topic, partition, offset, None, b"", unreadable=why))
             self._next[(topic, partition)] = max(self._next.get((topic, partition), 0), offset + 1)
         return records
@@ -365,6 +365,7 @@ class KafkaSink:
         self._futures: list[Any] = []
         self._droppable: list[tuple[Any, str, bytes | None, int, Headers]] = []
         self._errors: list[Exception] = []
+        self._sized: tuple[Headers | None, int] = (None, 0)  # the last headers and their size
 
     @classmethod
     def create(cls: type[SinkT], settings: Mapping[str, Any], *,
@@ -389,7 +390,11 @@ class KafkaSink:
     def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = (),
              timestamp_ms: int | None = None) -> None:
         droppable = topic in self._value_drop_topics
-        size = len(value) + len(key or b"") + wire_size(headers)
+        sized, extra = self._sized
+        if headers is not sized:  # the runtime's own list is shared by a batch's messages
+            extra = wire_size(headers)
+            self._sized = (headers, extra)
+        size = len(value) + len(key or b"") + extra
         if not droppable and size > self._max_message_bytes:
             raise RecordTooLarge(f"a {size}-byte message to {topic} exceeds "
                                  f"{self._max_message_bytes} bytes")

@@ -20,6 +20,7 @@ import gzip
 import io
 import struct
 import threading
+from collections.abc import Collection
 from typing import Any
 
 from kafka import codec
@@ -61,9 +62,12 @@ def install(max_bytes: int) -> bool:
     return True
 
 
-def take_unreadable(topics: set[str]) -> list[tuple[str, int, int, str]]:
+def take_unreadable(topics: Collection[str]) -> list[tuple[str, int, int, str]]:
     """The offsets passed over since the last call, of batches of ``topics``: (topic,
-    partition, offset, why), one per offset."""
+    partition, offset, why), one per offset. Called after every poll: nothing to take costs
+    one test, without the lock."""
+    if not _unreadable:
+        return []
     with _lock:
         mine = [u for u in _unreadable if u[0] in topics]
         _unreadable[:] = [u for u in _unreadable if u[0] not in topics]
